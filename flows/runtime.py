@@ -1,0 +1,179 @@
+"""Flow-side bookkeeping: the parent MLflow run, each stage's Prefect state, and the run summary.
+
+Kept out of the flow body so that ``flows/pipeline.py`` reads as one line per stage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from models import tracking
+from models.config import PipelineConfig, config_to_params
+from models.errors import DataError, SlimflowError
+from models.provenance import code_version
+from tasks.common import StageContext
+
+
+def _numbers(obj: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in obj.items():
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int | float):
+            out[f"{prefix}{k}"] = float(v)
+        elif isinstance(v, dict) and k in ("test", "validation", "counts"):
+            out.update(_numbers(v, f"{prefix}{k}_"))
+    return out
+
+
+class PipelineRun:
+    """Context manager around one flow run. Use ``stage()`` to call each task."""
+
+    def __init__(self, cfg: PipelineConfig, summary_path: str | None = None, progress: bool | None = None):
+        import mlflow  # noqa: PLC0415
+        from prefect.runtime import flow_run  # noqa: PLC0415
+
+        self.cfg = cfg
+        self.workdir = cfg.workdir_path()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.code = code_version()
+        self.flow_run_id = str(flow_run.id) if flow_run.id else None
+        uri, exp_id = tracking.configure(cfg.tracking, self.workdir)
+        self.client = mlflow.MlflowClient(uri)
+        name = cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tags = {**tracking.provenance_tags(), "slimflow.pipeline": cfg.name}
+        if self.flow_run_id:
+            tags["prefect.flow_run_id"] = self.flow_run_id
+        self.run = self.client.create_run(exp_id, run_name=name, tags=tags)
+        self.run_id = self.run.info.run_id
+        params = config_to_params(cfg)
+        for i in range(0, len(params), 100):
+            from mlflow.entities import Param  # noqa: PLC0415
+
+            chunk = list(params.items())[i : i + 100]
+            self.client.log_batch(self.run_id, params=[Param(k, v[: tracking.PARAM_LIMIT]) for k, v in chunk])
+        self.client.log_text(
+            self.run_id, json.dumps(cfg.model_dump(mode="json"), indent=2), "config/resolved_config.json"
+        )
+        import yaml  # noqa: PLC0415
+
+        self.client.log_text(
+            self.run_id,
+            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
+            "config/resolved_config.yaml",
+        )
+        self.ctx = StageContext(
+            workdir=str(self.workdir),
+            tracking_uri=uri,
+            experiment_id=exp_id,
+            parent_run_id=self.run_id,
+            progress=progress,
+        )
+        self.summary_path = summary_path
+        self.summary: dict[str, Any] = {
+            "pipeline": cfg.name,
+            "flow_run_id": self.flow_run_id,
+            "mlflow_run_id": self.run_id,
+            "mlflow_experiment_id": exp_id,
+            "tracking_uri": uri,
+            "code_version": self.code,
+            "status": "running",
+            "stages": {},
+            "decision": None,
+        }
+        self.t0 = time.perf_counter()
+
+    # ------------------------------------------------------------------------------------ stages
+    def stage(self, name: str, task: Any, *args: Any, outputs: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Run a task (or take it from Prefect's cache) and record its state, time and figures.
+
+        ``outputs`` names result keys holding paths that must still exist for a cached result to be
+        used; if one was deleted the stage runs again instead of handing on a dangling path.
+        """
+        t0 = time.perf_counter()
+        entry: dict[str, Any] = {"status": "running"}
+        self.summary["stages"][name] = entry
+        state = task(*args, return_state=True)
+        cached = state.is_completed() and state.name == "Cached"
+        if cached and not all(Path(_dig(state.result(), k)).exists() for k in outputs):
+            state = task.with_options(refresh_cache=True)(*args, return_state=True)
+            cached = False
+        entry["prefect_state"] = state.name
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        if not state.is_completed():
+            entry["status"] = "failed"
+            try:
+                state.result()  # re-raises the task's exception
+            except BaseException as e:
+                entry["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise
+            raise RuntimeError(f"stage {name} ended in state {state.name}")
+        result = state.result()
+        entry["status"] = "cached" if cached else "completed"
+        entry["mlflow_run_id"] = result.get("mlflow_run_id")
+        metrics = _numbers(result) if name != "validate-data" else _numbers(result["data"])
+        entry["metrics"] = metrics
+        entry["outputs"] = {k: _dig(result, k) for k in outputs}
+        self.client.set_tag(self.run_id, f"slimflow.stage.{name}", entry["status"])
+        if result.get("mlflow_run_id"):
+            self.client.set_tag(self.run_id, f"slimflow.stage.{name}.run_id", result["mlflow_run_id"])
+        import mlflow.entities as me  # noqa: PLC0415
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[me.Metric(f"{name}.{k}", v, now, 0) for k, v in metrics.items()][:1000]
+        )
+        return result
+
+    # ----------------------------------------------------------------------------------- closing
+    def __enter__(self) -> PipelineRun:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.summary["seconds"] = round(time.perf_counter() - self.t0, 2)
+        if exc is None:
+            self.summary["status"] = "completed"
+            status = "FINISHED"
+        else:
+            status = "FAILED"
+            self.summary["status"] = "data_invalid" if isinstance(exc, DataError) else "failed"
+            self.summary["error"] = (
+                str(exc) if isinstance(exc, SlimflowError) else f"{type(exc).__name__}: {exc}"
+            )
+            failed = next((k for k, v in self.summary["stages"].items() if v["status"] == "failed"), "?")
+            reason = (
+                "data validation failed: nothing was trained or registered"
+                if isinstance(exc, DataError)
+                else f"stage failed: {failed}"
+            )
+            self.summary["decision"] = {"outcome": "stopped", "promoted": False, "reason": reason}
+        try:
+            self.client.set_tag(self.run_id, "slimflow.status", self.summary["status"])
+            self.client.log_text(self.run_id, json.dumps(self.summary, indent=2, default=str), "summary.json")
+            self.client.set_terminated(self.run_id, status=status)
+        finally:
+            self._write_summary()
+
+    def _write_summary(self) -> None:
+        text = json.dumps(self.summary, indent=2, default=str)
+        runs = self.workdir / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        (runs / f"{self.flow_run_id or self.run_id}.json").write_text(text, encoding="utf-8")
+        if self.summary_path:
+            p = Path(self.summary_path)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(text, encoding="utf-8")
+
+
+def results_dir(cfg: PipelineConfig) -> Path:
+    """Where Prefect persists task results (and so its cache) for this workdir."""
+    return cfg.workdir_path() / "prefect-results"
+
+
+def _dig(obj: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = obj[part]
+    return obj

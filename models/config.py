@@ -1,0 +1,365 @@
+"""Typed pipeline configuration, loaded from YAML.
+
+Every field has a type, a default and a description. Unknown keys are rejected, and every error
+names the file and the dotted field path, so a typo fails before anything expensive starts.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from models.errors import ConfigError
+
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors, instances are immutable (hashable cache keys)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# --------------------------------------------------------------------------------------------- data
+class SplitConfig(Strict):
+    validation: float = Field(0.1, gt=0, lt=0.5, description="Fraction of rows held out for early stopping.")
+    test: float = Field(0.2, gt=0, lt=0.5, description="Fraction of rows held out for the final report.")
+    seed: int = Field(42, description="Seed of the stratified split; same seed + same data = same split.")
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> SplitConfig:
+        if self.validation + self.test >= 0.8:
+            raise ValueError("validation + test must leave at least 20% of rows for training")
+        return self
+
+
+class ValidationConfig(Strict):
+    """Thresholds of the Great Expectations suite (see models/validation.py)."""
+
+    min_chars: int = Field(2, ge=1, description="Shortest accepted text, in characters.")
+    max_chars: int = Field(5000, ge=2, description="Longest accepted text, in characters.")
+    max_blank_fraction: float = Field(
+        0.0, ge=0, lt=0.5, description="Share of null/blank texts tolerated (they are dropped); 0 = none."
+    )
+    max_duplicate_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Share of repeated texts tolerated (repeats are dropped)."
+    )
+    min_per_class: int = Field(20, ge=1, description="Minimum rows per class after cleaning.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ValidationConfig:
+        if self.min_chars > self.max_chars:
+            raise ValueError("min_chars must not exceed max_chars")
+        return self
+
+
+class DataConfig(Strict):
+    source: str = Field(
+        "packaged:rotten_tomatoes",
+        description="'packaged:NAME' for a dataset shipped in a package, or a .csv/.jsonl/.parquet path.",
+    )
+    format: Literal["auto", "csv", "jsonl", "parquet"] = Field(
+        "auto", description="File format; 'auto' uses the file extension."
+    )
+    text_column: str = Field("text", min_length=1, description="Column holding the input text.")
+    label_column: str = Field("label", min_length=1, description="Column holding the class label.")
+    labels: list[str] | None = Field(
+        None,
+        description="Declared label set (its order fixes label ids). Omitted: the sorted labels found.",
+    )
+    max_rows: int | None = Field(
+        None, ge=20, description="Stratified subsample after cleaning, for quick runs; None = all rows."
+    )
+    split: SplitConfig = SplitConfig()
+    validation: ValidationConfig = ValidationConfig()
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_distinct(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if len(v) < 2:
+                raise ValueError("labels must list at least two classes")
+            if len(set(v)) != len(v):
+                raise ValueError(f"labels must be distinct, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _columns_differ(self) -> DataConfig:
+        if self.text_column == self.label_column:
+            raise ValueError("text_column and label_column must differ")
+        return self
+
+
+# ----------------------------------------------------------------------------------------- training
+class TrainConfig(Strict):
+    epochs: int = Field(3, ge=1, le=1000, description="Maximum number of epochs.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Examples per optimizer micro-batch.")
+    eval_batch_size: int = Field(64, ge=1, le=4096, description="Examples per evaluation batch.")
+    grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(5e-5, gt=0, le=1, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay (not on biases/norms).")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of optimizer steps spent warming up.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate decay after warm-up."
+    )
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; None = off.")
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="Override the model's hidden/attention dropout; None = keep."
+    )
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens kept per text (longer ones truncated).")
+    early_stopping_patience: int | None = Field(
+        2, ge=1, description="Stop after this many epochs without a better validation metric; None = off."
+    )
+    metric: Literal["accuracy", "f1"] = Field(
+        "accuracy", description="Validation metric that picks the best epoch."
+    )
+    max_train_examples: int | None = Field(
+        None, ge=1, description="Use at most this many training rows (stratified); None = all."
+    )
+    mixed_precision: Literal["auto", "off", "fp16", "bf16"] = Field(
+        "auto", description="'auto' = bf16/fp16 autocast on a CUDA device, off on CPU."
+    )
+    seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
+
+
+# ------------------------------------------------------------------------------------ PEFT methods
+class _PeftMethod(Strict):
+    modules_to_save: list[str] = Field(
+        default_factory=lambda: ["classifier", "pooler"],
+        description="Modules trained in full beside the adapter (the new head; the pooler, which "
+        "sentence-embedding checkpoints never trained).",
+    )
+
+
+class LoraMethod(_PeftMethod):
+    kind: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; None = peft's default for the architecture."
+    )
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
+
+
+class AdaLoraMethod(_PeftMethod):
+    kind: Literal["adalora"] = "adalora"
+    init_r: int = Field(12, ge=1, le=1024, description="Initial rank of every adapted matrix.")
+    target_r: int = Field(8, ge=1, le=1024, description="Average rank after budget allocation.")
+    alpha: float = Field(16, gt=0, description="Scaling numerator.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the adapter branch.")
+    target_modules: list[str] | None = Field(None, description="Module names; None = peft's default.")
+    tinit_fraction: float = Field(0.1, ge=0, lt=1, description="Share of steps before rank pruning starts.")
+    tfinal_fraction: float = Field(0.2, ge=0, lt=1, description="Share of final steps with ranks frozen.")
+
+    @model_validator(mode="after")
+    def _ranks(self) -> AdaLoraMethod:
+        if self.target_r > self.init_r:
+            raise ValueError("target_r must not exceed init_r")
+        if self.tinit_fraction + self.tfinal_fraction >= 1:
+            raise ValueError("tinit_fraction + tfinal_fraction must be below 1")
+        return self
+
+
+class IA3Method(_PeftMethod):
+    kind: Literal["ia3"] = "ia3"
+    target_modules: list[str] | None = Field(None, description="Module names; None = peft's default.")
+    feedforward_modules: list[str] | None = Field(
+        None, description="Subset of target_modules that are feed-forward layers; None = peft's default."
+    )
+
+
+class PrefixTuningMethod(_PeftMethod):
+    kind: Literal["prefix_tuning"] = "prefix_tuning"
+    num_virtual_tokens: int = Field(20, ge=1, le=512, description="Trained prefix length per layer.")
+    prefix_projection: bool = Field(False, description="Re-parameterise the prefix through an MLP.")
+
+
+class FreezeMethod(Strict):
+    kind: Literal["freeze"] = "freeze"
+    train_top_layers: int = Field(
+        2, ge=0, description="Encoder layers trained from the top; embeddings and the rest are frozen."
+    )
+
+
+class FullMethod(Strict):
+    kind: Literal["full"] = "full"
+
+
+def _method_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("kind", "lora")
+    return getattr(value, "kind", "lora")
+
+
+FinetuneMethod = Annotated[
+    Annotated[LoraMethod, Tag("lora")]
+    | Annotated[AdaLoraMethod, Tag("adalora")]
+    | Annotated[IA3Method, Tag("ia3")]
+    | Annotated[PrefixTuningMethod, Tag("prefix_tuning")]
+    | Annotated[FreezeMethod, Tag("freeze")]
+    | Annotated[FullMethod, Tag("full")],
+    Discriminator(_method_kind),
+]
+
+
+class FewShotConfig(Strict):
+    k: int = Field(..., ge=1, le=100_000, description="Labeled training examples kept per class.")
+    seed: int = Field(42, description="Which k examples are drawn.")
+
+
+class FinetuneConfig(Strict):
+    model: str = Field(
+        "packaged:all-MiniLM-L6-v2",
+        description="'packaged:NAME', a local model folder with safetensors, or a Hugging Face hub id.",
+    )
+    method: FinetuneMethod = Field(default_factory=LoraMethod, description="How the teacher is adapted.")
+    few_shot: FewShotConfig | None = Field(None, description="Train on k examples per class only.")
+    train: TrainConfig = TrainConfig()
+
+
+# ----------------------------------------------------------------------------------------- tracking
+class TrackingConfig(Strict):
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI. None: $MLFLOW_TRACKING_URI, else a sqlite store in the workdir.",
+    )
+    experiment: str = Field("slimflow", min_length=1, max_length=200, description="MLflow experiment name.")
+    run_name: str | None = Field(None, description="Name of the parent run; None = '<pipeline>-<time>'.")
+
+
+# ------------------------------------------------------------------------------------------- root
+class PipelineConfig(Strict):
+    name: str = Field("slimflow", pattern=SAFE_NAME, description="Pipeline name (letters, digits, . _ -).")
+    workdir: str = Field(
+        ".slimflow", min_length=1, description="Folder for data, models, cache and the default MLflow store."
+    )
+    data: DataConfig = DataConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def workdir_path(self) -> Path:
+        return Path(self.workdir).expanduser().resolve()
+
+
+# ------------------------------------------------------------------------------------------ loading
+def format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid configuration ({err.error_count()} problem(s))"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in _TAGS)) or "(root)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(e["loc"][:-1])
+            msg = "unknown key" + (f"; valid keys here: {', '.join(allowed)}" if allowed else "")
+        elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+_TAGS = {"lora", "adalora", "ia3", "prefix_tuning", "freeze", "full"}
+_METHODS = {
+    "lora": LoraMethod,
+    "adalora": AdaLoraMethod,
+    "ia3": IA3Method,
+    "prefix_tuning": PrefixTuningMethod,
+    "freeze": FreezeMethod,
+    "full": FullMethod,
+}
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the config section at ``loc`` (for 'unknown key' messages)."""
+    model: Any = PipelineConfig
+    for part in loc:
+        if isinstance(part, str) and part in _METHODS:
+            model = _METHODS[part]
+            continue
+        field = getattr(model, "model_fields", {}).get(part) if model is not None else None
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return sorted(getattr(model, "model_fields", {})) if model is not None else []
+
+
+_OVERRIDE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)=(.*)$", re.S)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=VALUE`` overrides; VALUE is parsed as YAML (numbers, lists, null...)."""
+    for item in overrides:
+        m = _OVERRIDE.match(item)
+        if not m:
+            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. finetune.train.epochs=2")
+        path, text = m.group(1).split("."), m.group(2)
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from None
+        node = raw
+        for i, key in enumerate(path[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise ConfigError(f"--set {item!r}: {where} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML file (or the defaults when ``path`` is None), apply overrides, validate."""
+    origin = str(path) if path is not None else "(defaults)"
+    raw: Any = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        origin += " with --set " + " ".join(overrides)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, origin)) from None
+
+
+def config_to_params(cfg: BaseModel, prefix: str = "") -> dict[str, str]:
+    """Flatten a config into dotted ``key: str`` pairs for MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        else:
+            out[key] = "null" if value is None else str(value)
+
+    walk(cfg.model_dump(mode="json"), prefix)
+    return out

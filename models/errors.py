@@ -1,0 +1,37 @@
+"""Error types with the CLI exit code each maps to.
+
+Expected failures raise one of these; the CLI prints the message without a traceback
+(unless ``--debug``) and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class SlimflowError(Exception):
+    """A failure we expected and can explain in one message."""
+
+    exit_code: int = 1
+
+
+class ConfigError(SlimflowError):
+    """Bad configuration, bad usage or a missing input file: nothing was started."""
+
+    exit_code = 2
+
+
+class DataError(SlimflowError):
+    """The data could not be read or does not pass validation: nothing was trained."""
+
+    exit_code = 3
+
+
+class DataValidationError(DataError):
+    """Great Expectations rejected the data; ``report`` holds the per-expectation outcomes."""
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class ModelSourceError(ConfigError):
+    """A model name or folder cannot be resolved to safetensors weights."""

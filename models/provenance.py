@@ -1,0 +1,112 @@
+"""Where a result came from: code hash, git commit, package versions, hardware."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY_PACKAGES = (
+    "slimflow",
+    "torch",
+    "transformers",
+    "peft",
+    "tokenizers",
+    "safetensors",
+    "accelerate",
+    "prefect",
+    "mlflow",
+    "great_expectations",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "pandas",
+    "numpy",
+    "scikit-learn",
+)
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in KEY_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+@functools.cache
+def code_version() -> str:
+    """sha256 over the library/task/flow sources and key package versions.
+
+    Part of every cache key: Prefect's TASK_SOURCE sees only the task function's own text,
+    so a change in models/ (or an upgraded transformers) would otherwise reuse stale results.
+    """
+    h = hashlib.sha256()
+    for pkg in ("models", "tasks", "flows"):
+        for p in sorted((ROOT / pkg).rglob("*.py")):
+            h.update(str(p.relative_to(ROOT)).encode() + b"\0" + p.read_bytes())
+    for k, v in sorted(package_versions().items()):
+        if k != "slimflow":
+            h.update(f"{k}=={v}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return out + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict[str, str]:
+    info = {
+        "cpu": _cpu_model(),
+        "cores": str(os.cpu_count() or 0),
+        "machine": platform.machine(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "gpu": "none",
+    }
+    try:
+        import torch  # noqa: PLC0415
+
+        info["torch_threads"] = str(torch.get_num_threads())
+        if torch.cuda.is_available():
+            info["gpu"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    except ImportError:
+        pass
+    return info
+
+
+def hardware_fingerprint(hw: dict[str, str] | None = None) -> str:
+    hw = hw or hardware()
+    return f"{hw['cpu']} x{hw['cores']} | gpu: {hw['gpu']}"

@@ -1,0 +1,101 @@
+"""MLflow plumbing: where the store is, the parent run of a pipeline, a nested run per stage.
+
+Nothing here runs at import time. The default store is a sqlite file plus an artifact folder in
+the workdir (``.slimflow/``), not the repo root; ``tracking.uri`` or ``$MLFLOW_TRACKING_URI``
+point elsewhere (config wins over the environment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from models import provenance
+from models.config import TrackingConfig
+
+PARAM_LIMIT = 6000  # MLflow 3 param value limit (chars)
+
+
+def tracking_uri(cfg: TrackingConfig, workdir: Path) -> str:
+    if cfg.uri:
+        return cfg.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+def artifact_root(workdir: Path) -> str:
+    return (workdir / "mlartifacts").resolve().as_uri()
+
+
+def configure(cfg: TrackingConfig, workdir: Path) -> tuple[str, str]:
+    """Point MLflow at the store and make sure the experiment exists. Returns (uri, experiment_id)."""
+    import mlflow  # noqa: PLC0415
+
+    # Bounded client retries: a dead server must fail a run in seconds, not minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    uri = tracking_uri(cfg, workdir)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    exp = mlflow.get_experiment_by_name(cfg.experiment)
+    if exp is None:
+        location = artifact_root(workdir) if uri.startswith("sqlite:") else None
+        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    return uri, exp_id
+
+
+def provenance_tags() -> dict[str, str]:
+    hw = provenance.hardware()
+    tags = {
+        "slimflow.git_commit": provenance.git_commit(),
+        "slimflow.code_version": provenance.code_version(),
+        "slimflow.hardware": provenance.hardware_fingerprint(hw),
+    }
+    tags.update({f"hw.{k}": v for k, v in hw.items()})
+    tags.update({f"version.{k}": v for k, v in provenance.package_versions().items()})
+    return tags
+
+
+def log_params(params: dict[str, Any]) -> None:
+    import mlflow  # noqa: PLC0415
+
+    items = [(k, str(v)[:PARAM_LIMIT]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # log_batch accepts at most 100 params per call
+        mlflow.log_params(dict(items[i : i + 100]))
+
+
+def log_json(obj: Any, artifact_file: str) -> None:
+    import mlflow  # noqa: PLC0415
+
+    mlflow.log_text(json.dumps(obj, indent=2, default=str), artifact_file)
+
+
+@contextmanager
+def stage_run(parent_run_id: str, stage: str, experiment_id: str) -> Iterator[Any]:
+    """A nested MLflow run for one stage, closed FAILED if the stage raises."""
+    import mlflow  # noqa: PLC0415
+
+    run = mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=stage,
+        nested=True,
+        parent_run_id=parent_run_id,
+        tags={"slimflow.stage": stage},
+    )
+    try:
+        yield run
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")

@@ -1,0 +1,3 @@
+from slimflow.cli import main
+
+main()

@@ -1,0 +1,253 @@
+"""The ``slimflow`` command line.
+
+Heavy libraries (torch, prefect, mlflow, great_expectations) are imported inside the commands,
+so ``--help`` and config errors answer at once. Exit codes: 0 finished, 1 failure,
+2 bad usage or config, 3 data validation failed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="slimflow",
+    help="Fine-tune a teacher, shrink it, validate it and promote it only when it meets its gates.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+ConfigOpt = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="Pipeline YAML (e.g. configs/quickstart.yaml).", show_default=False),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a field: KEY.PATH=VALUE (VALUE is YAML). Repeatable.",
+        show_default=False,
+    ),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+
+
+def _env_defaults() -> None:
+    # Offline by default: nothing may download weights here. Users with hub access unset these.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_LOGGED_MODEL_CREATION", "false")
+    # Prefect's local mode starts a temporary server; on a busy 2-core box it can need more than
+    # the default 20 s. No telemetry from a machine that may have no network.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _fail(exc: BaseException, debug: bool) -> None:
+    from models.errors import SlimflowError  # noqa: PLC0415
+
+    if debug:
+        err.print_exception(show_locals=False)
+    if isinstance(exc, SlimflowError):
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(exc.exit_code)
+    err.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+    if not debug:
+        err.print("(run again with --debug for the traceback)")
+    raise typer.Exit(1)
+
+
+def _load(config: Path, overrides: list[str] | None):  # noqa: ANN202 - PipelineConfig, lazily imported
+    from models.config import load_config  # noqa: PLC0415
+
+    return load_config(config, overrides or [])
+
+
+def _preflight(cfg) -> None:  # noqa: ANN001
+    """Cheap checks that would otherwise fail minutes into a run."""
+    from models.data import check_source  # noqa: PLC0415
+    from models.sources import resolve_model  # noqa: PLC0415
+
+    check_source(cfg.data)
+    resolve_model(cfg.finetune.model, cfg.workdir_path())
+
+
+@app.command()
+def run(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    summary: Annotated[
+        Path | None,
+        typer.Option("--summary", help="Write a JSON summary (run ids, stage states, metrics, decision)."),
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Run the whole pipeline (Prefect flow, tracked in MLflow)."""
+    _env_defaults()
+    try:
+        cfg = _load(config, set_)
+        _preflight(cfg)
+    except Exception as e:  # noqa: BLE001
+        _fail(e, debug)
+    err.print(
+        f"[bold]slimflow[/] running pipeline [cyan]{cfg.name}[/] from {config} (workdir {cfg.workdir_path()})"
+    )
+    try:
+        from flows.pipeline import run_pipeline  # noqa: PLC0415
+
+        result = run_pipeline(cfg, summary_path=str(summary) if summary else None)
+    except Exception as e:  # noqa: BLE001
+        if summary and summary.exists():
+            err.print(f"summary written to {summary}")
+        _fail(e, debug)
+    _print_summary(result)
+    if summary:
+        err.print(f"summary written to {summary}")
+
+
+def _print_summary(s: dict) -> None:
+    t = Table(title=f"slimflow run {s.get('mlflow_run_id', '')[:12]}", show_lines=False)
+    t.add_column("stage")
+    t.add_column("status")
+    t.add_column("seconds", justify="right")
+    t.add_column("key figures")
+    keys = (
+        "test_accuracy",
+        "test_f1",
+        "trainable_share",
+        "counts_train",
+        "counts_test",
+        "rows_raw",
+        "duplicates_dropped",
+    )
+    for name, st in s.get("stages", {}).items():
+        m = st.get("metrics", {})
+        figs = ", ".join(f"{k}={m[k]:.4g}" for k in keys if k in m)
+        colour = {"completed": "green", "cached": "cyan", "failed": "red"}.get(st["status"], "white")
+        t.add_row(name, f"[{colour}]{st['status']}[/]", f"{st.get('seconds', 0):.1f}", figs)
+    out.print(t)
+    d = s.get("decision") or {}
+    out.print(f"decision: [bold]{d.get('outcome')}[/] — {d.get('reason')}")
+    out.print(f"MLflow: {s.get('tracking_uri')} (run {s.get('mlflow_run_id')}); `slimflow ui` to browse")
+
+
+@app.command("validate-data")
+def validate_data(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option("--report-dir", help="Where to write the report (default: <workdir>/validate)."),
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Validate the configured data with Great Expectations only (no training, no tracking)."""
+    _env_defaults()
+    try:
+        cfg = _load(config, set_)
+        from models.data import source_digest  # noqa: PLC0415
+        from models.errors import DataValidationError  # noqa: PLC0415
+        from models.prepare import prepare  # noqa: PLC0415
+
+        digest = source_digest(cfg.data)
+        dest = report_dir or cfg.workdir_path() / "validate"
+        import tempfile  # noqa: PLC0415
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                prepared, report = prepare(cfg.data, tmp, digest, dest)
+            except DataValidationError as e:
+                if e.report is not None:
+                    _print_report(e.report)
+                raise
+        _print_report(report)
+        out.print(
+            f"rows: {prepared.rows_raw} raw, {prepared.duplicates_dropped} repeats and "
+            f"{prepared.blank_dropped} blank dropped; split {prepared.counts}; "
+            f"fingerprint {prepared.data_fingerprint[:16]}"
+        )
+    except Exception as e:  # noqa: BLE001
+        _fail(e, debug)
+
+
+def _print_report(report) -> None:  # noqa: ANN001
+    t = Table(title="Great Expectations" + (" — passed" if report.success else " — FAILED"))
+    t.add_column("suite")
+    t.add_column("expectation")
+    t.add_column("result")
+    t.add_column("observed")
+    for o in report.outcomes:
+        t.add_row(o.suite, o.title, "[green]ok[/]" if o.success else "[red]failed[/]", o.observed)
+    out.print(t)
+    if report.docs_dir:
+        out.print(f"Data Docs: {Path(report.docs_dir) / 'index.html'}")
+
+
+@app.command()
+def ui(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Use this config's tracking store (default: ./.slimflow)."),
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    debug: DebugOpt = False,
+) -> None:
+    """Open the MLflow UI on the configured store, bound to 127.0.0.1."""
+    try:
+        from models.config import PipelineConfig  # noqa: PLC0415
+        from models.tracking import artifact_root, tracking_uri  # noqa: PLC0415
+
+        cfg = _load(config, []) if config else PipelineConfig()
+        workdir = cfg.workdir_path()
+        uri = tracking_uri(cfg.tracking, workdir)
+    except Exception as e:  # noqa: BLE001
+        _fail(e, debug)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    if uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", artifact_root(workdir)]
+    err.print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
+    os.execv(sys.executable, cmd)
+
+
+@app.command("show-config")
+def show_config(config: ConfigOpt, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Print the resolved configuration (defaults filled in, overrides applied) as YAML."""
+    try:
+        cfg = _load(config, set_)
+    except Exception as e:  # noqa: BLE001
+        _fail(e, debug)
+    import yaml  # noqa: PLC0415
+
+    out.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), highlight=False, markup=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Task: load, validate (Great Expectations), clean and split the data; log the report to MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from models import tracking
+from models.config import DataConfig, config_to_params
+from models.errors import DataValidationError
+from models.prepare import PreparedData, prepare
+from tasks.common import STAGE_CACHE, StageContext, atomic_dir, stage_key
+
+
+def _log_report(report_dir: Path) -> None:
+    import mlflow  # noqa: PLC0415
+
+    if report_dir.is_dir():
+        mlflow.log_artifacts(str(report_dir), "data_validation")
+
+
+def log_dataset(prepared: PreparedData, run_id: str) -> None:
+    """Record the training split as an MLflow dataset input, named by our content fingerprint."""
+    import mlflow  # noqa: PLC0415
+    import pandas as pd  # noqa: PLC0415
+    from mlflow.entities import DatasetInput, InputTag  # noqa: PLC0415
+
+    df = pd.read_parquet(prepared.path("train"))
+    ds = mlflow.data.from_pandas(
+        df, source=prepared.source_path, name=f"train-{prepared.data_fingerprint[:12]}", targets="label"
+    )
+    tags = [
+        InputTag("mlflow.data.context", "train"),
+        InputTag("slimflow.source", prepared.source),
+        InputTag("slimflow.data_fingerprint", prepared.data_fingerprint),
+        InputTag("slimflow.split_fingerprint", prepared.split_fingerprint),
+    ]
+    mlflow.MlflowClient().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=tags)])
+
+
+@task(name="validate-data", cache_policy=STAGE_CACHE, persist_result=True, tags=["data"])
+def prepare_data(cfg: DataConfig, source_sha256: str, code_version: str, ctx: StageContext) -> dict:
+    """Returns {'data': PreparedData as dict, 'mlflow_run_id': ...}; raises DataValidationError."""
+    import mlflow  # noqa: PLC0415
+
+    key = stage_key(cfg, source_sha256, code_version)
+    final = Path(ctx.workdir) / "data" / key
+    report_dir = Path(ctx.workdir) / "data" / "reports" / key  # kept on failure too
+    mlflow.set_tracking_uri(ctx.tracking_uri)
+    with tracking.stage_run(ctx.parent_run_id, "validate-data", ctx.experiment_id) as run:
+        tracking.log_params({f"data.{k}": v for k, v in config_to_params(cfg).items()})
+        mlflow.set_tag("slimflow.data.source_sha256", source_sha256)
+        try:
+            with atomic_dir(final) as tmp:
+                prepared, report = prepare(cfg, tmp, source_sha256, report_dir)
+        except DataValidationError as e:
+            _log_report(report_dir)
+            mlflow.set_tag("slimflow.data.valid", "false")
+            mlflow.log_metric("data.expectations_failed", len(e.report.failures()) if e.report else 1)
+            raise
+        # paths were written inside the temporary folder: point them at the final one
+        prepared = prepared.model_copy(
+            update={"paths": {k: str(final / Path(v).name) for k, v in prepared.paths.items()}}
+        )
+        _log_report(report_dir)
+        mlflow.set_tags(
+            {
+                "slimflow.data.valid": "true",
+                "slimflow.data.fingerprint": prepared.data_fingerprint,
+                "slimflow.data.split_fingerprint": prepared.split_fingerprint,
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "data.rows_raw": prepared.rows_raw,
+                "data.blank_dropped": prepared.blank_dropped,
+                "data.duplicates_dropped": prepared.duplicates_dropped,
+                "data.expectations_met": len(report.outcomes),
+                **{f"data.rows_{k}": v for k, v in prepared.counts.items()},
+            }
+        )
+        log_dataset(prepared, run.info.run_id)
+        return {"data": prepared.model_dump(), "mlflow_run_id": run.info.run_id}

@@ -1,0 +1,75 @@
+"""Task: fine-tune the teacher (peft), log per-epoch metrics and the merged model to MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from models import tracking
+from models.config import FinetuneConfig, config_to_params
+from models.finetune import finetune
+from models.prepare import PreparedData
+from models.training import EpochRecord
+from tasks.common import STAGE_CACHE, StageContext, atomic_dir, file_sha256, stage_key, transient_only
+
+
+@task(
+    name="finetune-teacher",
+    cache_policy=STAGE_CACHE,
+    persist_result=True,
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=transient_only,
+    tags=["train"],
+)
+def finetune_teacher(cfg: FinetuneConfig, data: PreparedData, code_version: str, ctx: StageContext) -> dict:
+    """Returns the FinetuneResult as a dict plus 'mlflow_run_id' and the model's sha256."""
+    import mlflow  # noqa: PLC0415
+
+    key = stage_key(cfg, data.split_fingerprint, code_version)
+    final = Path(ctx.workdir) / "models" / "teacher" / key
+    mlflow.set_tracking_uri(ctx.tracking_uri)
+    with tracking.stage_run(ctx.parent_run_id, "finetune-teacher", ctx.experiment_id) as run:
+        tracking.log_params({f"finetune.{k}": v for k, v in config_to_params(cfg).items()})
+        mlflow.set_tag("slimflow.data.split_fingerprint", data.split_fingerprint)
+
+        def on_ready(info: dict) -> None:
+            mlflow.log_metrics({f"teacher.{k}": float(v) for k, v in info.items()})
+
+        def on_epoch(rec: EpochRecord) -> None:
+            mlflow.log_metrics(
+                {
+                    "teacher.train_loss": rec.train_loss,
+                    "teacher.val_loss": rec.val_loss,
+                    "teacher.val_accuracy": rec.val_accuracy,
+                    "teacher.val_f1": rec.val_f1,
+                    "teacher.learning_rate": rec.learning_rate,
+                    "teacher.epoch_seconds": rec.seconds,
+                },
+                step=rec.epoch,
+            )
+
+        cache_dir = Path(ctx.workdir)
+        with atomic_dir(final) as tmp:
+            result = finetune(
+                cfg, data, tmp, cache_dir, on_epoch=on_epoch, on_ready=on_ready, progress=ctx.progress
+            )
+        result.model_dir = str(final)
+        weights = next(final.glob("*.safetensors"))
+        sha = file_sha256(weights)
+        final_metrics = {
+            "teacher.test_accuracy": result.test["accuracy"],
+            "teacher.test_f1": result.test["f1"],
+            "teacher.val_accuracy_best": result.validation["accuracy"],
+            "teacher.val_f1_best": result.validation["f1"],
+            "teacher.best_epoch": result.best_epoch,
+            "teacher.train_seconds": result.train_seconds,
+        }
+        if result.merge_max_abs_diff is not None:
+            final_metrics["teacher.merge_max_abs_diff"] = result.merge_max_abs_diff
+        mlflow.log_metrics(final_metrics)
+        mlflow.set_tags({"slimflow.model.sha256": sha, "slimflow.model.merged": str(result.merged).lower()})
+        mlflow.log_artifacts(str(final), "teacher_model")
+        tracking.log_json(result.to_dict(), "teacher_result.json")
+        return {**result.to_dict(), "mlflow_run_id": run.info.run_id, "weights_sha256": sha}

@@ -1,0 +1,93 @@
+"""Shared fixtures: a tiny BERT and tokenizer built locally from configs, and synthetic data.
+
+Nothing here downloads anything; the real packaged model/data are used in tests/integration.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_ENABLE_LOGGED_MODEL_CREATION", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+POSITIVE = "good great fine superb lovely moving brilliant charming witty delightful".split()
+NEGATIVE = "bad awful dull boring clumsy tedious weak messy stale lifeless".split()
+FILLER = "the film movie plot cast story was is a an and very quite rather truly".split()
+
+
+def make_reviews(n: int = 240, seed: int = 0) -> pd.DataFrame:
+    """Distinct short 'reviews'; the label follows the sentiment words, so a tiny model can learn it."""
+    rng = random.Random(seed)
+    rows, seen = [], set()
+    while len(rows) < n:
+        label = "pos" if len(rows) % 2 == 0 else "neg"
+        words = rng.sample(FILLER, 4) + rng.sample(POSITIVE if label == "pos" else NEGATIVE, 2)
+        rng.shuffle(words)
+        text = " ".join(words)
+        if text not in seen:
+            seen.add(text)
+            rows.append({"review": text, "sentiment": label})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def reviews() -> pd.DataFrame:
+    return make_reviews()
+
+
+def build_tiny_model(path: Path, layers: int = 2) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(POSITIVE + NEGATIVE + FILLER))]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(path)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture
+def reviews_csv(tmp_path: Path, reviews: pd.DataFrame) -> Path:
+    p = tmp_path / "reviews.csv"
+    reviews.to_csv(p, index=False)
+    return p
+
+
+def data_cfg(source: Path | str, **kw):
+    from models.config import DataConfig
+
+    base = {
+        "source": str(source),
+        "text_column": "review",
+        "label_column": "sentiment",
+        "labels": ["neg", "pos"],
+    }
+    base.update(kw)
+    return DataConfig.model_validate(base)

@@ -1,0 +1,134 @@
+"""The Prefect flow end to end: real packaged model and data, MLflow records, Prefect caching."""
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from flows.pipeline import run_pipeline
+from models.config import PipelineConfig
+from tests.conftest import make_reviews
+
+pytestmark = pytest.mark.integration
+
+
+def runs_named(summary: dict, name: str) -> list:
+    client = mlflow.MlflowClient(summary["tracking_uri"])
+    return client.search_runs([summary["mlflow_experiment_id"]], f"attributes.run_name = '{name}'")
+
+
+def test_real_model_and_data_slice_end_to_end(tmp_path):
+    cfg = PipelineConfig.model_validate(
+        {
+            "name": "it-real",
+            "workdir": str(tmp_path / "work"),
+            "data": {
+                "labels": ["fresh", "rotten"],
+                "max_rows": 400,
+                "validation": {"min_per_class": 50, "max_duplicate_fraction": 0.02},
+            },
+            "finetune": {
+                "model": "packaged:all-MiniLM-L6-v2",
+                "method": {"kind": "lora", "r": 4, "target_modules": ["query", "value"]},
+                "train": {"epochs": 1, "batch_size": 32, "learning_rate": 2e-3, "max_length": 48},
+            },
+        }
+    )
+    s = run_pipeline(cfg, summary_path=str(tmp_path / "summary.json"), progress=False)
+    assert s["status"] == "completed"
+    assert [st["status"] for st in s["stages"].values()] == ["completed", "completed"]
+    assert (tmp_path / "summary.json").is_file() and s["flow_run_id"]
+
+    client = mlflow.MlflowClient(s["tracking_uri"])
+    parent = client.get_run(s["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["finetune.method.r"] == "4" and parent.data.params["data.max_rows"] == "400"
+    for tag in ("slimflow.git_commit", "slimflow.hardware", "version.torch", "version.peft", "hw.cores"):
+        assert parent.data.tags.get(tag), tag
+    assert "finetune-teacher.test_accuracy" in parent.data.metrics
+    children = client.search_runs(
+        [s["mlflow_experiment_id"]], f"tags.mlflow.parentRunId = '{s['mlflow_run_id']}'"
+    )
+    assert {c.info.run_name for c in children} == {"validate-data", "finetune-teacher"}
+    assert all(c.info.status == "FINISHED" for c in children)
+
+    data_run = next(c for c in children if c.info.run_name == "validate-data")
+    assert data_run.inputs.dataset_inputs, "dataset input not logged"
+    ds_tags = {t.key: t.value for t in data_run.inputs.dataset_inputs[0].tags}
+    assert ds_tags["slimflow.data_fingerprint"] == data_run.data.tags["slimflow.data.fingerprint"]
+    assert len(ds_tags["slimflow.data_fingerprint"]) == 64
+
+    teacher_run = next(c for c in children if c.info.run_name == "finetune-teacher")
+    m = teacher_run.data.metrics
+    assert 0.0 < m["teacher.trainable_share"] < 0.05
+    assert m["teacher.merge_max_abs_diff"] < 1e-4
+    assert 0.5 <= m["teacher.test_accuracy"] <= 1.0
+    history = client.get_metric_history(teacher_run.info.run_id, "teacher.val_accuracy")
+    assert [h.step for h in history] == [1]
+    arts = {a.path for a in client.list_artifacts(teacher_run.info.run_id, "teacher_model")}
+    assert "teacher_model/model.safetensors" in arts
+    assert len(teacher_run.data.tags["slimflow.model.sha256"]) == 64  # checked after any download
+    model_dir = Path(s["stages"]["finetune-teacher"]["outputs"]["model_dir"])
+    assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()
+    assert not list((tmp_path / "work" / "models" / "teacher").glob(".*.tmp"))  # no partial outputs
+    assert client.search_registered_models() == []  # registration is a later stage
+
+
+def _tiny_cfg(tmp_path: Path, data: Path, tiny_model_dir: Path, lr: float = 5e-3) -> PipelineConfig:
+    return PipelineConfig.model_validate(
+        {
+            "name": "it-cache",
+            "workdir": str(tmp_path / "work"),
+            "data": {
+                "source": str(data),
+                "text_column": "review",
+                "label_column": "sentiment",
+                "labels": ["neg", "pos"],
+                "validation": {"min_per_class": 10},
+            },
+            "finetune": {
+                "model": str(tiny_model_dir),
+                "method": {"kind": "lora", "r": 2, "target_modules": ["query", "value"]},
+                "train": {"epochs": 1, "batch_size": 32, "learning_rate": lr, "max_length": 32},
+            },
+        }
+    )
+
+
+def test_reruns_reuse_cached_stages_and_rerun_exactly_what_changed(tmp_path, tiny_model_dir):
+    data = tmp_path / "reviews.csv"
+    make_reviews(200).to_csv(data, index=False)
+    cfg = _tiny_cfg(tmp_path, data, tiny_model_dir)
+
+    first = run_pipeline(cfg, progress=False)
+    assert [v["status"] for v in first["stages"].values()] == ["completed", "completed"]
+
+    second = run_pipeline(cfg, progress=False)
+    assert [v["status"] for v in second["stages"].values()] == ["cached", "cached"]
+    assert second["stages"]["finetune-teacher"]["prefect_state"] == "Cached"
+    assert second["stages"]["finetune-teacher"]["metrics"] == first["stages"]["finetune-teacher"]["metrics"]
+    assert len(runs_named(second, "finetune-teacher")) == 1  # no duplicate training
+    parent = mlflow.MlflowClient(second["tracking_uri"]).get_run(second["mlflow_run_id"])
+    assert parent.data.tags["slimflow.stage.finetune-teacher"] == "cached"
+    assert (
+        parent.data.tags["slimflow.stage.finetune-teacher.run_id"]
+        == first["stages"]["finetune-teacher"]["mlflow_run_id"]
+    )
+
+    # a changed fine-tuning config re-runs fine-tuning only
+    third = run_pipeline(_tiny_cfg(tmp_path, data, tiny_model_dir, lr=1e-3), progress=False)
+    assert [v["status"] for v in third["stages"].values()] == ["cached", "completed"]
+
+    # changed data bytes (same path) re-run everything
+    make_reviews(200, seed=5).to_csv(data, index=False)
+    fourth = run_pipeline(cfg, progress=False)
+    assert [v["status"] for v in fourth["stages"].values()] == ["completed", "completed"]
+
+    # a cached result whose model folder was deleted is recomputed, not handed on dangling
+    import shutil
+
+    shutil.rmtree(fourth_model := Path(fourth["stages"]["finetune-teacher"]["outputs"]["model_dir"]))
+    fifth = run_pipeline(cfg, progress=False)
+    assert fifth["stages"]["validate-data"]["status"] == "cached"
+    assert fifth["stages"]["finetune-teacher"]["status"] == "completed"
+    assert (fourth_model / "model.safetensors").is_file()

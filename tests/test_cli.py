@@ -1,0 +1,148 @@
+"""The command line as a user meets it: help, exit codes, messages without tracebacks."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_reviews
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def slimflow(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GX_ANALYTICS_ENABLED": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "slimflow", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def write_config(tmp_path: Path, data_path: Path, **extra: str) -> Path:
+    body = f"""
+name: clitest
+workdir: {tmp_path / "work"}
+data:
+  source: {data_path}
+  text_column: review
+  label_column: sentiment
+  labels: [neg, pos]
+  validation: {{min_per_class: 10}}
+finetune:
+  model: packaged:all-MiniLM-L6-v2
+"""
+    p = tmp_path / "cfg.yaml"
+    p.write_text(body + "".join(f"{k}: {v}\n" for k, v in extra.items()), encoding="utf-8")
+    return p
+
+
+def test_help_lists_the_commands(tmp_path):
+    r = slimflow("--help", cwd=tmp_path)
+    assert r.returncode == 0
+    for cmd in ("run", "validate-data", "ui", "show-config"):
+        assert cmd in r.stdout
+    r = slimflow("run", "--help", cwd=tmp_path)
+    assert r.returncode == 0 and "--summary" in r.stdout and "--set" in r.stdout
+
+
+def test_bad_config_exits_2_with_the_field_and_no_traceback(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("finetune:\n  train:\n    epochs: zero\n", encoding="utf-8")
+    r = slimflow("run", "--config", str(cfg), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "finetune.train.epochs" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / ".slimflow").exists()  # nothing started
+
+
+def test_missing_config_and_bad_override_exit_2(tmp_path):
+    r = slimflow("run", "--config", str(tmp_path / "nope.yaml"), cwd=tmp_path)
+    assert r.returncode == 2 and "config file not found" in r.stderr
+    cfg = write_config(tmp_path, tmp_path / "d.csv")
+    r = slimflow("show-config", "--config", str(cfg), "--set", "finetune.train.epochs=-1", cwd=tmp_path)
+    assert r.returncode == 2 and "finetune.train.epochs" in r.stderr
+
+
+def test_missing_data_file_exits_2_before_any_work(tmp_path):
+    cfg = write_config(tmp_path, tmp_path / "missing.csv")
+    r = slimflow("run", "--config", str(cfg), cwd=tmp_path)
+    assert r.returncode == 2 and "file not found" in r.stderr and "missing.csv" in r.stderr
+    assert not (tmp_path / "work").exists()
+
+
+def test_unsafe_model_folder_exits_2(tmp_path):
+    data = tmp_path / "d.csv"
+    make_reviews().to_csv(data, index=False)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    (tmp_path / "m" / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    cfg = write_config(tmp_path, data)
+    r = slimflow("run", "--config", str(cfg), "--set", f"finetune.model={tmp_path / 'm'}", cwd=tmp_path)
+    assert r.returncode == 2 and "safetensors" in r.stderr
+
+
+def test_show_config_prints_the_resolved_yaml(tmp_path):
+    cfg = write_config(tmp_path, tmp_path / "d.csv")
+    r = slimflow("show-config", "-c", str(cfg), "--set", "finetune.method.r=4", cwd=tmp_path)
+    assert r.returncode == 0 and "r: 4" in r.stdout and "learning_rate:" in r.stdout
+
+
+def test_validate_data_passes_good_data(tmp_path):
+    data = tmp_path / "d.csv"
+    make_reviews().to_csv(data, index=False)
+    r = slimflow("validate-data", "-c", str(write_config(tmp_path, data)), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "passed" in r.stdout and (tmp_path / "work" / "validate" / "data_docs" / "index.html").is_file()
+
+
+@pytest.mark.parametrize("kind", ["conflict", "non_utf8"])
+def test_validate_data_exits_3_on_bad_data(tmp_path, kind):
+    data = tmp_path / "d.csv"
+    df = make_reviews()
+    if kind == "conflict":
+        df.loc[3, "review"] = df.loc[4, "review"]
+        df.to_csv(data, index=False)
+    else:
+        data.write_bytes(df.to_csv(index=False).replace("good", "g\xf6\xf6d").encode("latin-1"))
+    r = slimflow("validate-data", "-c", str(write_config(tmp_path, data)), cwd=tmp_path)
+    assert r.returncode == 3
+    assert "Traceback" not in r.stderr
+    expected = "no text carries two different labels" if kind == "conflict" else "not UTF-8"
+    assert expected in r.stdout + r.stderr
+
+
+def test_run_on_bad_data_exits_3_trains_nothing_and_writes_the_summary(tmp_path):
+    data = tmp_path / "d.csv"
+    df = make_reviews()
+    df.loc[[5, 6, 7], "sentiment"] = "meh"
+    df.to_csv(data, index=False)
+    summary = tmp_path / "summary.json"
+    r = slimflow("run", "-c", str(write_config(tmp_path, data)), "--summary", str(summary), cwd=tmp_path)
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "labels within" in r.stderr and "3 of 240 rows unexpected" in r.stderr
+    s = json.loads(summary.read_text())
+    assert s["status"] == "data_invalid" and s["decision"]["promoted"] is False
+    assert s["stages"]["validate-data"]["status"] == "failed" and "finetune-teacher" not in s["stages"]
+    assert s["flow_run_id"] and s["mlflow_run_id"]
+    assert not (tmp_path / "work" / "models").exists()  # nothing trained
+
+    import mlflow
+
+    client = mlflow.MlflowClient(s["tracking_uri"])
+    parent = client.get_run(s["mlflow_run_id"])
+    assert parent.info.status == "FAILED"
+    assert client.search_registered_models() == []
+    children = client.search_runs(
+        [s["mlflow_experiment_id"]], f"tags.mlflow.parentRunId = '{s['mlflow_run_id']}'"
+    )
+    (child,) = children
+    assert child.data.tags["slimflow.data.valid"] == "false"
+    names = {a.path for a in client.list_artifacts(child.info.run_id, "data_validation")}
+    assert "data_validation/validation_result.json" in names and "data_validation/data_docs" in names
