@@ -28,9 +28,10 @@ class DataError(SlimflowError):
 class DataValidationError(DataError):
     """Great Expectations rejected the data; ``report`` holds the per-expectation outcomes."""
 
-    def __init__(self, message: str, report: object | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, report: object | None = None, hint: str | None = None) -> None:
+        super().__init__(message + (f"; {hint}" if hint else ""))
         self.report = report
+        self.hint = hint
 
 
 class ModelSourceError(ConfigError):

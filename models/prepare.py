@@ -51,11 +51,9 @@ def prepare(
 
     def fail() -> None:
         report = v.finish()
-        message = report.summary()
         missing = [c for c in (cfg.text_column, cfg.label_column) if c not in raw.columns]
-        if missing:
-            message += f"\n  columns in {cfg.source}: {list(map(str, raw.columns))[:20]}"
-        raise DataValidationError(message, report=report)
+        hint = f"columns in {cfg.source}: {list(map(str, raw.columns))[:20]}" if missing else None
+        raise DataValidationError(report.headline(), report=report, hint=hint)
 
     if not v.run("schema", raw):
         fail()

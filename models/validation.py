@@ -45,6 +45,16 @@ class ValidationReport:
     def failures(self) -> list[Outcome]:
         return [o for o in self.outcomes if not o.success]
 
+    def headline(self) -> str:
+        """One line (Prefect repeats exception messages in several log lines)."""
+        bad = self.failures()
+        where = f" (report: {Path(self.docs_dir) / 'index.html'})" if self.docs_dir else ""
+        return (
+            f"data validation failed: {len(bad)} of {len(self.outcomes)} expectations not met: "
+            + "; ".join(o.title for o in bad)
+            + where
+        )
+
     def summary(self) -> str:
         ok = sum(o.success for o in self.outcomes)
         head = "passed" if self.success else "FAILED"
@@ -290,13 +300,24 @@ def _outcome(suite: str, r: Any) -> Outcome:
         observed = "present" if r.success else f"column {column!r} not found"
     elif c.type == "expect_table_row_count_to_be_between":
         observed = f"{res.get('observed_value')} rows"
+    elif c.type == "expect_column_min_to_be_between" and column == "rows_in_class":
+        observed = f"smallest class has {_num(res.get('observed_value'))} distinct rows"
     elif c.type == "expect_column_distinct_values_to_contain_set":
         want = set(c.kwargs.get("value_set") or [])
         missing = sorted(want - set(res.get("observed_value") or []))
         observed = "all present" if not missing else f"missing: {missing}"
     else:
-        observed = f"observed {res.get('observed_value')!r}"
+        observed = f"observed {_num(res.get('observed_value'))}"
     examples = [repr(v)[:60] for v in (res.get("partial_unexpected_list") or [])][:5]
     if c.type == "expect_column_values_to_be_in_set" and column and column != LABEL:
         examples = []  # derived booleans: the row counts say more than 'True'
     return Outcome(suite, title, c.type, column, bool(r.success), observed, examples)
+
+
+def _num(v: Any) -> str:
+    """Plain text for GX's observed values (numpy scalars print as np.float64(3.0))."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return str(int(f)) if f.is_integer() else f"{f:.4g}"

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -62,12 +63,40 @@ def _fail(exc: BaseException, debug: bool) -> None:
     if debug:
         err.print_exception(show_locals=False)
     if isinstance(exc, SlimflowError):
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        report = getattr(exc, "report", None)
+        detail = report.summary() if report is not None and report.outcomes else str(exc)
+        if report is not None and getattr(exc, "hint", None):
+            detail += f"\n  {exc.hint}"
+        err.print(f"[bold red]error:[/] {escape(detail)}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code)
-    err.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+    err.print(
+        f"[bold red]unexpected error:[/] {type(exc).__name__}: {escape(str(exc))}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if not debug:
         err.print("(run again with --debug for the traceback)")
     raise typer.Exit(1)
+
+
+def _quiet_expected_tracebacks() -> None:
+    """Expected failures (bad data, bad config) get one message, not a traceback, in the terminal.
+
+    Prefect logs task/flow exceptions with tracebacks; its API log handler (the Prefect UI) runs
+    first and keeps them, the console handler on the root logger then drops them.
+    """
+    import logging  # noqa: PLC0415
+
+    from models.errors import SlimflowError  # noqa: PLC0415
+
+    class _Filter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.exc_info and isinstance(record.exc_info[1], SlimflowError):
+                record.exc_info, record.exc_text = None, None
+            return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Filter())
 
 
 def _load(config: Path, overrides: list[str] | None):  # noqa: ANN202 - PipelineConfig, lazily imported
@@ -107,6 +136,9 @@ def run(
     )
     try:
         from flows.pipeline import run_pipeline  # noqa: PLC0415
+
+        if not debug:
+            _quiet_expected_tracebacks()
 
         result = run_pipeline(cfg, summary_path=str(summary) if summary else None)
     except Exception as e:  # noqa: BLE001

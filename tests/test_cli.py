@@ -127,6 +127,7 @@ def test_run_on_bad_data_exits_3_trains_nothing_and_writes_the_summary(tmp_path)
     r = slimflow("run", "-c", str(write_config(tmp_path, data)), "--summary", str(summary), cwd=tmp_path)
     assert r.returncode == 3, r.stderr[-2000:]
     assert "labels within" in r.stderr and "3 of 240 rows unexpected" in r.stderr
+    assert "Traceback" not in r.stderr  # an expected rejection is one message, not a stack dump
     s = json.loads(summary.read_text())
     assert s["status"] == "data_invalid" and s["decision"]["promoted"] is False
     assert s["stages"]["validate-data"]["status"] == "failed" and "finetune-teacher" not in s["stages"]
