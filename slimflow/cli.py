@@ -50,7 +50,6 @@ def _env_defaults() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("MLFLOW_ENABLE_LOGGED_MODEL_CREATION", "false")
     # Prefect's local mode starts a temporary server; on a busy 2-core box it can need more than
     # the default 20 s. No telemetry from a machine that may have no network.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
