@@ -83,7 +83,8 @@ def test_each_kind_of_bad_data_is_refused_by_name(tmp_path, reviews, kind, expec
 def test_failure_message_gives_counts(tmp_path, reviews):
     df = reviews.copy()
     df.loc[[1, 2, 3], "review"] = None
-    with pytest.raises(DataValidationError, match=r"^data validation failed: 1 of \d+ expectations not met") as e:
+    headline = r"^data validation failed: 1 of \d+ expectations not met"
+    with pytest.raises(DataValidationError, match=headline) as e:
         run_prepare(tmp_path, df)
     assert "\n" not in str(e.value)  # one line: Prefect repeats it in several log records
     detail = e.value.report.summary()
