@@ -28,6 +28,24 @@ def tracking_uri(cfg: TrackingConfig, workdir: Path) -> str:
     return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
 
 
+def use(uri: str) -> None:
+    """Point MLflow (tracking and registry) at ``uri`` without leaking it into the environment.
+
+    ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI, which ``tracking_uri`` reads as a
+    user override: a second pipeline in the same process (a worker, ``serve``, tests) would then
+    log into the first one's store.
+    """
+    import mlflow  # noqa: PLC0415
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def artifact_root(workdir: Path) -> str:
     return (workdir / "mlartifacts").resolve().as_uri()
 
@@ -43,8 +61,7 @@ def configure(cfg: TrackingConfig, workdir: Path) -> tuple[str, str]:
     uri = tracking_uri(cfg, workdir)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    use(uri)
     exp = mlflow.get_experiment_by_name(cfg.experiment)
     if exp is None:
         location = artifact_root(workdir) if uri.startswith("sqlite:") else None

@@ -47,7 +47,7 @@ def prepare_data(cfg: DataConfig, source_sha256: str, code_version: str, ctx: St
     key = stage_key(cfg, source_sha256, code_version)
     final = Path(ctx.workdir) / "data" / key
     report_dir = Path(ctx.workdir) / "data" / "reports" / key  # kept on failure too
-    mlflow.set_tracking_uri(ctx.tracking_uri)
+    tracking.use(ctx.tracking_uri)
     with tracking.stage_run(ctx.parent_run_id, "validate-data", ctx.experiment_id) as run:
         tracking.log_params({f"data.{k}": v for k, v in config_to_params(cfg).items()})
         mlflow.set_tag("slimflow.data.source_sha256", source_sha256)

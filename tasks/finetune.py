@@ -29,7 +29,7 @@ def finetune_teacher(cfg: FinetuneConfig, data: PreparedData, code_version: str,
 
     key = stage_key(cfg, data.split_fingerprint, code_version)
     final = Path(ctx.workdir) / "models" / "teacher" / key
-    mlflow.set_tracking_uri(ctx.tracking_uri)
+    tracking.use(ctx.tracking_uri)
     with tracking.stage_run(ctx.parent_run_id, "finetune-teacher", ctx.experiment_id) as run:
         tracking.log_params({f"finetune.{k}": v for k, v in config_to_params(cfg).items()})
         mlflow.set_tag("slimflow.data.split_fingerprint", data.split_fingerprint)

@@ -102,6 +102,7 @@ def test_reruns_reuse_cached_stages_and_rerun_exactly_what_changed(tmp_path, tin
 
     first = run_pipeline(cfg, progress=False)
     assert [v["status"] for v in first["stages"].values()] == ["completed", "completed"]
+    assert str(tmp_path) in first["tracking_uri"]  # its own store, whatever ran before in this process
 
     second = run_pipeline(cfg, progress=False)
     assert [v["status"] for v in second["stages"].values()] == ["cached", "cached"]
