@@ -1,0 +1,83 @@
+"""Distillation building blocks on a tiny BERT built locally."""
+
+import numpy as np
+import pytest
+import torch
+
+from models import training as T
+from models.distill import cached_teacher_logits, kd_loss, layer_drop
+from models.finetune import load_base
+from tests.conftest import build_tiny_model, make_reviews
+
+LABELS = ["neg", "pos"]
+
+
+def test_kd_loss_is_zero_for_equal_logits_and_positive_otherwise():
+    torch.manual_seed(0)
+    logits = torch.randn(8, 3)
+    labels = torch.randint(0, 3, (8,))
+    assert kd_loss(logits, logits.clone(), labels, temperature=2.0, alpha=1.0).item() == pytest.approx(
+        0, abs=1e-6
+    )
+    assert kd_loss(logits, torch.randn(8, 3), labels, 2.0, 1.0).item() > 0
+    # alpha=0 is plain cross-entropy
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    assert kd_loss(logits, torch.randn(8, 3), labels, 2.0, 0.0).item() == pytest.approx(ce.item())
+
+
+def test_kd_loss_decreases_when_a_student_fits_its_teacher():
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    teacher = x @ torch.randn(4, 2) * 2  # a teacher the student can represent
+    labels = teacher.argmax(-1)
+    student = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(student.parameters(), lr=0.5)
+    losses = []
+    for _ in range(30):
+        loss = kd_loss(student(x), teacher, labels, 2.0, 0.7)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.8
+
+
+def test_layer_drop_keeps_the_listed_layers_exactly(tmp_path):
+    d = build_tiny_model(tmp_path / "m", layers=4)
+    teacher, tok = load_base(str(d), LABELS, tmp_path)
+    student = layer_drop(teacher, [0, 3])
+    assert student.config.num_hidden_layers == 2 and len(student.bert.encoder.layer) == 2
+    t_sd, s_sd = teacher.state_dict(), student.state_dict()
+    for s_idx, t_idx in enumerate([0, 3]):
+        for name, tensor in s_sd.items():
+            prefix = f"bert.encoder.layer.{s_idx}."
+            if name.startswith(prefix):
+                assert torch.equal(tensor, t_sd[name.replace(prefix, f"bert.encoder.layer.{t_idx}.")])
+    for name in ("bert.embeddings.word_embeddings.weight", "classifier.weight", "bert.pooler.dense.weight"):
+        assert torch.equal(s_sd[name], t_sd[name])
+    assert len(teacher.bert.encoder.layer) == 4  # the teacher is untouched
+    df = make_reviews(20)
+    for n, length in ((1, 8), (5, 20)):  # runs on varied batch and sequence sizes
+        enc = T.encode(tok, df["review"].tolist()[:n], [0] * n, length)
+        assert T.predict_logits(student, enc, 4, tok.pad_token_id).shape == (n, 2)
+
+
+@pytest.mark.parametrize("keep", [[0, 9], [], [1, 1]])
+def test_layer_drop_refuses_bad_keep_lists(tiny_model_dir, tmp_path, keep):
+    teacher, _ = load_base(str(tiny_model_dir), LABELS, tmp_path)
+    with pytest.raises(ValueError, match="keep_layers"):
+        layer_drop(teacher, keep)
+
+
+def test_teacher_logits_are_computed_once(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.arange(6, dtype=np.float32).reshape(3, 2)
+
+    a, hit_a = cached_teacher_logits(compute, tmp_path, "k1")
+    b, hit_b = cached_teacher_logits(compute, tmp_path, "k1")
+    assert (hit_a, hit_b) == (False, True) and len(calls) == 1 and np.array_equal(a, b)
+    cached_teacher_logits(compute, tmp_path, "k2")
+    assert len(calls) == 2
