@@ -232,6 +232,52 @@ class FinetuneConfig(Strict):
     train: TrainConfig = TrainConfig()
 
 
+# ------------------------------------------------------------------------------------- distillation
+class LayerDropStudent(Strict):
+    kind: Literal["layer_drop"] = "layer_drop"
+    keep_layers: list[int] = Field(
+        default_factory=lambda: [0, 2, 4],
+        min_length=1,
+        description="Teacher encoder layers the student keeps, in order (weights copied exactly).",
+    )
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if any(i < 0 for i in v) or len(set(v)) != len(v):
+            raise ValueError(f"keep_layers must be distinct non-negative layer indices, got {v}")
+        return v
+
+
+class PretrainedStudent(Strict):
+    kind: Literal["pretrained"] = "pretrained"
+    model: str = Field(..., description="'packaged:NAME', a folder or a hub id; uses its own tokenizer.")
+
+
+def _student_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("kind", "layer_drop")
+    return getattr(value, "kind", "layer_drop")
+
+
+StudentSpec = Annotated[
+    Annotated[LayerDropStudent, Tag("layer_drop")] | Annotated[PretrainedStudent, Tag("pretrained")],
+    Discriminator(_student_kind),
+]
+
+
+class DistillConfig(Strict):
+    student: StudentSpec = Field(default_factory=LayerDropStudent, description="How the student is made.")
+    temperature: float = Field(2.0, gt=0, le=50, description="Softmax temperature of the soft targets.")
+    alpha: float = Field(
+        0.5, ge=0, le=1, description="Weight of the soft-target loss; 1 - alpha on hard labels."
+    )
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(learning_rate=1e-4, epochs=3),
+        description="Student training (same hygiene as the teacher's).",
+    )
+
+
 # ----------------------------------------------------------------------------------------- tracking
 class TrackingConfig(Strict):
     uri: str | None = Field(
@@ -250,6 +296,7 @@ class PipelineConfig(Strict):
     )
     data: DataConfig = DataConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    distill: DistillConfig | None = Field(None, description="Distil the teacher into a student; None = skip.")
     tracking: TrackingConfig = TrackingConfig()
 
     def workdir_path(self) -> Path:
@@ -271,7 +318,7 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
-_TAGS = {"lora", "adalora", "ia3", "prefix_tuning", "freeze", "full"}
+_TAGS = {"lora", "adalora", "ia3", "prefix_tuning", "freeze", "full", "layer_drop", "pretrained"}
 _METHODS = {
     "lora": LoraMethod,
     "adalora": AdaLoraMethod,
@@ -279,6 +326,8 @@ _METHODS = {
     "prefix_tuning": PrefixTuningMethod,
     "freeze": FreezeMethod,
     "full": FullMethod,
+    "layer_drop": LayerDropStudent,
+    "pretrained": PretrainedStudent,
 }
 
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models import training as T
 from models.arch import encoder_layers
+from models.config import DistillConfig, LayerDropStudent
+from models.data import LABEL, TEXT, read_split, stratified_sample
+from models.prepare import PreparedData
 
 
 # ---------------------------------------------------------------------------------------- loss
@@ -84,3 +92,129 @@ def cached_teacher_logits(compute: Any, cache_dir: Path, key: str) -> tuple[np.n
     np.save(tmp, logits, allow_pickle=False)
     tmp.rename(path)
     return logits, False
+
+
+# --------------------------------------------------------------------------------------- stage
+@dataclass
+class DistillResult:
+    model_dir: str
+    student: str
+    teacher_logits_cached: bool
+    student_params: int
+    teacher_params: int
+    best_epoch: int
+    stopped_early: bool
+    train_seconds: float
+    validation: dict[str, float]
+    test: dict[str, float]
+    teacher_test: dict[str, float]
+    history: list[dict[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def distill(
+    cfg: DistillConfig,
+    data: PreparedData,
+    teacher_dir: str | Path,
+    teacher_sha256: str,
+    out_dir: str | Path,
+    cache_dir: str | Path,
+    *,
+    on_epoch: Callable[[T.EpochRecord], None] | None = None,
+    progress: bool | None = None,
+) -> DistillResult:
+    """Train a student on the teacher's soft targets (cached) mixed with the hard labels."""
+    from models.finetune import load_base, load_classifier, save_classifier  # noqa: PLC0415
+
+    tc = cfg.train
+    T.set_seed(tc.seed)
+    device = T.device_for()
+    labels = data.labels
+    label_id = {lab: i for i, lab in enumerate(labels)}
+    train_df, val_df, test_df = (read_split(data.path(s)) for s in ("train", "validation", "test"))
+    if tc.max_train_examples is not None:
+        train_df = stratified_sample(train_df, tc.max_train_examples, tc.seed)
+
+    teacher, t_tok = load_classifier(teacher_dir)
+    teacher_meta = _meta(teacher_dir)
+    t_len = int(teacher_meta.get("max_length", tc.max_length))
+
+    def enc(tok: Any, df: Any, max_length: int) -> T.Encoded:
+        return T.encode(tok, df[TEXT].tolist(), [label_id[x] for x in df[LABEL]], max_length)
+
+    key = teacher_logits_key(teacher_sha256, data.split_fingerprint + f"|{len(train_df)}|{tc.seed}", t_len)
+    t_train = enc(t_tok, train_df, t_len)
+    t_logits, hit = cached_teacher_logits(
+        lambda: T.predict_logits(teacher.to(device), t_train, tc.eval_batch_size, t_tok.pad_token_id),
+        Path(cache_dir),
+        key,
+    )
+    t_test = enc(t_tok, test_df, t_len)
+    teacher_test = T.evaluate(teacher.to(device), t_test, tc.eval_batch_size, t_tok.pad_token_id)
+
+    if isinstance(cfg.student, LayerDropStudent):
+        student, s_tok = layer_drop(teacher.to("cpu"), cfg.student.keep_layers), t_tok
+        if tc.dropout is not None:
+            for m in student.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = tc.dropout
+    else:
+        student, s_tok = load_base(cfg.student.model, labels, cache_dir, tc.dropout)
+    teacher_params = sum(p.numel() for p in teacher.parameters())
+    student = student.to(device)
+    for p in student.parameters():
+        p.requires_grad = True
+    pad = s_tok.pad_token_id if s_tok.pad_token_id is not None else 0
+    train_set, val_set, test_set = (enc(s_tok, df, tc.max_length) for df in (train_df, val_df, test_df))
+    targets = torch.from_numpy(t_logits)
+
+    def loss_fn(model: torch.nn.Module, inputs: T.Batch, y: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        logits = model(**inputs).logits
+        return kd_loss(logits, targets[idx].to(logits.device), y, cfg.temperature, cfg.alpha)
+
+    t0 = time.perf_counter()
+    res = T.train(
+        student,
+        train_set,
+        val_set,
+        tc,
+        pad,
+        loss_fn=loss_fn,
+        on_epoch=on_epoch,
+        progress=progress,
+        desc="student",
+    )
+    seconds = time.perf_counter() - t0
+    val_m = T.evaluate(student, val_set, tc.eval_batch_size, pad)
+    test_m = T.evaluate(student, test_set, tc.eval_batch_size, pad)
+    meta = {
+        "stage": "student",
+        "student": cfg.student.model_dump(),
+        "teacher_dir": str(teacher_dir),
+        "teacher_sha256": teacher_sha256,
+        "labels": labels,
+        "max_length": tc.max_length,
+        "test": test_m,
+    }
+    save_classifier(student.to("cpu"), s_tok, Path(out_dir), meta)
+    return DistillResult(
+        model_dir=str(out_dir),
+        student=cfg.student.kind,
+        teacher_logits_cached=hit,
+        student_params=sum(p.numel() for p in student.parameters()),
+        teacher_params=teacher_params,
+        best_epoch=res.best_epoch,
+        stopped_early=res.stopped_early,
+        train_seconds=seconds,
+        validation=val_m,
+        test=test_m,
+        teacher_test=teacher_test,
+        history=[asdict(h) for h in res.history],
+    )
+
+
+def _meta(model_dir: str | Path) -> dict[str, Any]:
+    p = Path(model_dir) / "slimflow_model.json"
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}

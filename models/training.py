@@ -21,7 +21,9 @@ import torch
 from models.config import TrainConfig
 
 Batch = dict[str, torch.Tensor]
-LossFn = Callable[[torch.nn.Module, Batch, torch.Tensor], torch.Tensor]
+# (model, inputs, labels, row indices of the batch) -> loss; indices let a loss look up per-row
+# targets computed ahead (the teacher's cached logits in distillation).
+LossFn = Callable[[torch.nn.Module, Batch, torch.Tensor, np.ndarray], torch.Tensor]
 
 
 def set_seed(seed: int) -> None:
@@ -136,7 +138,9 @@ def evaluate(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int
     return {"loss": loss, **m}
 
 
-def default_loss(model: torch.nn.Module, inputs: Batch, labels: torch.Tensor) -> torch.Tensor:
+def default_loss(
+    model: torch.nn.Module, inputs: Batch, labels: torch.Tensor, idx: np.ndarray
+) -> torch.Tensor:
     return model(**inputs, labels=labels).loss
 
 
@@ -220,12 +224,12 @@ def train(
             disable=None if progress is None else not progress,
             leave=False,
         )
-        for i, (inputs, labels, _) in enumerate(
+        for i, (inputs, labels, idx) in enumerate(
             batches(train_data, cfg.batch_size, pad_id, shuffle=True, seed=cfg.seed + epoch)
         ):
             inputs = {k: v.to(device) for k, v in inputs.items()}
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = loss_fn(model, inputs, labels.to(device))
+                loss = loss_fn(model, inputs, labels.to(device), idx)
             scaler.scale(loss / cfg.grad_accum_steps).backward()
             running += float(loss.detach()) * len(labels)
             seen += len(labels)

@@ -81,3 +81,62 @@ def test_teacher_logits_are_computed_once(tmp_path):
     assert (hit_a, hit_b) == (False, True) and len(calls) == 1 and np.array_equal(a, b)
     cached_teacher_logits(compute, tmp_path, "k2")
     assert len(calls) == 2
+
+
+def test_distill_stage_trains_a_smaller_student_from_cached_teacher_logits(tmp_path):
+    from models.config import DistillConfig, FinetuneConfig
+    from models.distill import distill
+    from models.finetune import finetune, load_classifier
+    from models.prepare import prepare
+    from tests.conftest import data_cfg
+
+    teacher_src = build_tiny_model(tmp_path / "t4", layers=4)
+    df = make_reviews(200)
+    p = tmp_path / "d.csv"
+    df.to_csv(p, index=False)
+    prepared, _ = prepare(
+        data_cfg(p, validation={"min_per_class": 10}), tmp_path / "data", "sha", tmp_path / "r"
+    )
+    ft = FinetuneConfig.model_validate(
+        {
+            "model": str(teacher_src),
+            "method": {"kind": "full"},
+            "train": {"epochs": 4, "batch_size": 16, "learning_rate": 3e-3, "max_length": 32},
+        }
+    )
+    teacher = finetune(ft, prepared, tmp_path / "teacher", tmp_path, progress=False)
+    cfg = DistillConfig.model_validate(
+        {
+            "student": {"kind": "layer_drop", "keep_layers": [0, 3]},
+            "temperature": 2.0,
+            "alpha": 0.7,
+            "train": {"epochs": 3, "batch_size": 16, "learning_rate": 3e-3, "max_length": 32},
+        }
+    )
+    epochs = []
+    res = distill(
+        cfg,
+        prepared,
+        teacher.model_dir,
+        "sha-of-teacher",
+        tmp_path / "student",
+        tmp_path / "cache",
+        on_epoch=epochs.append,
+        progress=False,
+    )
+    assert not res.teacher_logits_cached and len(epochs) >= 1
+    assert res.student_params < res.teacher_params
+    assert res.teacher_test["accuracy"] == pytest.approx(teacher.test["accuracy"])
+    assert res.test["accuracy"] >= 0.8  # the synthetic task is easy; a broken loss would not get here
+    student, _ = load_classifier(res.model_dir)
+    assert student.config.num_hidden_layers == 2
+    again = distill(
+        cfg,
+        prepared,
+        teacher.model_dir,
+        "sha-of-teacher",
+        tmp_path / "student2",
+        tmp_path / "cache",
+        progress=False,
+    )
+    assert again.teacher_logits_cached  # the teacher ran once
