@@ -1,4 +1,4 @@
-"""The slimflow pipeline: validate the data, fine-tune the teacher. One line per stage."""
+"""The slimflow pipeline: validate the data, fine-tune the teacher, distil a student. One line per stage."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from models.config import PipelineConfig, load_config
 from models.data import source_digest
 from models.prepare import PreparedData
 from tasks.data import prepare_data
+from tasks.distill import distill_student
 from tasks.finetune import finetune_teacher
 
 
@@ -43,11 +44,26 @@ def pipeline(
             run.ctx,
             outputs=("model_dir",),
         )
+        student = None
+        if cfg.distill is not None:
+            student = run.stage(
+                "distill-student",
+                distill_student,
+                cfg.distill,
+                prepared,
+                teacher["model_dir"],
+                teacher["weights_sha256"],
+                run.code,
+                run.ctx,
+                outputs=("model_dir",),
+            )
+        best = student or teacher
         run.summary["decision"] = {
-            "outcome": "teacher_ready",
+            "outcome": "student_ready" if student else "teacher_ready",
             "promoted": False,
-            "reason": "pipeline ends after fine-tuning; no promotion stage is configured",
-            "teacher_test_accuracy": teacher["test"]["accuracy"],
+            "reason": "the pipeline has no promotion stage yet",
+            "model_dir": best["model_dir"],
+            "test_accuracy": best["test"]["accuracy"],
         }
     return run.summary
 

@@ -24,7 +24,7 @@ def _numbers(obj: dict[str, Any], prefix: str = "") -> dict[str, float]:
             continue
         if isinstance(v, int | float):
             out[f"{prefix}{k}"] = float(v)
-        elif isinstance(v, dict) and k in ("test", "validation", "counts"):
+        elif isinstance(v, dict) and k in ("test", "validation", "counts", "teacher_test"):
             out.update(_numbers(v, f"{prefix}{k}_"))
     return out
 

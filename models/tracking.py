@@ -97,6 +97,26 @@ def log_json(obj: Any, artifact_file: str) -> None:
     mlflow.log_text(json.dumps(obj, indent=2, default=str), artifact_file)
 
 
+def epoch_logger(prefix: str) -> Any:
+    """A training-loop ``on_epoch`` callback that logs the epoch's figures under ``prefix``."""
+    import mlflow  # noqa: PLC0415
+
+    def log(rec: Any) -> None:
+        mlflow.log_metrics(
+            {
+                f"{prefix}.train_loss": rec.train_loss,
+                f"{prefix}.val_loss": rec.val_loss,
+                f"{prefix}.val_accuracy": rec.val_accuracy,
+                f"{prefix}.val_f1": rec.val_f1,
+                f"{prefix}.learning_rate": rec.learning_rate,
+                f"{prefix}.epoch_seconds": rec.seconds,
+            },
+            step=rec.epoch,
+        )
+
+    return log
+
+
 @contextmanager
 def stage_run(parent_run_id: str, stage: str, experiment_id: str) -> Iterator[Any]:
     """A nested MLflow run for one stage, closed FAILED if the stage raises."""

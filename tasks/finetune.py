@@ -10,7 +10,6 @@ from models import tracking
 from models.config import FinetuneConfig, config_to_params
 from models.finetune import finetune
 from models.prepare import PreparedData
-from models.training import EpochRecord
 from tasks.common import STAGE_CACHE, StageContext, atomic_dir, file_sha256, stage_key, transient_only
 
 
@@ -37,23 +36,16 @@ def finetune_teacher(cfg: FinetuneConfig, data: PreparedData, code_version: str,
         def on_ready(info: dict) -> None:
             mlflow.log_metrics({f"teacher.{k}": float(v) for k, v in info.items()})
 
-        def on_epoch(rec: EpochRecord) -> None:
-            mlflow.log_metrics(
-                {
-                    "teacher.train_loss": rec.train_loss,
-                    "teacher.val_loss": rec.val_loss,
-                    "teacher.val_accuracy": rec.val_accuracy,
-                    "teacher.val_f1": rec.val_f1,
-                    "teacher.learning_rate": rec.learning_rate,
-                    "teacher.epoch_seconds": rec.seconds,
-                },
-                step=rec.epoch,
-            )
-
         cache_dir = Path(ctx.workdir)
         with atomic_dir(final) as tmp:
             result = finetune(
-                cfg, data, tmp, cache_dir, on_epoch=on_epoch, on_ready=on_ready, progress=ctx.progress
+                cfg,
+                data,
+                tmp,
+                cache_dir,
+                on_epoch=tracking.epoch_logger("teacher"),
+                on_ready=on_ready,
+                progress=ctx.progress,
             )
         result.model_dir = str(final)
         weights = next(final.glob("*.safetensors"))

@@ -32,11 +32,15 @@ def test_real_model_and_data_slice_end_to_end(tmp_path):
                 "method": {"kind": "lora", "r": 4, "target_modules": ["query", "value"]},
                 "train": {"epochs": 1, "batch_size": 32, "learning_rate": 2e-3, "max_length": 48},
             },
+            "distill": {
+                "student": {"kind": "layer_drop", "keep_layers": [0, 2, 4]},
+                "train": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-4, "max_length": 48},
+            },
         }
     )
     s = run_pipeline(cfg, summary_path=str(tmp_path / "summary.json"), progress=False)
     assert s["status"] == "completed"
-    assert [st["status"] for st in s["stages"].values()] == ["completed", "completed"]
+    assert [st["status"] for st in s["stages"].values()] == ["completed"] * 3
     assert (tmp_path / "summary.json").is_file() and s["flow_run_id"]
 
     client = mlflow.MlflowClient(s["tracking_uri"])
@@ -49,7 +53,7 @@ def test_real_model_and_data_slice_end_to_end(tmp_path):
     children = client.search_runs(
         [s["mlflow_experiment_id"]], f"tags.mlflow.parentRunId = '{s['mlflow_run_id']}'"
     )
-    assert {c.info.run_name for c in children} == {"validate-data", "finetune-teacher"}
+    assert {c.info.run_name for c in children} == {"validate-data", "finetune-teacher", "distill-student"}
     assert all(c.info.status == "FINISHED" for c in children)
 
     data_run = next(c for c in children if c.info.run_name == "validate-data")
@@ -71,10 +75,21 @@ def test_real_model_and_data_slice_end_to_end(tmp_path):
     model_dir = Path(s["stages"]["finetune-teacher"]["outputs"]["model_dir"])
     assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()
     assert not list((tmp_path / "work" / "models" / "teacher").glob(".*.tmp"))  # no partial outputs
+    student_run = next(c for c in children if c.info.run_name == "distill-student")
+    sm = student_run.data.metrics
+    assert sm["student.params"] < 0.8 * sm["student.teacher_params"]  # 3 of 6 layers kept
+    assert sm["student.teacher_test_accuracy"] == pytest.approx(m["teacher.test_accuracy"])
+    student_dir = Path(s["stages"]["distill-student"]["outputs"]["model_dir"])
+    from models.finetune import load_classifier
+
+    assert load_classifier(student_dir)[0].config.num_hidden_layers == 3
+    assert s["decision"]["outcome"] == "student_ready"
     assert client.search_registered_models() == []  # registration is a later stage
 
 
-def _tiny_cfg(tmp_path: Path, data: Path, tiny_model_dir: Path, lr: float = 5e-3) -> PipelineConfig:
+def _tiny_cfg(
+    tmp_path: Path, data: Path, tiny_model_dir: Path, lr: float = 5e-3, temperature: float = 2.0
+) -> PipelineConfig:
     return PipelineConfig.model_validate(
         {
             "name": "it-cache",
@@ -91,6 +106,11 @@ def _tiny_cfg(tmp_path: Path, data: Path, tiny_model_dir: Path, lr: float = 5e-3
                 "method": {"kind": "lora", "r": 2, "target_modules": ["query", "value"]},
                 "train": {"epochs": 1, "batch_size": 32, "learning_rate": lr, "max_length": 32},
             },
+            "distill": {
+                "student": {"kind": "layer_drop", "keep_layers": [1]},
+                "temperature": temperature,
+                "train": {"epochs": 1, "batch_size": 32, "learning_rate": 5e-3, "max_length": 32},
+            },
         }
     )
 
@@ -101,11 +121,11 @@ def test_reruns_reuse_cached_stages_and_rerun_exactly_what_changed(tmp_path, tin
     cfg = _tiny_cfg(tmp_path, data, tiny_model_dir)
 
     first = run_pipeline(cfg, progress=False)
-    assert [v["status"] for v in first["stages"].values()] == ["completed", "completed"]
+    assert [v["status"] for v in first["stages"].values()] == ["completed"] * 3
     assert str(tmp_path) in first["tracking_uri"]  # its own store, whatever ran before in this process
 
     second = run_pipeline(cfg, progress=False)
-    assert [v["status"] for v in second["stages"].values()] == ["cached", "cached"]
+    assert [v["status"] for v in second["stages"].values()] == ["cached"] * 3
     assert second["stages"]["finetune-teacher"]["prefect_state"] == "Cached"
     assert second["stages"]["finetune-teacher"]["metrics"] == first["stages"]["finetune-teacher"]["metrics"]
     assert len(runs_named(second, "finetune-teacher")) == 1  # no duplicate training
@@ -116,14 +136,17 @@ def test_reruns_reuse_cached_stages_and_rerun_exactly_what_changed(tmp_path, tin
         == first["stages"]["finetune-teacher"]["mlflow_run_id"]
     )
 
-    # a changed fine-tuning config re-runs fine-tuning only
+    # a changed distillation config re-runs distillation only; a changed fine-tuning config re-runs
+    # fine-tuning and what depends on it
+    third = run_pipeline(_tiny_cfg(tmp_path, data, tiny_model_dir, temperature=4.0), progress=False)
+    assert [v["status"] for v in third["stages"].values()] == ["cached", "cached", "completed"]
     third = run_pipeline(_tiny_cfg(tmp_path, data, tiny_model_dir, lr=1e-3), progress=False)
-    assert [v["status"] for v in third["stages"].values()] == ["cached", "completed"]
+    assert [v["status"] for v in third["stages"].values()] == ["cached", "completed", "completed"]
 
     # changed data bytes (same path) re-run everything
     make_reviews(200, seed=5).to_csv(data, index=False)
     fourth = run_pipeline(cfg, progress=False)
-    assert [v["status"] for v in fourth["stages"].values()] == ["completed", "completed"]
+    assert [v["status"] for v in fourth["stages"].values()] == ["completed"] * 3
 
     # a cached result whose model folder was deleted is recomputed, not handed on dangling
     import shutil
@@ -132,4 +155,5 @@ def test_reruns_reuse_cached_stages_and_rerun_exactly_what_changed(tmp_path, tin
     fifth = run_pipeline(cfg, progress=False)
     assert fifth["stages"]["validate-data"]["status"] == "cached"
     assert fifth["stages"]["finetune-teacher"]["status"] == "completed"
+    assert fifth["stages"]["distill-student"]["status"] == "cached"  # same teacher weights: same key
     assert (fourth_model / "model.safetensors").is_file()

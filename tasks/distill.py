@@ -1,0 +1,81 @@
+"""Task: distil the fine-tuned teacher into a smaller student; log figures and the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from models import tracking
+from models.config import DistillConfig, config_to_params
+from models.distill import distill
+from models.prepare import PreparedData
+from tasks.common import STAGE_CACHE, StageContext, atomic_dir, file_sha256, stage_key, transient_only
+
+
+@task(
+    name="distill-student",
+    cache_policy=STAGE_CACHE,
+    persist_result=True,
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=transient_only,
+    tags=["train"],
+)
+def distill_student(
+    cfg: DistillConfig,
+    data: PreparedData,
+    teacher_dir: str,
+    teacher_sha256: str,
+    code_version: str,
+    ctx: StageContext,
+) -> dict:
+    """Returns the DistillResult as a dict plus 'mlflow_run_id' and the student's sha256."""
+    import mlflow  # noqa: PLC0415
+
+    key = stage_key(cfg, data.split_fingerprint, teacher_sha256, code_version)
+    final = Path(ctx.workdir) / "models" / "student" / key
+    tracking.use(ctx.tracking_uri)
+    with tracking.stage_run(ctx.parent_run_id, "distill-student", ctx.experiment_id) as run:
+        tracking.log_params({f"distill.{k}": v for k, v in config_to_params(cfg).items()})
+        mlflow.set_tags(
+            {
+                "slimflow.teacher.sha256": teacher_sha256,
+                "slimflow.data.split_fingerprint": data.split_fingerprint,
+            }
+        )
+        with atomic_dir(final) as tmp:
+            result = distill(
+                cfg,
+                data,
+                teacher_dir,
+                teacher_sha256,
+                tmp,
+                Path(ctx.workdir) / "cache",
+                on_epoch=tracking.epoch_logger("student"),
+                progress=ctx.progress,
+            )
+        result.model_dir = str(final)
+        sha = file_sha256(next(final.glob("*.safetensors")))
+        mlflow.log_metrics(
+            {
+                "student.test_accuracy": result.test["accuracy"],
+                "student.test_f1": result.test["f1"],
+                "student.teacher_test_accuracy": result.teacher_test["accuracy"],
+                "student.accuracy_retention": result.test["accuracy"]
+                / max(result.teacher_test["accuracy"], 1e-9),
+                "student.params": result.student_params,
+                "student.teacher_params": result.teacher_params,
+                "student.best_epoch": result.best_epoch,
+                "student.train_seconds": result.train_seconds,
+            }
+        )
+        mlflow.set_tags(
+            {
+                "slimflow.model.sha256": sha,
+                "slimflow.teacher_logits_cached": str(result.teacher_logits_cached),
+            }
+        )
+        mlflow.log_artifacts(str(final), "student_model")
+        tracking.log_json(result.to_dict(), "student_result.json")
+        return {**result.to_dict(), "mlflow_run_id": run.info.run_id, "weights_sha256": sha}
