@@ -1,4 +1,4 @@
-"""The slimflow pipeline: validate the data, fine-tune the teacher, distil a student. One line per stage."""
+"""The slimflow pipeline: validate data, fine-tune the teacher, distil, compress. One line per stage."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ from flows.runtime import PipelineRun, results_dir
 from models.config import PipelineConfig, load_config
 from models.data import source_digest
 from models.prepare import PreparedData
+from tasks.common import ModelRef
+from tasks.compress import compress_model
 from tasks.data import prepare_data
 from tasks.distill import distill_student
 from tasks.finetune import finetune_teacher
+
+DATA_OUTPUTS = ("data.paths.train", "data.paths.test")
 
 
 @flow(name="slimflow-pipeline", log_prints=True)
@@ -26,40 +30,23 @@ def pipeline(
     cfg = load_config(config, overrides) if isinstance(config, str) else PipelineConfig.model_validate(config)
     with PipelineRun(cfg, summary_path, progress) as run:
         data = run.stage(
-            "validate-data",
-            prepare_data,
-            cfg.data,
-            source_digest(cfg.data),
-            run.code,
-            run.ctx,
-            outputs=("data.paths.train", "data.paths.test"),
+            "validate-data", prepare_data, cfg.data, source_digest(cfg.data), outputs=DATA_OUTPUTS
         )
         prepared = PreparedData.model_validate(data["data"])
-        teacher = run.stage(
-            "finetune-teacher",
-            finetune_teacher,
-            cfg.finetune,
-            prepared,
-            run.code,
-            run.ctx,
-            outputs=("model_dir",),
-        )
-        student = None
-        if cfg.distill is not None:
+        teacher = run.stage("finetune-teacher", finetune_teacher, cfg.finetune, prepared)
+        student = compressed = None
+        if cfg.distill:
             student = run.stage(
-                "distill-student",
-                distill_student,
-                cfg.distill,
-                prepared,
-                teacher["model_dir"],
-                teacher["weights_sha256"],
-                run.code,
-                run.ctx,
-                outputs=("model_dir",),
+                "distill-student", distill_student, cfg.distill, prepared, ModelRef.of(teacher)
             )
-        best = student or teacher
+        if cfg.compress:
+            source = ModelRef.of(student or teacher)
+            compressed = run.stage(
+                "compress", compress_model, cfg.compress, prepared, source, ModelRef.of(teacher)
+            )
+        best = compressed or student or teacher
         run.summary["decision"] = {
-            "outcome": "student_ready" if student else "teacher_ready",
+            "outcome": "compressed_ready" if compressed else "student_ready" if student else "teacher_ready",
             "promoted": False,
             "reason": "the pipeline has no promotion stage yet",
             "model_dir": best["model_dir"],

@@ -24,7 +24,16 @@ def _numbers(obj: dict[str, Any], prefix: str = "") -> dict[str, float]:
             continue
         if isinstance(v, int | float):
             out[f"{prefix}{k}"] = float(v)
-        elif isinstance(v, dict) and k in ("test", "validation", "counts", "teacher_test"):
+        elif isinstance(v, dict) and k in (
+            "test",
+            "validation",
+            "counts",
+            "teacher_test",
+            "test_before",
+            "test_pruned",
+            "before",
+            "after",
+        ):
             out.update(_numbers(v, f"{prefix}{k}_"))
     return out
 
@@ -87,12 +96,15 @@ class PipelineRun:
         self.t0 = time.perf_counter()
 
     # ------------------------------------------------------------------------------------ stages
-    def stage(self, name: str, task: Any, *args: Any, outputs: tuple[str, ...] = ()) -> dict[str, Any]:
+    def stage(
+        self, name: str, task: Any, *args: Any, outputs: tuple[str, ...] = ("model_dir",)
+    ) -> dict[str, Any]:
         """Run a task (or take it from Prefect's cache) and record its state, time and figures.
 
         ``outputs`` names result keys holding paths that must still exist for a cached result to be
         used; if one was deleted the stage runs again instead of handing on a dangling path.
         """
+        args = (*args, self.code, self.ctx)  # every task ends with (code_version, ctx)
         t0 = time.perf_counter()
         entry: dict[str, Any] = {"status": "running"}
         self.summary["stages"][name] = entry

@@ -278,6 +278,41 @@ class DistillConfig(Strict):
     )
 
 
+# -------------------------------------------------------------------------------------- compression
+def _step_union() -> Any:
+    """Every registered compression step's config, discriminated by ``kind`` (models/steps/)."""
+    from typing import Union  # noqa: PLC0415
+
+    from models.steps import STEPS  # noqa: PLC0415 - pydantic-only modules: cheap
+
+    classes = tuple(cls for cls, _ in STEPS.values())
+    return Annotated[Union[classes], Field(discriminator="kind")]  # noqa: UP007 - built at runtime
+
+
+CompressionStep = _step_union()
+
+
+class RecoveryConfig(Strict):
+    temperature: float = Field(
+        2.0, gt=0, le=50, description="Softmax temperature of the teacher's soft targets."
+    )
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the soft-target loss during recovery.")
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(epochs=1, learning_rate=5e-5), description="Recovery training."
+    )
+
+
+class CompressConfig(Strict):
+    steps: list[CompressionStep] = Field(..., min_length=1, description="Steps applied in order.")
+    calibration_examples: int = Field(
+        256, ge=8, le=100_000, description="Training rows used to score importance."
+    )
+    recovery: RecoveryConfig | None = Field(
+        default_factory=RecoveryConfig,
+        description="Short distillation from the teacher after pruning; None = off.",
+    )
+
+
 # ----------------------------------------------------------------------------------------- tracking
 class TrackingConfig(Strict):
     uri: str | None = Field(
@@ -297,6 +332,9 @@ class PipelineConfig(Strict):
     data: DataConfig = DataConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     distill: DistillConfig | None = Field(None, description="Distil the teacher into a student; None = skip.")
+    compress: CompressConfig | None = Field(
+        None, description="Prune the student (or the teacher when there is none); None = skip."
+    )
     tracking: TrackingConfig = TrackingConfig()
 
     def workdir_path(self) -> Path:
@@ -305,9 +343,12 @@ class PipelineConfig(Strict):
 
 # ------------------------------------------------------------------------------------------ loading
 def format_validation_error(err: ValidationError, origin: str) -> str:
+    from models.steps import STEPS  # noqa: PLC0415
+
+    tag_names = _TAGS | set(STEPS)
     lines = [f"{origin}: invalid configuration ({err.error_count()} problem(s))"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in _TAGS)) or "(root)"
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in tag_names)) or "(root)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(e["loc"][:-1])
@@ -334,9 +375,14 @@ _METHODS = {
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     """Field names of the config section at ``loc`` (for 'unknown key' messages)."""
     model: Any = PipelineConfig
+    from models.steps import STEPS  # noqa: PLC0415
+
+    tags = {**_METHODS, **{kind: cls for kind, (cls, _) in STEPS.items()}}
     for part in loc:
-        if isinstance(part, str) and part in _METHODS:
-            model = _METHODS[part]
+        if isinstance(part, int):  # a list index: the element type comes from the next tag
+            continue
+        if isinstance(part, str) and part in tags:
+            model = tags[part]
             continue
         field = getattr(model, "model_fields", {}).get(part) if model is not None else None
         if field is None:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from models import training as T
 from models.arch import encoder_layers
-from models.config import DistillConfig, LayerDropStudent
+from models.config import DistillConfig, LayerDropStudent, TrainConfig
 from models.data import LABEL, TEXT, read_split, stratified_sample
 from models.prepare import PreparedData
 
@@ -114,6 +114,88 @@ class DistillResult:
         return asdict(self)
 
 
+@dataclass
+class TeacherTargets:
+    """The teacher's view of the data: soft targets for the training rows, and its test score."""
+
+    frames: dict[str, Any]  # split -> DataFrame (train possibly subsampled)
+    logits: np.ndarray  # teacher logits for frames["train"], row-aligned
+    cached: bool
+    teacher_test: dict[str, float]
+    teacher_params: int
+
+
+def _encode_frame(tok: Any, df: Any, labels: list[str], max_length: int) -> T.Encoded:
+    label_id = {lab: i for i, lab in enumerate(labels)}
+    return T.encode(tok, df[TEXT].tolist(), [label_id[x] for x in df[LABEL]], max_length)
+
+
+def teacher_targets(
+    data: PreparedData, teacher_dir: str | Path, teacher_sha256: str, tc: TrainConfig, cache_dir: str | Path
+) -> tuple[TeacherTargets, torch.nn.Module, Any]:
+    """Teacher logits over the training rows, computed once per (teacher, data, subsample) and cached."""
+    from models.finetune import load_classifier  # noqa: PLC0415
+
+    device = T.device_for()
+    frames = {s: read_split(data.path(s)) for s in ("train", "validation", "test")}
+    if tc.max_train_examples is not None:
+        frames["train"] = stratified_sample(frames["train"], tc.max_train_examples, tc.seed)
+    teacher, t_tok = load_classifier(teacher_dir)
+    t_len = int(_meta(teacher_dir).get("max_length", tc.max_length))
+    key = teacher_logits_key(
+        teacher_sha256, f"{data.split_fingerprint}|{len(frames['train'])}|{tc.seed}", t_len
+    )
+    t_train = _encode_frame(t_tok, frames["train"], data.labels, t_len)
+    teacher = teacher.to(device)
+    logits, hit = cached_teacher_logits(
+        lambda: T.predict_logits(teacher, t_train, tc.eval_batch_size, t_tok.pad_token_id),
+        Path(cache_dir),
+        key,
+    )
+    t_test = _encode_frame(t_tok, frames["test"], data.labels, t_len)
+    teacher_test = T.evaluate(teacher, t_test, tc.eval_batch_size, t_tok.pad_token_id)
+    n_params = sum(p.numel() for p in teacher.parameters())
+    return TeacherTargets(frames, logits, hit, teacher_test, n_params), teacher.to("cpu"), t_tok
+
+
+def kd_train(
+    student: torch.nn.Module,
+    tok: Any,
+    targets: TeacherTargets,
+    labels: list[str],
+    tc: TrainConfig,
+    temperature: float,
+    alpha: float,
+    *,
+    on_epoch: Callable[[T.EpochRecord], None] | None = None,
+    progress: bool | None = None,
+    desc: str = "student",
+) -> tuple[T.TrainResult, dict[str, float], dict[str, float]]:
+    """Train ``student`` on soft targets + hard labels; returns (result, validation, test) metrics."""
+    T.set_seed(tc.seed)
+    student = student.to(T.device_for())
+    for p in student.parameters():
+        p.requires_grad = True
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    train_set, val_set, test_set = (
+        _encode_frame(tok, targets.frames[s], labels, tc.max_length) for s in ("train", "validation", "test")
+    )
+    soft = torch.from_numpy(targets.logits)
+
+    def loss_fn(model: torch.nn.Module, inputs: T.Batch, y: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        out = model(**inputs).logits
+        return kd_loss(out, soft[idx].to(out.device), y, temperature, alpha)
+
+    res = T.train(
+        student, train_set, val_set, tc, pad, loss_fn=loss_fn, on_epoch=on_epoch, progress=progress, desc=desc
+    )
+    return (
+        res,
+        T.evaluate(student, val_set, tc.eval_batch_size, pad),
+        T.evaluate(student, test_set, tc.eval_batch_size, pad),
+    )
+
+
 def distill(
     cfg: DistillConfig,
     data: PreparedData,
@@ -126,75 +208,39 @@ def distill(
     progress: bool | None = None,
 ) -> DistillResult:
     """Train a student on the teacher's soft targets (cached) mixed with the hard labels."""
-    from models.finetune import load_base, load_classifier, save_classifier  # noqa: PLC0415
+    from models.finetune import load_base, save_classifier  # noqa: PLC0415
 
     tc = cfg.train
     T.set_seed(tc.seed)
-    device = T.device_for()
-    labels = data.labels
-    label_id = {lab: i for i, lab in enumerate(labels)}
-    train_df, val_df, test_df = (read_split(data.path(s)) for s in ("train", "validation", "test"))
-    if tc.max_train_examples is not None:
-        train_df = stratified_sample(train_df, tc.max_train_examples, tc.seed)
-
-    teacher, t_tok = load_classifier(teacher_dir)
-    teacher_meta = _meta(teacher_dir)
-    t_len = int(teacher_meta.get("max_length", tc.max_length))
-
-    def enc(tok: Any, df: Any, max_length: int) -> T.Encoded:
-        return T.encode(tok, df[TEXT].tolist(), [label_id[x] for x in df[LABEL]], max_length)
-
-    key = teacher_logits_key(teacher_sha256, data.split_fingerprint + f"|{len(train_df)}|{tc.seed}", t_len)
-    t_train = enc(t_tok, train_df, t_len)
-    t_logits, hit = cached_teacher_logits(
-        lambda: T.predict_logits(teacher.to(device), t_train, tc.eval_batch_size, t_tok.pad_token_id),
-        Path(cache_dir),
-        key,
-    )
-    t_test = enc(t_tok, test_df, t_len)
-    teacher_test = T.evaluate(teacher.to(device), t_test, tc.eval_batch_size, t_tok.pad_token_id)
-
+    targets, teacher, t_tok = teacher_targets(data, teacher_dir, teacher_sha256, tc, cache_dir)
     if isinstance(cfg.student, LayerDropStudent):
-        student, s_tok = layer_drop(teacher.to("cpu"), cfg.student.keep_layers), t_tok
+        student, s_tok = layer_drop(teacher, cfg.student.keep_layers), t_tok
         if tc.dropout is not None:
             for m in student.modules():
                 if isinstance(m, torch.nn.Dropout):
                     m.p = tc.dropout
     else:
-        student, s_tok = load_base(cfg.student.model, labels, cache_dir, tc.dropout)
-    teacher_params = sum(p.numel() for p in teacher.parameters())
-    student = student.to(device)
-    for p in student.parameters():
-        p.requires_grad = True
-    pad = s_tok.pad_token_id if s_tok.pad_token_id is not None else 0
-    train_set, val_set, test_set = (enc(s_tok, df, tc.max_length) for df in (train_df, val_df, test_df))
-    targets = torch.from_numpy(t_logits)
-
-    def loss_fn(model: torch.nn.Module, inputs: T.Batch, y: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
-        logits = model(**inputs).logits
-        return kd_loss(logits, targets[idx].to(logits.device), y, cfg.temperature, cfg.alpha)
-
+        student, s_tok = load_base(cfg.student.model, data.labels, cache_dir, tc.dropout)
+    del teacher
     t0 = time.perf_counter()
-    res = T.train(
+    res, val_m, test_m = kd_train(
         student,
-        train_set,
-        val_set,
+        s_tok,
+        targets,
+        data.labels,
         tc,
-        pad,
-        loss_fn=loss_fn,
+        cfg.temperature,
+        cfg.alpha,
         on_epoch=on_epoch,
         progress=progress,
-        desc="student",
     )
     seconds = time.perf_counter() - t0
-    val_m = T.evaluate(student, val_set, tc.eval_batch_size, pad)
-    test_m = T.evaluate(student, test_set, tc.eval_batch_size, pad)
     meta = {
         "stage": "student",
         "student": cfg.student.model_dump(),
         "teacher_dir": str(teacher_dir),
         "teacher_sha256": teacher_sha256,
-        "labels": labels,
+        "labels": data.labels,
         "max_length": tc.max_length,
         "test": test_m,
     }
@@ -202,15 +248,15 @@ def distill(
     return DistillResult(
         model_dir=str(out_dir),
         student=cfg.student.kind,
-        teacher_logits_cached=hit,
+        teacher_logits_cached=targets.cached,
         student_params=sum(p.numel() for p in student.parameters()),
-        teacher_params=teacher_params,
+        teacher_params=targets.teacher_params,
         best_epoch=res.best_epoch,
         stopped_early=res.stopped_early,
         train_seconds=seconds,
         validation=val_m,
         test=test_m,
-        teacher_test=teacher_test,
+        teacher_test=targets.teacher_test,
         history=[asdict(h) for h in res.history],
     )
 

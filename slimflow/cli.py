@@ -105,12 +105,10 @@ def _load(config: Path, overrides: list[str] | None):  # noqa: ANN202 - Pipeline
 
 
 def _preflight(cfg) -> None:  # noqa: ANN001
-    """Cheap checks that would otherwise fail minutes into a run."""
-    from models.data import check_source  # noqa: PLC0415
-    from models.sources import resolve_model  # noqa: PLC0415
+    """Cheap checks that would otherwise fail minutes into a run (files, model shapes)."""
+    from models.preflight import preflight  # noqa: PLC0415
 
-    check_source(cfg.data)
-    resolve_model(cfg.finetune.model, cfg.workdir_path())
+    preflight(cfg)
 
 
 @app.command()

@@ -29,6 +29,19 @@ class StageContext(BaseModel):
     progress: bool | None = None
 
 
+class ModelRef(BaseModel):
+    """A saved model handed from one stage to the next: its folder and its weights' sha256."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dir: str
+    sha256: str
+
+    @classmethod
+    def of(cls, result: dict[str, Any]) -> ModelRef:
+        return cls(dir=result["model_dir"], sha256=result["weights_sha256"])
+
+
 # Keyed on the task's inputs (config section, data fingerprint, code version) and its source text.
 # `ctx` changes every run (parent run id), so it is excluded. Note the order: in Prefect 3.8,
 # `(INPUTS + TASK_SOURCE) - "ctx"` would keep hashing ctx.

@@ -10,7 +10,15 @@ from models import tracking
 from models.config import DistillConfig, config_to_params
 from models.distill import distill
 from models.prepare import PreparedData
-from tasks.common import STAGE_CACHE, StageContext, atomic_dir, file_sha256, stage_key, transient_only
+from tasks.common import (
+    STAGE_CACHE,
+    ModelRef,
+    StageContext,
+    atomic_dir,
+    file_sha256,
+    stage_key,
+    transient_only,
+)
 
 
 @task(
@@ -25,22 +33,21 @@ from tasks.common import STAGE_CACHE, StageContext, atomic_dir, file_sha256, sta
 def distill_student(
     cfg: DistillConfig,
     data: PreparedData,
-    teacher_dir: str,
-    teacher_sha256: str,
+    teacher: ModelRef,
     code_version: str,
     ctx: StageContext,
 ) -> dict:
     """Returns the DistillResult as a dict plus 'mlflow_run_id' and the student's sha256."""
     import mlflow  # noqa: PLC0415
 
-    key = stage_key(cfg, data.split_fingerprint, teacher_sha256, code_version)
+    key = stage_key(cfg, data.split_fingerprint, teacher.sha256, code_version)
     final = Path(ctx.workdir) / "models" / "student" / key
     tracking.use(ctx.tracking_uri)
     with tracking.stage_run(ctx.parent_run_id, "distill-student", ctx.experiment_id) as run:
         tracking.log_params({f"distill.{k}": v for k, v in config_to_params(cfg).items()})
         mlflow.set_tags(
             {
-                "slimflow.teacher.sha256": teacher_sha256,
+                "slimflow.teacher.sha256": teacher.sha256,
                 "slimflow.data.split_fingerprint": data.split_fingerprint,
             }
         )
@@ -48,8 +55,8 @@ def distill_student(
             result = distill(
                 cfg,
                 data,
-                teacher_dir,
-                teacher_sha256,
+                teacher.dir,
+                teacher.sha256,
                 tmp,
                 Path(ctx.workdir) / "cache",
                 on_epoch=tracking.epoch_logger("student"),

@@ -36,11 +36,18 @@ def test_real_model_and_data_slice_end_to_end(tmp_path):
                 "student": {"kind": "layer_drop", "keep_layers": [0, 2, 4]},
                 "train": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-4, "max_length": 48},
             },
+            "compress": {
+                "steps": [{"kind": "prune_heads", "ratio": 0.3}, {"kind": "prune_ffn", "ratio": 0.3}],
+                "calibration_examples": 64,
+                "recovery": {
+                    "train": {"epochs": 1, "batch_size": 32, "learning_rate": 5e-5, "max_length": 48}
+                },
+            },
         }
     )
     s = run_pipeline(cfg, summary_path=str(tmp_path / "summary.json"), progress=False)
     assert s["status"] == "completed"
-    assert [st["status"] for st in s["stages"].values()] == ["completed"] * 3
+    assert [st["status"] for st in s["stages"].values()] == ["completed"] * 4
     assert (tmp_path / "summary.json").is_file() and s["flow_run_id"]
 
     client = mlflow.MlflowClient(s["tracking_uri"])
@@ -53,7 +60,12 @@ def test_real_model_and_data_slice_end_to_end(tmp_path):
     children = client.search_runs(
         [s["mlflow_experiment_id"]], f"tags.mlflow.parentRunId = '{s['mlflow_run_id']}'"
     )
-    assert {c.info.run_name for c in children} == {"validate-data", "finetune-teacher", "distill-student"}
+    assert {c.info.run_name for c in children} == {
+        "validate-data",
+        "finetune-teacher",
+        "distill-student",
+        "compress",
+    }
     assert all(c.info.status == "FINISHED" for c in children)
 
     data_run = next(c for c in children if c.info.run_name == "validate-data")
@@ -83,7 +95,13 @@ def test_real_model_and_data_slice_end_to_end(tmp_path):
     from models.finetune import load_classifier
 
     assert load_classifier(student_dir)[0].config.num_hidden_layers == 3
-    assert s["decision"]["outcome"] == "student_ready"
+    cm = next(c for c in children if c.info.run_name == "compress").data.metrics
+    assert cm["compress.params_no_emb_after"] <= 0.8 * cm["compress.params_no_emb_before"]
+    assert cm["compress.params_before"] == sm["student.params"]  # it pruned the student
+    assert cm["compress.step0.heads_removed"] == round(0.3 * 3 * 12)
+    compressed = load_classifier(s["stages"]["compress"]["outputs"]["model_dir"])[0]
+    assert compressed.config.intermediate_size == 1536 - round(0.3 * 1536)
+    assert s["decision"]["outcome"] == "compressed_ready"
     assert client.search_registered_models() == []  # registration is a later stage
 
 

@@ -1,0 +1,127 @@
+"""The compression stage: apply the configured steps to the student (or the teacher), then an
+optional short recovery by distillation from the teacher; report what each change bought."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models import training as T
+from models.config import CompressConfig, TrainConfig
+from models.distill import _encode_frame, kd_train, teacher_targets
+from models.prepare import PreparedData
+from models.steps import StepContext, apply_step
+
+
+def parameter_counts(model: Any) -> dict[str, int]:
+    """Total parameters and the same without embeddings (which pruning does not touch)."""
+    total = sum(p.numel() for p in model.parameters())
+    emb = sum(p.numel() for n, p in model.named_parameters() if ".embeddings." in f".{n}")
+    return {"params": total, "params_no_embeddings": total - emb}
+
+
+@dataclass
+class CompressResult:
+    model_dir: str
+    source_dir: str
+    steps: list[dict[str, Any]]
+    before: dict[str, int]
+    after: dict[str, int]
+    file_bytes_before: int
+    file_bytes_after: int
+    test_before: dict[str, float]
+    test_pruned: dict[str, float]
+    test: dict[str, float]  # after recovery (or equal to test_pruned without recovery)
+    validation: dict[str, float]
+    recovery_seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compress(
+    cfg: CompressConfig,
+    data: PreparedData,
+    source_dir: str | Path,
+    teacher_dir: str | Path,
+    teacher_sha256: str,
+    out_dir: str | Path,
+    cache_dir: str | Path,
+    *,
+    on_epoch: Callable[[T.EpochRecord], None] | None = None,
+    progress: bool | None = None,
+) -> CompressResult:
+    from models.finetune import load_classifier, save_classifier  # noqa: PLC0415
+
+    tc: TrainConfig = cfg.recovery.train if cfg.recovery else TrainConfig()
+    targets, _, _ = teacher_targets(data, teacher_dir, teacher_sha256, tc, cache_dir)
+    model, tok = load_classifier(source_dir)
+    model = model.to(T.device_for())
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    max_length = int(getattr(model.config, "max_position_embeddings", 512))
+    max_length = min(tc.max_length, max_length)
+    test_set = _encode_frame(tok, targets.frames["test"], data.labels, max_length)
+    before = parameter_counts(model)
+    test_before = T.evaluate(model, test_set, tc.eval_batch_size, pad)
+    file_before = sum(p.stat().st_size for p in Path(source_dir).glob("*.safetensors"))
+
+    from models.data import stratified_sample  # noqa: PLC0415
+
+    calib_df = stratified_sample(targets.frames["train"], cfg.calibration_examples, tc.seed)
+    ctx = StepContext(_encode_frame(tok, calib_df, data.labels, max_length), pad, tc.eval_batch_size)
+    reports = []
+    for step in cfg.steps:
+        rep = apply_step(model, step, ctx)
+        reports.append({"kind": rep.kind, **rep.figures, "notes": rep.notes})
+    test_pruned = T.evaluate(model, test_set, tc.eval_batch_size, pad)
+
+    history: list[dict[str, float]] = []
+    seconds = 0.0
+    if cfg.recovery is not None:
+        t0 = time.perf_counter()
+        res, val_m, test_m = kd_train(
+            model,
+            tok,
+            targets,
+            data.labels,
+            tc,
+            cfg.recovery.temperature,
+            cfg.recovery.alpha,
+            on_epoch=on_epoch,
+            progress=progress,
+            desc="recovery",
+        )
+        seconds = time.perf_counter() - t0
+        history = [asdict(h) for h in res.history]
+    else:
+        val_set = _encode_frame(tok, targets.frames["validation"], data.labels, max_length)
+        val_m, test_m = T.evaluate(model, val_set, tc.eval_batch_size, pad), test_pruned
+    out = Path(out_dir)
+    meta = {
+        "stage": "compressed",
+        "source_dir": str(source_dir),
+        "steps": reports,
+        "labels": data.labels,
+        "max_length": max_length,
+        "test": test_m,
+    }
+    save_classifier(model.to("cpu"), tok, out, meta)
+    return CompressResult(
+        model_dir=str(out),
+        source_dir=str(source_dir),
+        steps=reports,
+        before=before,
+        after=parameter_counts(model),
+        file_bytes_before=file_before,
+        file_bytes_after=sum(p.stat().st_size for p in out.glob("*.safetensors")),
+        test_before=test_before,
+        test_pruned=test_pruned,
+        test=test_m,
+        validation=val_m,
+        recovery_seconds=seconds,
+        history=history,
+    )

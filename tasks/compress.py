@@ -1,0 +1,84 @@
+"""Task: prune the student (or teacher), recover by distillation, log before/after figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from models import tracking
+from models.compress import compress
+from models.config import CompressConfig, config_to_params
+from models.prepare import PreparedData
+from tasks.common import (
+    STAGE_CACHE,
+    ModelRef,
+    StageContext,
+    atomic_dir,
+    file_sha256,
+    stage_key,
+    transient_only,
+)
+
+
+@task(
+    name="compress",
+    cache_policy=STAGE_CACHE,
+    persist_result=True,
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=transient_only,
+    tags=["compress"],
+)
+def compress_model(
+    cfg: CompressConfig,
+    data: PreparedData,
+    source: ModelRef,
+    teacher: ModelRef,
+    code_version: str,
+    ctx: StageContext,
+) -> dict:
+    import mlflow  # noqa: PLC0415
+
+    key = stage_key(cfg, data.split_fingerprint, source.sha256, teacher.sha256, code_version)
+    final = Path(ctx.workdir) / "models" / "compressed" / key
+    tracking.use(ctx.tracking_uri)
+    with tracking.stage_run(ctx.parent_run_id, "compress", ctx.experiment_id) as run:
+        tracking.log_params({f"compress.{k}": v for k, v in config_to_params(cfg).items()})
+        mlflow.set_tags({"slimflow.source.sha256": source.sha256, "slimflow.teacher.sha256": teacher.sha256})
+        with atomic_dir(final) as tmp:
+            result = compress(
+                cfg,
+                data,
+                source.dir,
+                teacher.dir,
+                teacher.sha256,
+                tmp,
+                Path(ctx.workdir) / "cache",
+                on_epoch=tracking.epoch_logger("recovery"),
+                progress=ctx.progress,
+            )
+        result.model_dir = str(final)
+        sha = file_sha256(next(final.glob("*.safetensors")))
+        metrics = {
+            "compress.params_before": result.before["params"],
+            "compress.params_after": result.after["params"],
+            "compress.params_no_emb_before": result.before["params_no_embeddings"],
+            "compress.params_no_emb_after": result.after["params_no_embeddings"],
+            "compress.file_bytes_before": result.file_bytes_before,
+            "compress.file_bytes_after": result.file_bytes_after,
+            "compress.test_accuracy_before": result.test_before["accuracy"],
+            "compress.test_accuracy_pruned": result.test_pruned["accuracy"],
+            "compress.test_accuracy": result.test["accuracy"],
+            "compress.test_f1": result.test["f1"],
+            "compress.recovery_seconds": result.recovery_seconds,
+        }
+        for i, step in enumerate(result.steps):
+            metrics.update(
+                {f"compress.step{i}.{k}": float(v) for k, v in step.items() if isinstance(v, int | float)}
+            )
+        mlflow.log_metrics(metrics)
+        mlflow.set_tag("slimflow.model.sha256", sha)
+        mlflow.log_artifacts(str(final), "compressed_model")
+        tracking.log_json(result.to_dict(), "compress_result.json")
+        return {**result.to_dict(), "mlflow_run_id": run.info.run_id, "weights_sha256": sha}
