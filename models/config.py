@@ -272,6 +272,19 @@ class DistillConfig(Strict):
     alpha: float = Field(
         0.5, ge=0, le=1, description="Weight of the soft-target loss; 1 - alpha on hard labels."
     )
+    hidden_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the hidden-state MSE (through a learned projection if widths differ).",
+    )
+    attention_weight: float = Field(
+        0.0, ge=0, description="Weight of the attention-map MSE (equal head counts)."
+    )
+    layer_map: list[int] | None = Field(
+        None,
+        description="Teacher layer matched by each student layer; None = keep_layers for layer_drop, "
+        "evenly spaced otherwise. Used by hidden/attention distillation.",
+    )
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(learning_rate=1e-4, epochs=3),
         description="Student training (same hygiene as the teacher's).",

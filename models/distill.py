@@ -54,6 +54,38 @@ def kd_loss(
     return alpha * soft + (1.0 - alpha) * hard
 
 
+def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over real (non-padding) tokens; ``mask`` is (batch, seq)."""
+    m = mask.unsqueeze(-1).to(a.dtype)
+    return ((a - b) ** 2 * m).sum() / (m.sum() * a.shape[-1]).clamp_min(1.0)
+
+
+def default_layer_map(n_student: int, n_teacher: int) -> list[int]:
+    """Evenly spaced teacher layers, ending at the last one (e.g. 3 of 6 -> [1, 3, 5])."""
+    step = n_teacher / n_student
+    return [min(n_teacher - 1, round(step * (i + 1)) - 1) for i in range(n_student)]
+
+
+class WithProjections(torch.nn.Module):
+    """The student plus learned projections of its hidden states to the teacher's width.
+
+    Training sees the projections as parameters; only ``student`` is saved afterwards.
+    """
+
+    def __init__(self, student: torch.nn.Module, n_layers: int, s_width: int, t_width: int):
+        super().__init__()
+        self.student = student
+        self.proj = torch.nn.ModuleList(
+            [
+                torch.nn.Identity() if s_width == t_width else torch.nn.Linear(s_width, t_width)
+                for _ in range(n_layers)
+            ]
+        )
+
+    def forward(self, **kwargs: Any) -> Any:
+        return self.student(**kwargs)
+
+
 # ------------------------------------------------------------------------------------ students
 def layer_drop(teacher: torch.nn.Module, keep_layers: list[int]) -> torch.nn.Module:
     """A deep copy of ``teacher`` keeping only ``keep_layers`` (in that order), weights unchanged."""
@@ -158,6 +190,70 @@ def teacher_targets(
     return TeacherTargets(frames, logits, hit, teacher_test, n_params), teacher.to("cpu"), t_tok
 
 
+@dataclass
+class Intermediate:
+    """Layer-wise distillation settings, resolved against the actual models."""
+
+    teacher: torch.nn.Module
+    layer_map: list[int]
+    hidden_weight: float
+    attention_weight: float
+
+
+def resolve_intermediate(
+    cfg: DistillConfig, teacher: torch.nn.Module, t_tok: Any, student: torch.nn.Module, s_tok: Any
+) -> Intermediate | None:
+    """Check that layer-wise distillation is possible here; None when it is switched off."""
+    if cfg.hidden_weight == 0 and cfg.attention_weight == 0:
+        return None
+    if t_tok.get_vocab() != s_tok.get_vocab():
+        raise ValueError(
+            "hidden/attention distillation compares token positions, so teacher and student must share a "
+            "tokenizer; set distill.hidden_weight and distill.attention_weight to 0 for this student"
+        )
+    n_s, n_t = len(encoder_layers(student)), len(encoder_layers(teacher))
+    if cfg.layer_map is not None:
+        layer_map = list(cfg.layer_map)
+    elif isinstance(cfg.student, LayerDropStudent):
+        layer_map = list(cfg.student.keep_layers)
+    else:
+        layer_map = default_layer_map(n_s, n_t)
+    if len(layer_map) != n_s or any(not 0 <= t < n_t for t in layer_map):
+        raise ValueError(f"distill.layer_map {layer_map}: need {n_s} teacher layer indices in 0..{n_t - 1}")
+    if cfg.attention_weight > 0 and student.config.num_attention_heads != teacher.config.num_attention_heads:
+        raise ValueError("attention distillation needs equal head counts in student and teacher")
+    for m in (teacher, student):  # attention maps come from the eager implementation
+        m.config._attn_implementation = "eager"
+    return Intermediate(teacher.eval(), layer_map, cfg.hidden_weight, cfg.attention_weight)
+
+
+def kd_loss_layers(
+    model: WithProjections,
+    inter: Intermediate,
+    inputs: T.Batch,
+    labels: torch.Tensor,
+    soft: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """kd_loss plus hidden-state and attention-map MSE over the mapped layers (padding excluded)."""
+    want_attn = inter.attention_weight > 0
+    s_out = model.student(**inputs, output_hidden_states=True, output_attentions=want_attn)
+    loss = kd_loss(s_out.logits, soft.to(s_out.logits.device), labels, temperature, alpha)
+    with torch.no_grad():
+        t_out = inter.teacher(**inputs, output_hidden_states=True, output_attentions=want_attn)
+    mask = inputs["attention_mask"]
+    keys = mask[:, None, None, :].to(s_out.logits.dtype)
+    for i, t_layer in enumerate(inter.layer_map):
+        if inter.hidden_weight > 0:  # hidden_states[0] is the embedding output
+            h = model.proj[i](s_out.hidden_states[i + 1])
+            loss = loss + inter.hidden_weight * masked_mse(h, t_out.hidden_states[t_layer + 1], mask)
+        if want_attn:
+            diff = (s_out.attentions[i] - t_out.attentions[t_layer]) ** 2 * keys
+            loss = loss + inter.attention_weight * diff.sum() / keys.expand_as(diff).sum().clamp_min(1.0)
+    return loss
+
+
 def kd_train(
     student: torch.nn.Module,
     tok: Any,
@@ -170,12 +266,23 @@ def kd_train(
     on_epoch: Callable[[T.EpochRecord], None] | None = None,
     progress: bool | None = None,
     desc: str = "student",
+    intermediate: Intermediate | None = None,
 ) -> tuple[T.TrainResult, dict[str, float], dict[str, float]]:
-    """Train ``student`` on soft targets + hard labels; returns (result, validation, test) metrics."""
+    """Train ``student`` on soft targets + hard labels; returns (result, validation, test) metrics.
+
+    With ``intermediate``, the teacher also runs on each batch (its hidden states and attention
+    maps are too large to cache) and mapped layers are matched by MSE.
+    """
     T.set_seed(tc.seed)
-    student = student.to(T.device_for())
+    device = T.device_for()
+    student = student.to(device)
     for p in student.parameters():
         p.requires_grad = True
+    trained: torch.nn.Module = student
+    if intermediate is not None:
+        intermediate.teacher.to(device).eval()
+        s_width, t_width = student.config.hidden_size, intermediate.teacher.config.hidden_size
+        trained = WithProjections(student, len(intermediate.layer_map), s_width, t_width).to(device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     train_set, val_set, test_set = (
         _encode_frame(tok, targets.frames[s], labels, tc.max_length) for s in ("train", "validation", "test")
@@ -183,11 +290,13 @@ def kd_train(
     soft = torch.from_numpy(targets.logits)
 
     def loss_fn(model: torch.nn.Module, inputs: T.Batch, y: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
-        out = model(**inputs).logits
-        return kd_loss(out, soft[idx].to(out.device), y, temperature, alpha)
+        if intermediate is None:
+            out = model(**inputs).logits
+            return kd_loss(out, soft[idx].to(out.device), y, temperature, alpha)
+        return kd_loss_layers(model, intermediate, inputs, y, soft[idx], temperature, alpha)
 
     res = T.train(
-        student, train_set, val_set, tc, pad, loss_fn=loss_fn, on_epoch=on_epoch, progress=progress, desc=desc
+        trained, train_set, val_set, tc, pad, loss_fn=loss_fn, on_epoch=on_epoch, progress=progress, desc=desc
     )
     return (
         res,
@@ -221,6 +330,7 @@ def distill(
                     m.p = tc.dropout
     else:
         student, s_tok = load_base(cfg.student.model, data.labels, cache_dir, tc.dropout)
+    inter = resolve_intermediate(cfg, teacher, t_tok, student, s_tok)
     del teacher
     t0 = time.perf_counter()
     res, val_m, test_m = kd_train(
@@ -233,6 +343,7 @@ def distill(
         cfg.alpha,
         on_epoch=on_epoch,
         progress=progress,
+        intermediate=inter,
     )
     seconds = time.perf_counter() - t0
     meta = {

@@ -44,20 +44,22 @@ def reviews() -> pd.DataFrame:
     return make_reviews()
 
 
-def build_tiny_model(path: Path, layers: int = 2) -> Path:
+def build_tiny_model(path: Path, layers: int = 2, hidden: int = 32, reverse_vocab: bool = False) -> Path:
+    """A tiny BERT and its WordPiece tokenizer; ``reverse_vocab`` gives it different token ids."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(POSITIVE + NEGATIVE + FILLER))]
+    words = sorted(set(POSITIVE + NEGATIVE + FILLER), reverse=reverse_vocab)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
     tok.save_pretrained(path)
     cfg = BertConfig(
         vocab_size=len(vocab),
-        hidden_size=32,
+        hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
-        intermediate_size=64,
+        intermediate_size=2 * hidden,
         max_position_embeddings=64,
     )
     import torch

@@ -140,3 +140,145 @@ def test_distill_stage_trains_a_smaller_student_from_cached_teacher_logits(tmp_p
         progress=False,
     )
     assert again.teacher_logits_cached  # the teacher ran once
+
+
+def test_a_pretrained_student_uses_its_own_tokenizer(tmp_path):
+    """Teacher and student disagree on token ids and widths: each side tokenizes the text itself."""
+    from models.config import DistillConfig, FinetuneConfig
+    from models.distill import distill
+    from models.finetune import finetune, load_classifier
+    from models.prepare import prepare
+    from tests.conftest import data_cfg
+
+    teacher_src = build_tiny_model(tmp_path / "t", layers=2, hidden=32)
+    student_src = build_tiny_model(tmp_path / "s", layers=1, hidden=16, reverse_vocab=True)
+    p = tmp_path / "d.csv"
+    make_reviews(160).to_csv(p, index=False)
+    prepared, _ = prepare(
+        data_cfg(p, validation={"min_per_class": 10}), tmp_path / "data", "sha", tmp_path / "r"
+    )
+    ft = FinetuneConfig.model_validate(
+        {
+            "model": str(teacher_src),
+            "method": {"kind": "full"},
+            "train": {"epochs": 3, "batch_size": 16, "learning_rate": 3e-3, "max_length": 32},
+        }
+    )
+    teacher = finetune(ft, prepared, tmp_path / "teacher", tmp_path, progress=False)
+    cfg = DistillConfig.model_validate(
+        {
+            "student": {"kind": "pretrained", "model": str(student_src)},
+            "alpha": 0.7,
+            "train": {
+                "epochs": 12,
+                "batch_size": 16,
+                "learning_rate": 5e-3,
+                "max_length": 32,
+                "early_stopping_patience": None,
+            },
+        }
+    )
+    res = distill(
+        cfg, prepared, teacher.model_dir, "sha", tmp_path / "student", tmp_path / "cache", progress=False
+    )
+    student, tok = load_classifier(res.model_dir)
+    assert student.config.hidden_size == 16 and res.student_params < res.teacher_params
+    assert tok.convert_tokens_to_ids("good") != load_classifier(teacher.model_dir)[1].convert_tokens_to_ids(
+        "good"
+    )
+    assert res.test["accuracy"] >= 0.8
+
+
+def test_default_layer_map_spreads_evenly():
+    from models.distill import default_layer_map
+
+    assert default_layer_map(3, 6) == [1, 3, 5]
+    assert default_layer_map(1, 4) == [3]
+    assert default_layer_map(4, 4) == [0, 1, 2, 3]
+
+
+def test_layer_losses_vanish_for_an_exact_copy(tmp_path):
+    from models.config import DistillConfig
+    from models.distill import WithProjections, kd_loss_layers, resolve_intermediate
+
+    d = build_tiny_model(tmp_path / "m", layers=2)
+    teacher, tok = load_base(str(d), LABELS, tmp_path)
+    teacher.eval()
+    student = layer_drop(teacher, [0, 1]).eval()
+    cfg = DistillConfig.model_validate(
+        {"student": {"keep_layers": [0, 1]}, "alpha": 1.0, "hidden_weight": 1.0, "attention_weight": 1.0}
+    )
+    inter = resolve_intermediate(cfg, teacher, tok, student, tok)
+    assert inter is not None and inter.layer_map == [0, 1]
+    df = make_reviews(8)
+    enc = T.encode(tok, df["review"].tolist(), [0, 1] * 4, 16)
+    inputs, labels, _ = next(T.batches(enc, 8, tok.pad_token_id, shuffle=False))
+    with torch.no_grad():
+        soft = teacher(**inputs).logits
+        wrapped = WithProjections(student, 2, 32, 32)
+        assert kd_loss_layers(wrapped, inter, inputs, labels, soft, 2.0, 1.0).item() == pytest.approx(
+            0, abs=1e-5
+        )
+        other = layer_drop(teacher, [1, 0]).eval()  # same weights, swapped layers: the layer terms notice
+        inter2 = resolve_intermediate(cfg, teacher, tok, other, tok)
+        loss = kd_loss_layers(WithProjections(other, 2, 32, 32), inter2, inputs, labels, soft, 2.0, 1.0)
+        assert loss.item() > 1e-4
+
+
+def test_hidden_distillation_learns_a_projection_to_a_wider_teacher(tmp_path):
+    from models.config import DistillConfig, FinetuneConfig
+    from models.distill import distill
+    from models.finetune import finetune, load_classifier
+    from models.prepare import prepare
+    from tests.conftest import data_cfg
+
+    teacher_src = build_tiny_model(tmp_path / "t", layers=2, hidden=32)
+    narrow_same_vocab = build_tiny_model(tmp_path / "s", layers=1, hidden=16)
+    wrong_vocab = build_tiny_model(tmp_path / "w", layers=1, hidden=16, reverse_vocab=True)
+    p = tmp_path / "d.csv"
+    make_reviews(120).to_csv(p, index=False)
+    prepared, _ = prepare(
+        data_cfg(p, validation={"min_per_class": 10}), tmp_path / "data", "sha", tmp_path / "r"
+    )
+    ft = FinetuneConfig.model_validate(
+        {
+            "model": str(teacher_src),
+            "method": {"kind": "full"},
+            "train": {"epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "max_length": 32},
+        }
+    )
+    teacher = finetune(ft, prepared, tmp_path / "teacher", tmp_path, progress=False)
+
+    def cfg(model):
+        return DistillConfig.model_validate(
+            {
+                "student": {"kind": "pretrained", "model": str(model)},
+                "hidden_weight": 1.0,
+                "attention_weight": 0.5,
+                "train": {"epochs": 1, "batch_size": 16, "learning_rate": 3e-3, "max_length": 32},
+            }
+        )
+
+    res = distill(
+        cfg(narrow_same_vocab),
+        prepared,
+        teacher.model_dir,
+        "sha",
+        tmp_path / "o",
+        tmp_path / "c",
+        progress=False,
+    )
+    student, _ = load_classifier(res.model_dir)
+    assert student.config.hidden_size == 16  # the projection was used for training, not saved
+    assert not any("proj" in k for k in student.state_dict())
+    assert res.history and res.history[0]["train_loss"] > 0
+    with pytest.raises(ValueError, match="must share a tokenizer"):
+        distill(
+            cfg(wrong_vocab),
+            prepared,
+            teacher.model_dir,
+            "sha",
+            tmp_path / "o2",
+            tmp_path / "c",
+            progress=False,
+        )
