@@ -106,8 +106,14 @@ def test_real_model_and_data_slice_end_to_end(tmp_path):
 
 
 def _tiny_cfg(
-    tmp_path: Path, data: Path, tiny_model_dir: Path, lr: float = 5e-3, temperature: float = 2.0
+    tmp_path: Path,
+    data: Path,
+    tiny_model_dir: Path,
+    lr: float = 5e-3,
+    temperature: float = 2.0,
+    ffn: float = 0.25,
 ) -> PipelineConfig:
+    train = {"epochs": 1, "batch_size": 32, "max_length": 32}
     return PipelineConfig.model_validate(
         {
             "name": "it-cache",
@@ -122,12 +128,17 @@ def _tiny_cfg(
             "finetune": {
                 "model": str(tiny_model_dir),
                 "method": {"kind": "lora", "r": 2, "target_modules": ["query", "value"]},
-                "train": {"epochs": 1, "batch_size": 32, "learning_rate": lr, "max_length": 32},
+                "train": {**train, "learning_rate": lr},
             },
             "distill": {
                 "student": {"kind": "layer_drop", "keep_layers": [1]},
                 "temperature": temperature,
-                "train": {"epochs": 1, "batch_size": 32, "learning_rate": 5e-3, "max_length": 32},
+                "train": {**train, "learning_rate": 5e-3},
+            },
+            "compress": {
+                "steps": [{"kind": "prune_ffn", "ratio": ffn}],
+                "calibration_examples": 16,
+                "recovery": {"train": {**train, "learning_rate": 1e-3}},
             },
         }
     )
@@ -139,11 +150,11 @@ def test_reruns_reuse_cached_stages_and_rerun_exactly_what_changed(tmp_path, tin
     cfg = _tiny_cfg(tmp_path, data, tiny_model_dir)
 
     first = run_pipeline(cfg, progress=False)
-    assert [v["status"] for v in first["stages"].values()] == ["completed"] * 3
+    assert [v["status"] for v in first["stages"].values()] == ["completed"] * 4
     assert str(tmp_path) in first["tracking_uri"]  # its own store, whatever ran before in this process
 
     second = run_pipeline(cfg, progress=False)
-    assert [v["status"] for v in second["stages"].values()] == ["cached"] * 3
+    assert [v["status"] for v in second["stages"].values()] == ["cached"] * 4
     assert second["stages"]["finetune-teacher"]["prefect_state"] == "Cached"
     assert second["stages"]["finetune-teacher"]["metrics"] == first["stages"]["finetune-teacher"]["metrics"]
     assert len(runs_named(second, "finetune-teacher")) == 1  # no duplicate training
@@ -154,17 +165,24 @@ def test_reruns_reuse_cached_stages_and_rerun_exactly_what_changed(tmp_path, tin
         == first["stages"]["finetune-teacher"]["mlflow_run_id"]
     )
 
-    # a changed distillation config re-runs distillation only; a changed fine-tuning config re-runs
-    # fine-tuning and what depends on it
+    # a changed pruning config re-runs pruning only; a changed distillation config re-runs it and
+    # pruning; a changed fine-tuning config re-runs fine-tuning and everything after it
+    third = run_pipeline(_tiny_cfg(tmp_path, data, tiny_model_dir, ffn=0.5), progress=False)
+    assert [v["status"] for v in third["stages"].values()] == ["cached", "cached", "cached", "completed"]
     third = run_pipeline(_tiny_cfg(tmp_path, data, tiny_model_dir, temperature=4.0), progress=False)
-    assert [v["status"] for v in third["stages"].values()] == ["cached", "cached", "completed"]
+    assert [v["status"] for v in third["stages"].values()] == ["cached", "cached", "completed", "completed"]
     third = run_pipeline(_tiny_cfg(tmp_path, data, tiny_model_dir, lr=1e-3), progress=False)
-    assert [v["status"] for v in third["stages"].values()] == ["cached", "completed", "completed"]
+    assert [v["status"] for v in third["stages"].values()] == [
+        "cached",
+        "completed",
+        "completed",
+        "completed",
+    ]
 
     # changed data bytes (same path) re-run everything
     make_reviews(200, seed=5).to_csv(data, index=False)
     fourth = run_pipeline(cfg, progress=False)
-    assert [v["status"] for v in fourth["stages"].values()] == ["completed"] * 3
+    assert [v["status"] for v in fourth["stages"].values()] == ["completed"] * 4
 
     # a cached result whose model folder was deleted is recomputed, not handed on dangling
     import shutil
