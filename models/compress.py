@@ -37,6 +37,7 @@ class CompressResult:
     test: dict[str, float]  # after recovery (or equal to test_pruned without recovery)
     validation: dict[str, float]
     recovery_seconds: float
+    recovery_epoch: int  # epoch kept by recovery; 0 = the pruned weights, -1 = no recovery
     history: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def compress(
     test_pruned = T.evaluate(model, test_set, tc.eval_batch_size, pad)
 
     history: list[dict[str, float]] = []
-    seconds = 0.0
+    seconds, recovery_epoch = 0.0, -1
     if cfg.recovery is not None:
         t0 = time.perf_counter()
         res, val_m, test_m = kd_train(
@@ -94,9 +95,11 @@ def compress(
             on_epoch=on_epoch,
             progress=progress,
             desc="recovery",
+            keep_initial=True,
         )
         seconds = time.perf_counter() - t0
         history = [asdict(h) for h in res.history]
+        recovery_epoch = res.best_epoch  # 0: recovery did not beat the pruned weights on validation
     else:
         val_set = _encode_frame(tok, targets.frames["validation"], data.labels, max_length)
         val_m, test_m = T.evaluate(model, val_set, tc.eval_batch_size, pad), test_pruned
@@ -123,5 +126,6 @@ def compress(
         test=test_m,
         validation=val_m,
         recovery_seconds=seconds,
+        recovery_epoch=recovery_epoch,
         history=history,
     )

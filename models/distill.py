@@ -267,6 +267,7 @@ def kd_train(
     progress: bool | None = None,
     desc: str = "student",
     intermediate: Intermediate | None = None,
+    keep_initial: bool = False,
 ) -> tuple[T.TrainResult, dict[str, float], dict[str, float]]:
     """Train ``student`` on soft targets + hard labels; returns (result, validation, test) metrics.
 
@@ -296,7 +297,16 @@ def kd_train(
         return kd_loss_layers(model, intermediate, inputs, y, soft[idx], temperature, alpha)
 
     res = T.train(
-        trained, train_set, val_set, tc, pad, loss_fn=loss_fn, on_epoch=on_epoch, progress=progress, desc=desc
+        trained,
+        train_set,
+        val_set,
+        tc,
+        pad,
+        loss_fn=loss_fn,
+        on_epoch=on_epoch,
+        progress=progress,
+        desc=desc,
+        keep_initial=keep_initial,
     )
     return (
         res,

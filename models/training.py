@@ -185,8 +185,13 @@ def train(
     on_step: Callable[[int], None] | None = None,
     progress: bool | None = None,
     desc: str = "train",
+    keep_initial: bool = False,
 ) -> TrainResult:
-    """Train in place; on return ``model`` holds the weights of the best validation epoch."""
+    """Train in place; on return ``model`` holds the weights of the best validation epoch.
+
+    ``keep_initial`` makes the starting weights a candidate too ("epoch 0"): further training
+    (e.g. recovery after pruning) can then never leave a worse validation score than it found.
+    """
     from tqdm.auto import tqdm  # noqa: PLC0415
     from transformers import get_scheduler  # noqa: PLC0415
 
@@ -211,6 +216,8 @@ def train(
 
     best_metric, best_epoch, bad_epochs, step = -math.inf, 0, 0, 0
     best_state = {n: p.detach().clone() for n, p in params}
+    if keep_initial:
+        best_metric = evaluate(model, val_data, cfg.eval_batch_size, pad_id)[cfg.metric]
     history: list[EpochRecord] = []
     t_start = time.perf_counter()
     stopped = False

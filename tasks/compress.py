@@ -72,6 +72,7 @@ def compress_model(
             "compress.test_accuracy": result.test["accuracy"],
             "compress.test_f1": result.test["f1"],
             "compress.recovery_seconds": result.recovery_seconds,
+            "compress.recovery_epoch": result.recovery_epoch,
         }
         for i, step in enumerate(result.steps):
             metrics.update(

@@ -196,3 +196,19 @@ def test_prefix_tuning_is_saved_as_an_adapter_and_reloads(tiny_model_dir, tmp_pa
     assert (Path(res.model_dir) / "adapter_config.json").is_file()
     model, _ = load_classifier(res.model_dir)
     assert hasattr(model, "peft_config")
+
+
+def test_keep_initial_never_returns_worse_than_the_start(tiny_model_dir, tmp_path):
+    model, tok = tiny(tiny_model_dir, tmp_path)
+    T.set_seed(0)
+    m = apply_method(model, method("full"), 10)
+    train, val = encoded(tok, 200, 1), encoded(tok, 60, 2)
+    good = TrainConfig(epochs=6, batch_size=16, learning_rate=3e-3, early_stopping_patience=None)
+    T.train(m, train, val, good, tok.pad_token_id, progress=False)
+    start = T.evaluate(m, val, 32, tok.pad_token_id)["accuracy"]
+    assert start >= 0.9
+    ruin = TrainConfig(epochs=2, batch_size=16, learning_rate=1.0, warmup_ratio=0, max_grad_norm=None)
+    res = T.train(m, train, val, ruin, tok.pad_token_id, progress=False, keep_initial=True)
+    assert max(h.val_accuracy for h in res.history) < start  # training really made it worse...
+    assert res.best_epoch == 0  # ...so the starting weights were kept
+    assert T.evaluate(m, val, 32, tok.pad_token_id)["accuracy"] == start
