@@ -113,9 +113,13 @@ def teacher_logits_key(teacher_sha256: str, split_fingerprint: str, max_length: 
     return hashlib.sha256(f"{teacher_sha256}|{split_fingerprint}|{max_length}".encode()).hexdigest()[:16]
 
 
+def logits_path(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / f"teacher-logits-{key}.npy"
+
+
 def cached_teacher_logits(compute: Any, cache_dir: Path, key: str) -> tuple[np.ndarray, bool]:
     """Load logits saved under ``key`` or call ``compute()`` once and save them. Returns (logits, hit)."""
-    path = Path(cache_dir) / f"teacher-logits-{key}.npy"
+    path = logits_path(cache_dir, key)
     if path.is_file():
         return np.load(path, allow_pickle=False), True
     logits = np.asarray(compute(), dtype=np.float32)
@@ -132,6 +136,7 @@ class DistillResult:
     model_dir: str
     student: str
     teacher_logits_cached: bool
+    teacher_logits_path: str
     student_params: int
     teacher_params: int
     best_epoch: int
@@ -153,6 +158,7 @@ class TeacherTargets:
     frames: dict[str, Any]  # split -> DataFrame (train possibly subsampled)
     logits: np.ndarray  # teacher logits for frames["train"], row-aligned
     cached: bool
+    logits_path: str
     teacher_test: dict[str, float]
     teacher_params: int
 
@@ -187,7 +193,8 @@ def teacher_targets(
     t_test = _encode_frame(t_tok, frames["test"], data.labels, t_len)
     teacher_test = T.evaluate(teacher, t_test, tc.eval_batch_size, t_tok.pad_token_id)
     n_params = sum(p.numel() for p in teacher.parameters())
-    return TeacherTargets(frames, logits, hit, teacher_test, n_params), teacher.to("cpu"), t_tok
+    path = str(logits_path(Path(cache_dir), key))
+    return TeacherTargets(frames, logits, hit, path, teacher_test, n_params), teacher.to("cpu"), t_tok
 
 
 @dataclass
@@ -370,6 +377,7 @@ def distill(
         model_dir=str(out_dir),
         student=cfg.student.kind,
         teacher_logits_cached=targets.cached,
+        teacher_logits_path=targets.logits_path,
         student_params=sum(p.numel() for p in student.parameters()),
         teacher_params=targets.teacher_params,
         best_epoch=res.best_epoch,

@@ -84,5 +84,6 @@ def distill_student(
             }
         )
         mlflow.log_artifacts(str(final), "student_model")
+        mlflow.log_artifact(result.teacher_logits_path, "teacher_outputs")
         tracking.log_json(result.to_dict(), "student_result.json")
         return {**result.to_dict(), "mlflow_run_id": run.info.run_id, "weights_sha256": sha}

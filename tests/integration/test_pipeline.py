@@ -88,6 +88,8 @@ def test_real_model_and_data_slice_end_to_end(tmp_path):
     assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()
     assert not list((tmp_path / "work" / "models" / "teacher").glob(".*.tmp"))  # no partial outputs
     student_run = next(c for c in children if c.info.run_name == "distill-student")
+    logged = [a.path for a in client.list_artifacts(student_run.info.run_id, "teacher_outputs")]
+    assert len(logged) == 1 and logged[0].endswith(".npy")  # the teacher's soft targets, computed once
     sm = student_run.data.metrics
     assert sm["student.params"] < 0.8 * sm["student.teacher_params"]  # 3 of 6 layers kept
     assert sm["student.teacher_test_accuracy"] == pytest.approx(m["teacher.test_accuracy"])
