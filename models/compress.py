@@ -11,7 +11,7 @@ from typing import Any
 
 from models import training as T
 from models.config import CompressConfig, TrainConfig
-from models.distill import _encode_frame, kd_train, teacher_targets
+from models.distill import kd_train, teacher_targets
 from models.prepare import PreparedData
 from models.steps import StepContext, apply_step
 
@@ -65,7 +65,7 @@ def compress(
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     max_length = int(getattr(model.config, "max_position_embeddings", 512))
     max_length = min(tc.max_length, max_length)
-    test_set = _encode_frame(tok, targets.frames["test"], data.labels, max_length)
+    test_set = T.encode_frame(tok, targets.frames["test"], data.labels, max_length)
     before = parameter_counts(model)
     test_before = T.evaluate(model, test_set, tc.eval_batch_size, pad)
     file_before = sum(p.stat().st_size for p in Path(source_dir).glob("*.safetensors"))
@@ -73,7 +73,7 @@ def compress(
     from models.data import stratified_sample  # noqa: PLC0415
 
     calib_df = stratified_sample(targets.frames["train"], cfg.calibration_examples, tc.seed)
-    ctx = StepContext(_encode_frame(tok, calib_df, data.labels, max_length), pad, tc.eval_batch_size)
+    ctx = StepContext(T.encode_frame(tok, calib_df, data.labels, max_length), pad, tc.eval_batch_size)
     reports = []
     for step in cfg.steps:
         rep = apply_step(model, step, ctx)
@@ -101,7 +101,7 @@ def compress(
         history = [asdict(h) for h in res.history]
         recovery_epoch = res.best_epoch  # 0: recovery did not beat the pruned weights on validation
     else:
-        val_set = _encode_frame(tok, targets.frames["validation"], data.labels, max_length)
+        val_set = T.encode_frame(tok, targets.frames["validation"], data.labels, max_length)
         val_m, test_m = T.evaluate(model, val_set, tc.eval_batch_size, pad), test_pruned
     out = Path(out_dir)
     meta = {

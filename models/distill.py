@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from models import training as T
 from models.arch import encoder_layers
 from models.config import DistillConfig, LayerDropStudent, TrainConfig
-from models.data import LABEL, TEXT, read_split, stratified_sample
+from models.data import read_split, stratified_sample
 from models.prepare import PreparedData
 
 
@@ -163,11 +163,6 @@ class TeacherTargets:
     teacher_params: int
 
 
-def _encode_frame(tok: Any, df: Any, labels: list[str], max_length: int) -> T.Encoded:
-    label_id = {lab: i for i, lab in enumerate(labels)}
-    return T.encode(tok, df[TEXT].tolist(), [label_id[x] for x in df[LABEL]], max_length)
-
-
 def teacher_targets(
     data: PreparedData, teacher_dir: str | Path, teacher_sha256: str, tc: TrainConfig, cache_dir: str | Path
 ) -> tuple[TeacherTargets, torch.nn.Module, Any]:
@@ -183,14 +178,14 @@ def teacher_targets(
     key = teacher_logits_key(
         teacher_sha256, f"{data.split_fingerprint}|{len(frames['train'])}|{tc.seed}", t_len
     )
-    t_train = _encode_frame(t_tok, frames["train"], data.labels, t_len)
+    t_train = T.encode_frame(t_tok, frames["train"], data.labels, t_len)
     teacher = teacher.to(device)
     logits, hit = cached_teacher_logits(
         lambda: T.predict_logits(teacher, t_train, tc.eval_batch_size, t_tok.pad_token_id),
         Path(cache_dir),
         key,
     )
-    t_test = _encode_frame(t_tok, frames["test"], data.labels, t_len)
+    t_test = T.encode_frame(t_tok, frames["test"], data.labels, t_len)
     teacher_test = T.evaluate(teacher, t_test, tc.eval_batch_size, t_tok.pad_token_id)
     n_params = sum(p.numel() for p in teacher.parameters())
     path = str(logits_path(Path(cache_dir), key))
@@ -293,7 +288,7 @@ def kd_train(
         trained = WithProjections(student, len(intermediate.layer_map), s_width, t_width).to(device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     train_set, val_set, test_set = (
-        _encode_frame(tok, targets.frames[s], labels, tc.max_length) for s in ("train", "validation", "test")
+        T.encode_frame(tok, targets.frames[s], labels, tc.max_length) for s in ("train", "validation", "test")
     )
     soft = torch.from_numpy(targets.logits)
 

@@ -30,7 +30,7 @@ from models.config import (
     LoraMethod,
     PrefixTuningMethod,
 )
-from models.data import LABEL, TEXT, read_split, stratified_sample
+from models.data import LABEL, read_split, stratified_sample
 from models.prepare import PreparedData
 from models.sources import resolve_model
 
@@ -228,7 +228,6 @@ def finetune(
     T.set_seed(tc.seed)
     device = T.device_for()
     labels = data.labels
-    label_id = {lab: i for i, lab in enumerate(labels)}
     train_df, val_df, test_df = (read_split(data.path(s)) for s in ("train", "validation", "test"))
     if cfg.few_shot is not None:
         train_df = few_shot_rows(train_df, cfg.few_shot)
@@ -238,10 +237,9 @@ def finetune(
     model, tok = load_base(cfg.model, labels, cache_dir, tc.dropout)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
-    def enc(df: Any) -> T.Encoded:
-        return T.encode(tok, df[TEXT].tolist(), [label_id[x] for x in df[LABEL]], tc.max_length)
-
-    train_set, val_set, test_set = enc(train_df), enc(val_df), enc(test_df)
+    train_set, val_set, test_set = (
+        T.encode_frame(tok, df, labels, tc.max_length) for df in (train_df, val_df, test_df)
+    )
     total_steps = T.optimizer_steps(len(train_set), tc)
     model = apply_method(model, cfg.method, total_steps).to(device)
     trainable, total = count_parameters(model)

@@ -59,6 +59,12 @@ def encode(tokenizer: Any, texts: list[str], labels: list[int] | np.ndarray, max
     return Encoded(feats, np.asarray(labels, dtype=np.int64))
 
 
+def encode_frame(tokenizer: Any, frame: Any, labels: list[str], max_length: int) -> Encoded:
+    """Encode a split's ``text``/``label`` frame; label ids follow the order of ``labels``."""
+    label_id = {lab: i for i, lab in enumerate(labels)}
+    return encode(tokenizer, frame["text"].tolist(), [label_id[x] for x in frame["label"]], max_length)
+
+
 def _pad(features: list[dict[str, list[int]]], pad_id: int) -> Batch:
     n = max(len(f["input_ids"]) for f in features)
     out: Batch = {}

@@ -93,3 +93,14 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# Options of every model-producing task: cached on inputs, results persisted, one retry for
+# network/IO hiccups only.
+MODEL_TASK = {
+    "cache_policy": STAGE_CACHE,
+    "persist_result": True,
+    "retries": 1,
+    "retry_delay_seconds": 10,
+    "retry_condition_fn": transient_only,
+}

@@ -11,25 +11,16 @@ from models.compress import compress
 from models.config import CompressConfig, config_to_params
 from models.prepare import PreparedData
 from tasks.common import (
-    STAGE_CACHE,
+    MODEL_TASK,
     ModelRef,
     StageContext,
     atomic_dir,
     file_sha256,
     stage_key,
-    transient_only,
 )
 
 
-@task(
-    name="compress",
-    cache_policy=STAGE_CACHE,
-    persist_result=True,
-    retries=1,
-    retry_delay_seconds=10,
-    retry_condition_fn=transient_only,
-    tags=["compress"],
-)
+@task(name="compress", tags=["compress"], **MODEL_TASK)
 def compress_model(
     cfg: CompressConfig,
     data: PreparedData,

@@ -11,25 +11,16 @@ from models.config import DistillConfig, config_to_params
 from models.distill import distill
 from models.prepare import PreparedData
 from tasks.common import (
-    STAGE_CACHE,
+    MODEL_TASK,
     ModelRef,
     StageContext,
     atomic_dir,
     file_sha256,
     stage_key,
-    transient_only,
 )
 
 
-@task(
-    name="distill-student",
-    cache_policy=STAGE_CACHE,
-    persist_result=True,
-    retries=1,
-    retry_delay_seconds=10,
-    retry_condition_fn=transient_only,
-    tags=["train"],
-)
+@task(name="distill-student", tags=["train"], **MODEL_TASK)
 def distill_student(
     cfg: DistillConfig,
     data: PreparedData,

@@ -10,18 +10,10 @@ from models import tracking
 from models.config import FinetuneConfig, config_to_params
 from models.finetune import finetune
 from models.prepare import PreparedData
-from tasks.common import STAGE_CACHE, StageContext, atomic_dir, file_sha256, stage_key, transient_only
+from tasks.common import MODEL_TASK, StageContext, atomic_dir, file_sha256, stage_key
 
 
-@task(
-    name="finetune-teacher",
-    cache_policy=STAGE_CACHE,
-    persist_result=True,
-    retries=1,
-    retry_delay_seconds=10,
-    retry_condition_fn=transient_only,
-    tags=["train"],
-)
+@task(name="finetune-teacher", tags=["train"], **MODEL_TASK)
 def finetune_teacher(cfg: FinetuneConfig, data: PreparedData, code_version: str, ctx: StageContext) -> dict:
     """Returns the FinetuneResult as a dict plus 'mlflow_run_id' and the model's sha256."""
     import mlflow  # noqa: PLC0415

@@ -92,3 +92,24 @@ def data_cfg(source: Path | str, **kw):
     }
     base.update(kw)
     return DataConfig.model_validate(base)
+
+
+def train_tiny_teacher(tmp_path: Path, model_dir: Path, rows: int, epochs: int):
+    """Synthetic data prepared and split, and a tiny teacher fully fine-tuned on it."""
+    from models.config import FinetuneConfig
+    from models.finetune import finetune
+    from models.prepare import prepare
+
+    p = tmp_path / "d.csv"
+    make_reviews(rows).to_csv(p, index=False)
+    prepared, _ = prepare(
+        data_cfg(p, validation={"min_per_class": 10}), tmp_path / "data", "sha", tmp_path / "r"
+    )
+    ft = FinetuneConfig.model_validate(
+        {
+            "model": str(model_dir),
+            "method": {"kind": "full"},
+            "train": {"epochs": epochs, "batch_size": 16, "learning_rate": 3e-3, "max_length": 32},
+        }
+    )
+    return prepared, finetune(ft, prepared, tmp_path / "teacher", tmp_path, progress=False)

@@ -5,29 +5,18 @@ from pathlib import Path
 import pytest
 
 from models.compress import compress, parameter_counts
-from models.config import CompressConfig, FinetuneConfig, PipelineConfig
+from models.config import CompressConfig, PipelineConfig
 from models.errors import ConfigError
-from models.finetune import finetune, load_classifier
+from models.finetune import load_classifier
 from models.preflight import preflight
-from models.prepare import prepare
-from tests.conftest import build_tiny_model, data_cfg, make_reviews
+from tests.conftest import build_tiny_model, make_reviews, train_tiny_teacher
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compress")
     src = build_tiny_model(tmp / "t3", layers=3)
-    p = tmp / "d.csv"
-    make_reviews(200).to_csv(p, index=False)
-    prepared, _ = prepare(data_cfg(p, validation={"min_per_class": 10}), tmp / "data", "sha", tmp / "r")
-    ft = FinetuneConfig.model_validate(
-        {
-            "model": str(src),
-            "method": {"kind": "full"},
-            "train": {"epochs": 4, "batch_size": 16, "learning_rate": 3e-3, "max_length": 32},
-        }
-    )
-    teacher = finetune(ft, prepared, tmp / "teacher", tmp, progress=False)
+    prepared, teacher = train_tiny_teacher(tmp, src, rows=200, epochs=4)
     return tmp, prepared, teacher
 
 

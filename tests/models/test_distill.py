@@ -7,7 +7,7 @@ import torch
 from models import training as T
 from models.distill import cached_teacher_logits, kd_loss, layer_drop
 from models.finetune import load_base
-from tests.conftest import build_tiny_model, make_reviews
+from tests.conftest import build_tiny_model, make_reviews, train_tiny_teacher
 
 LABELS = ["neg", "pos"]
 
@@ -84,27 +84,12 @@ def test_teacher_logits_are_computed_once(tmp_path):
 
 
 def test_distill_stage_trains_a_smaller_student_from_cached_teacher_logits(tmp_path):
-    from models.config import DistillConfig, FinetuneConfig
+    from models.config import DistillConfig
     from models.distill import distill
-    from models.finetune import finetune, load_classifier
-    from models.prepare import prepare
-    from tests.conftest import data_cfg
+    from models.finetune import load_classifier
 
     teacher_src = build_tiny_model(tmp_path / "t4", layers=4)
-    df = make_reviews(200)
-    p = tmp_path / "d.csv"
-    df.to_csv(p, index=False)
-    prepared, _ = prepare(
-        data_cfg(p, validation={"min_per_class": 10}), tmp_path / "data", "sha", tmp_path / "r"
-    )
-    ft = FinetuneConfig.model_validate(
-        {
-            "model": str(teacher_src),
-            "method": {"kind": "full"},
-            "train": {"epochs": 4, "batch_size": 16, "learning_rate": 3e-3, "max_length": 32},
-        }
-    )
-    teacher = finetune(ft, prepared, tmp_path / "teacher", tmp_path, progress=False)
+    prepared, teacher = train_tiny_teacher(tmp_path, teacher_src, rows=200, epochs=4)
     cfg = DistillConfig.model_validate(
         {
             "student": {"kind": "layer_drop", "keep_layers": [0, 3]},
@@ -144,27 +129,13 @@ def test_distill_stage_trains_a_smaller_student_from_cached_teacher_logits(tmp_p
 
 def test_a_pretrained_student_uses_its_own_tokenizer(tmp_path):
     """Teacher and student disagree on token ids and widths: each side tokenizes the text itself."""
-    from models.config import DistillConfig, FinetuneConfig
+    from models.config import DistillConfig
     from models.distill import distill
-    from models.finetune import finetune, load_classifier
-    from models.prepare import prepare
-    from tests.conftest import data_cfg
+    from models.finetune import load_classifier
 
     teacher_src = build_tiny_model(tmp_path / "t", layers=2, hidden=32)
     student_src = build_tiny_model(tmp_path / "s", layers=1, hidden=16, reverse_vocab=True)
-    p = tmp_path / "d.csv"
-    make_reviews(160).to_csv(p, index=False)
-    prepared, _ = prepare(
-        data_cfg(p, validation={"min_per_class": 10}), tmp_path / "data", "sha", tmp_path / "r"
-    )
-    ft = FinetuneConfig.model_validate(
-        {
-            "model": str(teacher_src),
-            "method": {"kind": "full"},
-            "train": {"epochs": 3, "batch_size": 16, "learning_rate": 3e-3, "max_length": 32},
-        }
-    )
-    teacher = finetune(ft, prepared, tmp_path / "teacher", tmp_path, progress=False)
+    prepared, teacher = train_tiny_teacher(tmp_path, teacher_src, rows=160, epochs=3)
     cfg = DistillConfig.model_validate(
         {
             "student": {"kind": "pretrained", "model": str(student_src)},
@@ -226,28 +197,14 @@ def test_layer_losses_vanish_for_an_exact_copy(tmp_path):
 
 
 def test_hidden_distillation_learns_a_projection_to_a_wider_teacher(tmp_path):
-    from models.config import DistillConfig, FinetuneConfig
+    from models.config import DistillConfig
     from models.distill import distill
-    from models.finetune import finetune, load_classifier
-    from models.prepare import prepare
-    from tests.conftest import data_cfg
+    from models.finetune import load_classifier
 
     teacher_src = build_tiny_model(tmp_path / "t", layers=2, hidden=32)
     narrow_same_vocab = build_tiny_model(tmp_path / "s", layers=1, hidden=16)
     wrong_vocab = build_tiny_model(tmp_path / "w", layers=1, hidden=16, reverse_vocab=True)
-    p = tmp_path / "d.csv"
-    make_reviews(120).to_csv(p, index=False)
-    prepared, _ = prepare(
-        data_cfg(p, validation={"min_per_class": 10}), tmp_path / "data", "sha", tmp_path / "r"
-    )
-    ft = FinetuneConfig.model_validate(
-        {
-            "model": str(teacher_src),
-            "method": {"kind": "full"},
-            "train": {"epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "max_length": 32},
-        }
-    )
-    teacher = finetune(ft, prepared, tmp_path / "teacher", tmp_path, progress=False)
+    prepared, teacher = train_tiny_teacher(tmp_path, teacher_src, rows=120, epochs=2)
 
     def cfg(model):
         return DistillConfig.model_validate(
