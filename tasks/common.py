@@ -104,3 +104,18 @@ MODEL_TASK = {
     "retry_delay_seconds": 10,
     "retry_condition_fn": transient_only,
 }
+
+
+def publish_model(result: Any, final: Path, run: Any, name: str) -> dict[str, Any]:
+    """Record a stage's saved model: sha256 tag (checked after any download), the folder and the
+    result JSON as MLflow artifacts. Returns the task's (small, picklable) result record."""
+    import mlflow  # noqa: PLC0415
+
+    from models import tracking  # noqa: PLC0415
+
+    result.model_dir = str(final)
+    sha = file_sha256(next(final.glob("*.safetensors")))
+    mlflow.set_tag("slimflow.model.sha256", sha)
+    mlflow.log_artifacts(str(final), f"{name}_model")
+    tracking.log_json(result.to_dict(), f"{name}_result.json")
+    return {**result.to_dict(), "mlflow_run_id": run.info.run_id, "weights_sha256": sha}

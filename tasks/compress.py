@@ -15,7 +15,7 @@ from tasks.common import (
     ModelRef,
     StageContext,
     atomic_dir,
-    file_sha256,
+    publish_model,
     stage_key,
 )
 
@@ -49,8 +49,6 @@ def compress_model(
                 on_epoch=tracking.epoch_logger("recovery"),
                 progress=ctx.progress,
             )
-        result.model_dir = str(final)
-        sha = file_sha256(next(final.glob("*.safetensors")))
         metrics = {
             "compress.params_before": result.before["params"],
             "compress.params_after": result.after["params"],
@@ -70,7 +68,4 @@ def compress_model(
                 {f"compress.step{i}.{k}": float(v) for k, v in step.items() if isinstance(v, int | float)}
             )
         mlflow.log_metrics(metrics)
-        mlflow.set_tag("slimflow.model.sha256", sha)
-        mlflow.log_artifacts(str(final), "compressed_model")
-        tracking.log_json(result.to_dict(), "compress_result.json")
-        return {**result.to_dict(), "mlflow_run_id": run.info.run_id, "weights_sha256": sha}
+        return publish_model(result, final, run, "compressed")

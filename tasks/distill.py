@@ -15,7 +15,7 @@ from tasks.common import (
     ModelRef,
     StageContext,
     atomic_dir,
-    file_sha256,
+    publish_model,
     stage_key,
 )
 
@@ -53,8 +53,6 @@ def distill_student(
                 on_epoch=tracking.epoch_logger("student"),
                 progress=ctx.progress,
             )
-        result.model_dir = str(final)
-        sha = file_sha256(next(final.glob("*.safetensors")))
         mlflow.log_metrics(
             {
                 "student.test_accuracy": result.test["accuracy"],
@@ -68,13 +66,6 @@ def distill_student(
                 "student.train_seconds": result.train_seconds,
             }
         )
-        mlflow.set_tags(
-            {
-                "slimflow.model.sha256": sha,
-                "slimflow.teacher_logits_cached": str(result.teacher_logits_cached),
-            }
-        )
-        mlflow.log_artifacts(str(final), "student_model")
+        mlflow.set_tag("slimflow.teacher_logits_cached", str(result.teacher_logits_cached))
         mlflow.log_artifact(result.teacher_logits_path, "teacher_outputs")
-        tracking.log_json(result.to_dict(), "student_result.json")
-        return {**result.to_dict(), "mlflow_run_id": run.info.run_id, "weights_sha256": sha}
+        return publish_model(result, final, run, "student")

@@ -10,7 +10,7 @@ from models import tracking
 from models.config import FinetuneConfig, config_to_params
 from models.finetune import finetune
 from models.prepare import PreparedData
-from tasks.common import MODEL_TASK, StageContext, atomic_dir, file_sha256, stage_key
+from tasks.common import MODEL_TASK, StageContext, atomic_dir, publish_model, stage_key
 
 
 @task(name="finetune-teacher", tags=["train"], **MODEL_TASK)
@@ -39,9 +39,6 @@ def finetune_teacher(cfg: FinetuneConfig, data: PreparedData, code_version: str,
                 on_ready=on_ready,
                 progress=ctx.progress,
             )
-        result.model_dir = str(final)
-        weights = next(final.glob("*.safetensors"))
-        sha = file_sha256(weights)
         final_metrics = {
             "teacher.test_accuracy": result.test["accuracy"],
             "teacher.test_f1": result.test["f1"],
@@ -53,7 +50,5 @@ def finetune_teacher(cfg: FinetuneConfig, data: PreparedData, code_version: str,
         if result.merge_max_abs_diff is not None:
             final_metrics["teacher.merge_max_abs_diff"] = result.merge_max_abs_diff
         mlflow.log_metrics(final_metrics)
-        mlflow.set_tags({"slimflow.model.sha256": sha, "slimflow.model.merged": str(result.merged).lower()})
-        mlflow.log_artifacts(str(final), "teacher_model")
-        tracking.log_json(result.to_dict(), "teacher_result.json")
-        return {**result.to_dict(), "mlflow_run_id": run.info.run_id, "weights_sha256": sha}
+        mlflow.set_tag("slimflow.model.merged", str(result.merged).lower())
+        return publish_model(result, final, run, "teacher")
