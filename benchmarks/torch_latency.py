@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+from slimflow.env import apply_defaults
+
+apply_defaults()
 
 
 def measure(model_dir: str, texts: list[str], batch: int, iters: int, warmup: int, max_length: int) -> dict:

@@ -16,7 +16,7 @@ from tasks.data import prepare_data
 from tasks.distill import distill_student
 from tasks.finetune import finetune_teacher
 
-DATA_OUTPUTS = ("data.paths.train", "data.paths.test")
+DATA_OUTPUTS = ("paths.train", "paths.test")
 
 
 @flow(name="slimflow-pipeline", log_prints=True)
@@ -32,7 +32,7 @@ def pipeline(
         data = run.stage(
             "validate-data", prepare_data, cfg.data, source_digest(cfg.data), outputs=DATA_OUTPUTS
         )
-        prepared = PreparedData.model_validate(data["data"])
+        prepared = PreparedData.model_validate(data)  # the extra mlflow_run_id key is ignored
         teacher = run.stage("finetune-teacher", finetune_teacher, cfg.finetune, prepared)
         student = compressed = None
         if cfg.distill:

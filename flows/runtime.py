@@ -58,12 +58,7 @@ class PipelineRun:
             tags["prefect.flow_run_id"] = self.flow_run_id
         self.run = self.client.create_run(exp_id, run_name=name, tags=tags)
         self.run_id = self.run.info.run_id
-        params = config_to_params(cfg)
-        for i in range(0, len(params), 100):
-            from mlflow.entities import Param  # noqa: PLC0415
-
-            chunk = list(params.items())[i : i + 100]
-            self.client.log_batch(self.run_id, params=[Param(k, v[: tracking.PARAM_LIMIT]) for k, v in chunk])
+        tracking.log_params(config_to_params(cfg), self.run_id)
         self.client.log_text(
             self.run_id, json.dumps(cfg.model_dump(mode="json"), indent=2), "config/resolved_config.json"
         )
@@ -126,7 +121,7 @@ class PipelineRun:
         result = state.result()
         entry["status"] = "cached" if cached else "completed"
         entry["mlflow_run_id"] = result.get("mlflow_run_id")
-        metrics = _numbers(result) if name != "validate-data" else _numbers(result["data"])
+        metrics = _numbers(result)
         entry["metrics"] = metrics
         entry["outputs"] = {k: _dig(result, k) for k in outputs}
         self.client.set_tag(self.run_id, f"slimflow.stage.{name}", entry["status"])

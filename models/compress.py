@@ -11,7 +11,7 @@ from typing import Any
 
 from models import training as T
 from models.config import CompressConfig, TrainConfig
-from models.distill import kd_train, teacher_targets
+from models.distill import kd_train, load_frames, teacher_targets
 from models.prepare import PreparedData
 from models.steps import StepContext, apply_step
 
@@ -59,20 +59,21 @@ def compress(
     from models.finetune import load_classifier, save_classifier  # noqa: PLC0415
 
     tc: TrainConfig = cfg.recovery.train if cfg.recovery else TrainConfig()
-    targets, _, _ = teacher_targets(data, teacher_dir, teacher_sha256, tc, cache_dir)
+    # the teacher is loaded (and its logits computed or read from the cache) only for recovery
+    targets = teacher_targets(data, teacher_dir, teacher_sha256, tc, cache_dir)[0] if cfg.recovery else None
+    frames = targets.frames if targets else load_frames(data, tc)
     model, tok = load_classifier(source_dir)
     model = model.to(T.device_for())
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    max_length = int(getattr(model.config, "max_position_embeddings", 512))
-    max_length = min(tc.max_length, max_length)
-    test_set = T.encode_frame(tok, targets.frames["test"], data.labels, max_length)
+    max_length = tc.max_length
+    test_set = T.encode_frame(tok, frames["test"], data.labels, max_length)
     before = parameter_counts(model)
     test_before = T.evaluate(model, test_set, tc.eval_batch_size, pad)
     file_before = sum(p.stat().st_size for p in Path(source_dir).glob("*.safetensors"))
 
     from models.data import stratified_sample  # noqa: PLC0415
 
-    calib_df = stratified_sample(targets.frames["train"], cfg.calibration_examples, tc.seed)
+    calib_df = stratified_sample(frames["train"], cfg.calibration_examples, tc.seed)
     ctx = StepContext(T.encode_frame(tok, calib_df, data.labels, max_length), pad, tc.eval_batch_size)
     reports = []
     for step in cfg.steps:
@@ -82,7 +83,7 @@ def compress(
 
     history: list[dict[str, float]] = []
     seconds, recovery_epoch = 0.0, -1
-    if cfg.recovery is not None:
+    if cfg.recovery is not None and targets is not None:
         t0 = time.perf_counter()
         res, val_m, test_m = kd_train(
             model,
@@ -101,7 +102,7 @@ def compress(
         history = [asdict(h) for h in res.history]
         recovery_epoch = res.best_epoch  # 0: recovery did not beat the pruned weights on validation
     else:
-        val_set = T.encode_frame(tok, targets.frames["validation"], data.labels, max_length)
+        val_set = T.encode_frame(tok, frames["validation"], data.labels, max_length)
         val_m, test_m = T.evaluate(model, val_set, tc.eval_batch_size, pad), test_pruned
     out = Path(out_dir)
     meta = {

@@ -153,26 +153,33 @@ class DistillResult:
 
 @dataclass
 class TeacherTargets:
-    """The teacher's view of the data: soft targets for the training rows, and its test score."""
+    """The teacher's soft targets for the training rows of ``frames``."""
 
     frames: dict[str, Any]  # split -> DataFrame (train possibly subsampled)
     logits: np.ndarray  # teacher logits for frames["train"], row-aligned
     cached: bool
     logits_path: str
-    teacher_test: dict[str, float]
-    teacher_params: int
+
+
+def load_frames(data: PreparedData, tc: TrainConfig) -> dict[str, Any]:
+    """The three splits; the training rows subsampled when ``tc.max_train_examples`` says so."""
+    frames = {s: read_split(data.path(s)) for s in ("train", "validation", "test")}
+    if tc.max_train_examples is not None:
+        frames["train"] = stratified_sample(frames["train"], tc.max_train_examples, tc.seed)
+    return frames
 
 
 def teacher_targets(
     data: PreparedData, teacher_dir: str | Path, teacher_sha256: str, tc: TrainConfig, cache_dir: str | Path
 ) -> tuple[TeacherTargets, torch.nn.Module, Any]:
-    """Teacher logits over the training rows, computed once per (teacher, data, subsample) and cached."""
+    """Teacher logits over the training rows, computed once per (teacher, data, subsample) and cached.
+
+    Returns the targets and the loaded teacher (on the CPU) with its tokenizer.
+    """
     from models.finetune import load_classifier  # noqa: PLC0415
 
     device = T.device_for()
-    frames = {s: read_split(data.path(s)) for s in ("train", "validation", "test")}
-    if tc.max_train_examples is not None:
-        frames["train"] = stratified_sample(frames["train"], tc.max_train_examples, tc.seed)
+    frames = load_frames(data, tc)
     teacher, t_tok = load_classifier(teacher_dir)
     t_len = int(_meta(teacher_dir).get("max_length", tc.max_length))
     key = teacher_logits_key(
@@ -185,11 +192,20 @@ def teacher_targets(
         Path(cache_dir),
         key,
     )
-    t_test = T.encode_frame(t_tok, frames["test"], data.labels, t_len)
-    teacher_test = T.evaluate(teacher, t_test, tc.eval_batch_size, t_tok.pad_token_id)
-    n_params = sum(p.numel() for p in teacher.parameters())
     path = str(logits_path(Path(cache_dir), key))
-    return TeacherTargets(frames, logits, hit, path, teacher_test, n_params), teacher.to("cpu"), t_tok
+    return TeacherTargets(frames, logits, hit, path), teacher.to("cpu"), t_tok
+
+
+def teacher_test_metrics(
+    teacher: torch.nn.Module, t_tok: Any, teacher_dir: str | Path, data: PreparedData, tc: TrainConfig
+) -> dict[str, float]:
+    """The teacher's test figures as its own stage recorded them; evaluated only if they are missing."""
+    saved = _meta(teacher_dir).get("test")
+    if saved:
+        return dict(saved)
+    t_len = int(_meta(teacher_dir).get("max_length", tc.max_length))
+    t_test = T.encode_frame(t_tok, read_split(data.path("test")), data.labels, t_len)
+    return T.evaluate(teacher.to(T.device_for()), t_test, tc.eval_batch_size, t_tok.pad_token_id)
 
 
 @dataclass
@@ -334,6 +350,8 @@ def distill(
     tc = cfg.train
     T.set_seed(tc.seed)
     targets, teacher, t_tok = teacher_targets(data, teacher_dir, teacher_sha256, tc, cache_dir)
+    teacher_test = teacher_test_metrics(teacher, t_tok, teacher_dir, data, tc)
+    teacher_params = sum(p.numel() for p in teacher.parameters())
     if isinstance(cfg.student, LayerDropStudent):
         student, s_tok = layer_drop(teacher, cfg.student.keep_layers), t_tok
         if tc.dropout is not None:
@@ -374,13 +392,13 @@ def distill(
         teacher_logits_cached=targets.cached,
         teacher_logits_path=targets.logits_path,
         student_params=sum(p.numel() for p in student.parameters()),
-        teacher_params=targets.teacher_params,
+        teacher_params=teacher_params,
         best_epoch=res.best_epoch,
         stopped_early=res.stopped_early,
         train_seconds=seconds,
         validation=val_m,
         test=test_m,
-        teacher_test=targets.teacher_test,
+        teacher_test=teacher_test,
         history=[asdict(h) for h in res.history],
     )
 

@@ -83,12 +83,16 @@ def provenance_tags() -> dict[str, str]:
     return tags
 
 
-def log_params(params: dict[str, Any]) -> None:
+def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
+    """Log params to ``run_id`` (default: the active run), in batches of MLflow's 100-param limit."""
     import mlflow  # noqa: PLC0415
+    from mlflow.entities import Param  # noqa: PLC0415
 
-    items = [(k, str(v)[:PARAM_LIMIT]) for k, v in params.items()]
-    for i in range(0, len(items), 100):  # log_batch accepts at most 100 params per call
-        mlflow.log_params(dict(items[i : i + 100]))
+    run_id = run_id or mlflow.active_run().info.run_id
+    items = [Param(k, str(v)[:PARAM_LIMIT]) for k, v in params.items()]
+    client = mlflow.MlflowClient()
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
 
 
 def log_json(obj: Any, artifact_file: str) -> None:

@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from slimflow.env import apply_defaults
+
 app = typer.Typer(
     name="slimflow",
     help="Fine-tune a teacher, shrink it, validate it and promote it only when it meets its gates.",
@@ -41,19 +43,6 @@ SetOpt = Annotated[
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
-
-
-def _env_defaults() -> None:
-    # Offline by default: nothing may download weights here. Users with hub access unset these.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Prefect's local mode starts a temporary server; on a busy 2-core box it can need more than
-    # the default 20 s. No telemetry from a machine that may have no network.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _fail(exc: BaseException, debug: bool) -> None:
@@ -122,7 +111,7 @@ def run(
     debug: DebugOpt = False,
 ) -> None:
     """Run the whole pipeline (Prefect flow, tracked in MLflow)."""
-    _env_defaults()
+    apply_defaults()
     try:
         cfg = _load(config, set_)
         _preflight(cfg)
@@ -184,7 +173,7 @@ def validate_data(
     debug: DebugOpt = False,
 ) -> None:
     """Validate the configured data with Great Expectations only (no training, no tracking)."""
-    _env_defaults()
+    apply_defaults()
     try:
         cfg = _load(config, set_)
         from models.data import source_digest  # noqa: PLC0415

@@ -41,7 +41,7 @@ def log_dataset(prepared: PreparedData, run_id: str) -> None:
 
 @task(name="validate-data", cache_policy=STAGE_CACHE, persist_result=True, tags=["data"])
 def prepare_data(cfg: DataConfig, source_sha256: str, code_version: str, ctx: StageContext) -> dict:
-    """Returns {'data': PreparedData as dict, 'mlflow_run_id': ...}; raises DataValidationError."""
+    """Returns PreparedData as a dict plus 'mlflow_run_id'; raises DataValidationError."""
     import mlflow  # noqa: PLC0415
 
     key = stage_key(cfg, source_sha256, code_version)
@@ -81,4 +81,4 @@ def prepare_data(cfg: DataConfig, source_sha256: str, code_version: str, ctx: St
             }
         )
         log_dataset(prepared, run.info.run_id)
-        return {"data": prepared.model_dump(), "mlflow_run_id": run.info.run_id}
+        return {**prepared.model_dump(), "mlflow_run_id": run.info.run_id}

@@ -5,19 +5,15 @@ Nothing here downloads anything; the real packaged model/data are used in tests/
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+from slimflow.env import apply_defaults
+
+apply_defaults()  # the CLI's offline/telemetry defaults, so tests run as users do
 
 POSITIVE = "good great fine superb lovely moving brilliant charming witty delightful".split()
 NEGATIVE = "bad awful dull boring clumsy tedious weak messy stale lifeless".split()

@@ -1,0 +1,23 @@
+"""Process environment defaults shared by the CLI, scripts and tests (``setdefault``: users win)."""
+
+from __future__ import annotations
+
+import os
+
+DEFAULTS = {
+    # Offline by default: nothing may download weights here. Users with hub access unset these.
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+    # Prefect's local mode starts a temporary server; on a busy 2-core box it can need more than
+    # the default 20 s. No telemetry from a machine that may have no network.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+def apply_defaults() -> None:
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
