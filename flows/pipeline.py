@@ -1,4 +1,5 @@
-"""The slimflow pipeline: validate data, fine-tune the teacher, distil, compress. One line per stage."""
+"""The slimflow pipeline: validate data, fine-tune the teacher, distil, compress, search candidates.
+One line per stage."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from prefect import flow
 
 from flows.runtime import PipelineRun, results_dir
+from flows.search import candidate_search, slim_summary
 from models.config import PipelineConfig, load_config
 from models.data import source_digest
 from models.prepare import PreparedData
@@ -44,15 +46,37 @@ def pipeline(
             compressed = run.stage(
                 "compress", compress_model, cfg.compress, prepared, source, ModelRef.of(teacher)
             )
-        best = compressed or student or teacher
-        run.summary["decision"] = {
-            "outcome": "compressed_ready" if compressed else "student_ready" if student else "teacher_ready",
-            "promoted": False,
-            "reason": "the pipeline has no promotion stage yet",
-            "model_dir": best["model_dir"],
-            "test_accuracy": best["test"]["accuracy"],
-        }
+        search = None
+        if cfg.optimize:
+            made = {"teacher": teacher, "student": student, "compressed": compressed}
+            made = {k: v for k, v in made.items() if v is not None}
+            search = candidate_search(run, cfg.optimize, prepared, made, teacher["test"]["accuracy"])
+            run.summary["search"] = slim_summary(search)
+        run.summary["decision"] = _decision(teacher, student, compressed, search)
     return run.summary
+
+
+def _decision(teacher: dict, student: dict | None, compressed: dict | None, search: dict | None) -> dict:
+    """What this run produced. Promotion (registry, gates, approval) is not part of the pipeline yet."""
+    if search is not None:
+        sel = search["selection"]
+        best = next((r for r in search["candidates"] if r["name"] == sel["best"]), None)
+        return {
+            "outcome": "candidate_selected" if best else "no_candidate_meets_bar",
+            "promoted": False,
+            "reason": sel["reason"],
+            "candidate": sel["best"],
+            "model_dir": best["path"] if best else None,
+            "test_accuracy": best["test"]["accuracy"] if best else None,
+        }
+    best = compressed or student or teacher
+    return {
+        "outcome": "compressed_ready" if compressed else "student_ready" if student else "teacher_ready",
+        "promoted": False,
+        "reason": "no candidate search configured (optimize: null)",
+        "model_dir": best["model_dir"],
+        "test_accuracy": best["test"]["accuracy"],
+    }
 
 
 def run_pipeline(

@@ -135,6 +135,50 @@ class PipelineRun:
         )
         return result
 
+    def fan_out(
+        self,
+        name: str,
+        jobs: dict[str, tuple[Any, tuple[Any, ...]]],
+        *,
+        parallel: int,
+        outputs: tuple[str, ...] = ("path",),
+    ) -> dict[str, dict[str, Any] | BaseException]:
+        """Submit many tasks, ``parallel`` at a time; return each job's result or its exception.
+
+        One job failing does not stop the others (a failed candidate is a result, not a crash).
+        Cached results whose output paths are gone are computed again, as in ``stage()``.
+        """
+        t0 = time.perf_counter()
+        entry: dict[str, Any] = {"status": "running", "jobs": len(jobs)}
+        self.summary["stages"][name] = entry
+        out: dict[str, dict[str, Any] | BaseException] = {}
+        counts = {"completed": 0, "cached": 0, "failed": 0}
+        items = list(jobs.items())
+        for i in range(0, len(items), max(1, parallel)):
+            wave = items[i : i + max(1, parallel)]
+            futures = {key: task.submit(*args, self.code, self.ctx) for key, (task, args) in wave}
+            for key, fut in futures.items():
+                fut.wait()
+                state = fut.state
+                task, args = jobs[key]
+                result = state.result(raise_on_failure=False) if state.is_completed() else None
+                if state.name == "Cached" and not all(Path(_dig(result, k)).exists() for k in outputs):
+                    state = task.with_options(refresh_cache=True)(
+                        *args, self.code, self.ctx, return_state=True
+                    )
+                    result = state.result(raise_on_failure=False) if state.is_completed() else None
+                if state.is_completed():
+                    counts["cached" if state.name == "Cached" else "completed"] += 1
+                    out[key] = result
+                else:
+                    counts["failed"] += 1
+                    exc = state.result(raise_on_failure=False)
+                    out[key] = exc if isinstance(exc, BaseException) else RuntimeError(f"state {state.name}")
+        entry.update(counts, seconds=round(time.perf_counter() - t0, 2))
+        entry["status"] = "completed" if not counts["failed"] else "partial"
+        self.client.set_tag(self.run_id, f"slimflow.stage.{name}", entry["status"])
+        return out
+
     # ----------------------------------------------------------------------------------- closing
     def __enter__(self) -> PipelineRun:
         return self

@@ -1,0 +1,250 @@
+"""The candidate search, orchestrated: export each source, build each candidate (in parallel waves),
+evaluate their test accuracy (in parallel), measure their latency (one at a time: concurrent
+benchmarks would measure each other), then choose. Logs everything to MLflow: a nested
+``optimize`` run with one child run per candidate, the candidate table and the Pareto plot.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from flows.runtime import PipelineRun
+from models import candidates as C
+from models.config import OptimizeConfig, config_to_params
+from models.prepare import PreparedData
+from models.provenance import hardware_fingerprint
+from tasks.common import ModelRef
+from tasks.optimize import benchmark_candidate, build_candidate, evaluate_candidate, export_source
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else type(exc).__name__
+
+
+def candidate_search(
+    run: PipelineRun,
+    cfg: OptimizeConfig,
+    data: PreparedData,
+    made: dict[str, dict[str, Any]],
+    teacher_accuracy: float,
+) -> dict[str, Any]:
+    specs, skipped = C.plan(cfg, list(made))
+    refs = {name: ModelRef.of(result) for name, result in made.items()}
+    quantizers = {q.kind: q for q in cfg.quantize}
+    rows: dict[str, dict[str, Any]] = {
+        s.name: {
+            "name": s.name,
+            "source": s.source,
+            "variant": s.variant,
+            "target": s.target,
+            "runtime": s.runtime,
+            "reference": s.reference,
+            "status": "pending",
+        }
+        for s in specs
+    }
+
+    def fail(name: str, reason: str) -> None:
+        rows[name].update(status="failed", reason=reason)
+
+    # 1. export every (source, target) that has ONNX candidates
+    pairs = sorted({(s.source, s.target) for s in specs if s.runtime == "onnxruntime"})
+    exports = run.fan_out(
+        "export-onnx",
+        {f"{src}/{tgt}": (export_source, (cfg.export, tgt, refs[src], data)) for src, tgt in pairs},
+        parallel=cfg.max_parallel,
+        outputs=("onnx_path",),
+    )
+
+    # 2. build (quantize + agreement check)
+    jobs = {}
+    for s in specs:
+        export = exports.get(f"{s.source}/{s.target}") if s.runtime == "onnxruntime" else None
+        if isinstance(export, BaseException):
+            fail(s.name, f"export failed: {_reason(export)}")
+            continue
+        spec = {"source": s.source, "variant": s.variant, "target": s.target, "runtime": s.runtime}
+        args = (spec, quantizers.get(s.variant), export, refs[s.source], data, cfg.agreement)
+        jobs[s.name] = (build_candidate, args)
+    built = run.fan_out("build-candidates", jobs, parallel=cfg.max_parallel)
+    for name, res in built.items():
+        if isinstance(res, BaseException):
+            fail(name, _reason(res))
+        else:
+            rows[name].update(build=res, path=res["path"], file_bytes=res["file_bytes"])
+
+    # 3. test accuracy, in parallel
+    ready = [n for n, r in rows.items() if r["status"] == "pending"]
+    evals = run.fan_out(
+        "evaluate-candidates",
+        {n: (evaluate_candidate, (n, built[n]["path"], built[n]["sha256"], data)) for n in ready},
+        parallel=cfg.max_parallel,
+    )
+    for name, res in evals.items():
+        if isinstance(res, BaseException):
+            fail(name, f"evaluation failed: {_reason(res)}")
+        else:
+            rows[name]["test"] = {k: res[k] for k in ("accuracy", "f1", "rows")}
+
+    # 4. latency, one at a time
+    hw = hardware_fingerprint()
+    ready = [n for n, r in rows.items() if r["status"] == "pending"]
+    benches = run.fan_out(
+        "benchmark-candidates",
+        {
+            n: (benchmark_candidate, (n, built[n]["path"], built[n]["sha256"], cfg.bench, hw, data))
+            for n in ready
+        },
+        parallel=1,
+    )
+    for name, res in benches.items():
+        if isinstance(res, BaseException):
+            fail(name, f"benchmark failed: {_reason(res)}")
+        else:
+            rows[name]["bench"] = {k: v for k, v in res.items() if k not in ("name", "path")}
+            rows[name]["status"] = "ok"
+
+    # 5. choose, plot, log
+    table = list(rows.values())
+    selection = C.select(table, teacher_accuracy, cfg)
+    out_dir = run.workdir / "runs" / (run.flow_run_id or run.run_id)
+    png = (
+        C.plot_pareto(table, selection, out_dir / "pareto.png")
+        if any(r["status"] == "ok" for r in table)
+        else None
+    )
+    result = {
+        "candidates": table,
+        "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
+        "selection": selection,
+        "pareto_png": str(png) if png else None,
+    }
+    _log(run, cfg, exports, result)
+    return result
+
+
+def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result: dict[str, Any]) -> None:
+    """One nested 'optimize' run (config, exports, table, plot) with a child run per candidate."""
+    import mlflow.entities as me  # noqa: PLC0415
+
+    from models.bench import flat_metrics  # noqa: PLC0415
+    from models.tracking import log_params  # noqa: PLC0415
+
+    client, exp = run.client, run.ctx.experiment_id
+    now = int(time.time() * 1000)
+    parent = client.create_run(
+        exp, run_name="optimize", tags={"mlflow.parentRunId": run.run_id, "slimflow.stage": "optimize"}
+    ).info.run_id
+    log_params({f"optimize.{k}": v for k, v in config_to_params(cfg).items()}, parent)
+    metrics: list[me.Metric] = []
+    for key, exp_res in exports.items():
+        tag = key.replace("/", ".")
+        if isinstance(exp_res, BaseException):
+            client.set_tag(parent, f"export.{tag}.error", _reason(exp_res))
+            continue
+        metrics += [
+            me.Metric(f"export.{tag}.parity_max_abs_diff", exp_res["parity"]["max_abs_diff"], now, 0),
+            me.Metric(f"export.{tag}.seconds", exp_res["export_seconds"], now, 0),
+            me.Metric(f"export.{tag}.file_mb", exp_res["file_bytes"] / 2**20, now, 0),
+        ]
+        client.log_text(parent, json.dumps(exp_res, indent=2, default=str), f"exports/{tag}.json")
+    sel = result["selection"]
+    for r in result["candidates"]:
+        child = client.create_run(
+            exp,
+            run_name=r["name"],
+            tags={
+                "mlflow.parentRunId": parent,
+                "slimflow.stage": "candidate",
+                "slimflow.candidate": r["name"],
+                "slimflow.source": r["source"],
+                "slimflow.variant": r["variant"],
+                "slimflow.target": r["target"],
+                "slimflow.runtime": r["runtime"],
+                "slimflow.status": r["status"],
+                "slimflow.pareto": str(bool(r.get("pareto"))),
+                "slimflow.meets_bar": str(bool(r.get("meets_bar"))),
+                "slimflow.best": str(r["name"] == sel["best"]),
+                **({"slimflow.reason": r["reason"]} if r.get("reason") else {}),
+                **({"slimflow.slower_than_fp32": "true"} if r.get("slower_than_reference") else {}),
+            },
+        ).info.run_id
+        m: dict[str, float] = {}
+        if r.get("test"):
+            m.update({"test_accuracy": r["test"]["accuracy"], "test_f1": r["test"]["f1"]})
+        if r.get("retention") is not None:
+            m["accuracy_retention"] = r["retention"]
+        if r.get("speedup_vs_reference"):
+            m["speedup_vs_fp32"] = r["speedup_vs_reference"]
+        if r.get("build", {}).get("agreement"):
+            m["validation_agreement"] = r["build"]["agreement"]["agreement"]
+        if r.get("bench"):
+            m.update(flat_metrics(r["bench"], ""))
+        if m:
+            client.log_batch(child, metrics=[me.Metric(k, float(v), now, 0) for k, v in m.items()])
+        client.log_text(child, json.dumps(r, indent=2, default=str), "candidate.json")
+        client.set_terminated(child, "FINISHED" if r["status"] == "ok" else "FAILED")
+    client.log_text(parent, json.dumps(result, indent=2, default=str), "candidates.json")
+    client.log_text(parent, _markdown(result), "candidates.md")
+    if result["pareto_png"]:
+        client.log_artifact(parent, result["pareto_png"])
+        client.log_artifact(run.run_id, result["pareto_png"])
+    best = next((r for r in result["candidates"] if r["name"] == sel["best"]), None)
+    if best:
+        from models.bench import setting  # noqa: PLC0415
+
+        b = setting(best["bench"], sel["rank_batch_size"])
+        best_metrics = {
+            "best.test_accuracy": best["test"]["accuracy"],
+            "best.p50_ms": b["p50_ms"],
+            "best.p95_ms": b["p95_ms"],
+            "best.file_mb": best["file_bytes"] / 2**20,
+        }
+        metrics += [me.Metric(k, v, now, 0) for k, v in best_metrics.items()]
+        client.log_batch(run.run_id, metrics=[me.Metric(k, v, now, 0) for k, v in best_metrics.items()])
+    client.log_batch(parent, metrics=metrics[:1000])
+    client.set_tag(parent, "slimflow.best_candidate", sel["best"] or "none")
+    client.set_tag(run.run_id, "slimflow.best_candidate", sel["best"] or "none")
+    client.set_terminated(parent, "FINISHED")
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    """The candidate table as Markdown, for reading in the MLflow UI."""
+    from models.bench import setting  # noqa: PLC0415
+
+    sel = result["selection"]
+    b = sel["rank_batch_size"]
+    lines = [
+        f"Best: **{sel['best'] or 'none'}** — {sel['reason']}",
+        "",
+        f"| candidate | status | test acc | p50 b{b} ms (95% CI) | p95 b{b} ms | MB | Pareto | note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result["candidates"]:
+        if r["status"] == "ok":
+            s = setting(r["bench"], b)
+            note = "slower than FP32" if r.get("slower_than_reference") else ""
+            lines.append(
+                f"| {r['name']} | ok | {r['test']['accuracy']:.4f} | {s['p50_ms']:.2f} "
+                f"({s['p50_ci_low_ms']:.2f}–{s['p50_ci_high_ms']:.2f}) | {s['p95_ms']:.2f} | "
+                f"{r['file_bytes'] / 2**20:.1f} | {'yes' if r.get('pareto') else ''} | {note} |"
+            )
+        else:
+            lines.append(f"| {r['name']} | {r['status']} | | | | | | {r.get('reason', '')} |")
+    for s in result["skipped"]:
+        lines.append(f"| {s['name']} | skipped | | | | | | {s['reason']} |")
+    return "\n".join(lines) + "\n"
+
+
+def slim_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The search result for the run summary, without per-candidate hardware blocks (logged once)."""
+    rows = []
+    for r in result["candidates"]:
+        r = dict(r)
+        if "bench" in r:
+            r["bench"] = {k: v for k, v in r["bench"].items() if k != "hardware"}
+        rows.append(r)
+    return {**result, "candidates": rows}

@@ -1,0 +1,187 @@
+"""Run a model for inference, whatever it is: an ONNX graph on a target's execution provider, or the
+saved PyTorch model (FP32, or quantized to INT8 on load). Benchmarks, parity checks and accuracy
+evaluation all go through the same ``Predictor`` so that they measure the same thing.
+
+A *candidate folder* holds ``candidate.json`` (what it is and how to run it), the tokenizer, and
+either ``model.onnx`` or the PyTorch weights (safetensors). PyTorch INT8 is not saved quantized:
+torchao tensors are not safetensors-serialisable, so the recipe is stored and applied on load.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+CANDIDATE_FILE = "candidate.json"
+Batch = dict[str, np.ndarray]
+
+# Loading, exporting and quantizing models are not thread-safe in this stack (transformers builds
+# models under a process-wide meta-device context; torch.onnx keeps a global "exporting" flag), so
+# they hold this lock. Running loaded models concurrently is safe and is where parallel tasks gain.
+MODEL_LOCK = threading.RLock()
+
+
+@dataclass
+class CandidateInfo:
+    runtime: Literal["onnxruntime", "torch"]
+    target: str = "cpu"
+    variant: str = "fp32"
+    source: str = ""
+    model_file: str | None = None  # ONNX file inside the folder
+    max_length: int = 128
+    labels: list[str] = field(default_factory=list)
+    torch_quant: dict[str, Any] | None = None  # quantizer config applied on load (torch runtime)
+
+    def save(self, folder: Path) -> None:
+        (folder / CANDIDATE_FILE).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> CandidateInfo:
+        return cls(**json.loads((folder / CANDIDATE_FILE).read_text(encoding="utf-8")))
+
+
+class Predictor:
+    """Tokenize, run, return logits. ``logits()`` is the timed part; tokenization is not."""
+
+    def __init__(self, tokenizer: Any, info: CandidateInfo, file_bytes: int, folder: Path) -> None:
+        self.folder = folder
+        self.tokenizer = tokenizer
+        self.info = info
+        self.file_bytes = file_bytes
+
+    @property
+    def position_limit(self) -> int:
+        """Longest input (tokens) the model has position embeddings for."""
+        from models.export import position_limit  # noqa: PLC0415
+
+        return position_limit(self.folder)
+
+    @property
+    def input_names(self) -> set[str]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def logits(self, batch: Batch) -> np.ndarray:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def encode(self, texts: list[str], length: int | None = None) -> Batch:
+        """Tokenize ``texts``: padded to the longest (``length`` None) or to exactly ``length``."""
+        if length is None:
+            enc = self.tokenizer(list(texts), truncation=True, max_length=self.info.max_length, padding=True)
+        else:
+            enc = self.tokenizer(list(texts), truncation=True, max_length=length, padding="max_length")
+        return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in self.input_names}
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Logits for every text, in order (batches sorted by length to keep padding small)."""
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out: np.ndarray | None = None
+        for s in range(0, len(texts), batch_size):
+            idx = order[s : s + batch_size]
+            logits = self.logits(self.encode([texts[i] for i in idx]))
+            if out is None:
+                out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
+            out[idx] = logits
+        return out if out is not None else np.zeros((0, len(self.info.labels)), dtype=np.float32)
+
+
+class OrtPredictor(Predictor):
+    def __init__(self, path: Path, tokenizer: Any, info: CandidateInfo, threads: int | None) -> None:
+        from models.targets import get_target  # noqa: PLC0415
+
+        super().__init__(tokenizer, info, path.stat().st_size, path.parent)
+        self.session = get_target(info.target).session(path, threads)
+        self._inputs = {i.name for i in self.session.get_inputs()}
+
+    @property
+    def input_names(self) -> set[str]:
+        return self._inputs
+
+    def logits(self, batch: Batch) -> np.ndarray:
+        return self.session.run(None, {k: v for k, v in batch.items() if k in self._inputs})[0]
+
+
+class TorchPredictor(Predictor):
+    def __init__(self, folder: Path, tokenizer: Any, info: CandidateInfo, threads: int | None) -> None:
+        import torch  # noqa: PLC0415
+
+        from models.finetune import load_classifier  # noqa: PLC0415
+
+        if info.target != "cpu":
+            raise ValueError(f"PyTorch candidates run on the cpu target here, not {info.target!r}")
+        if threads:
+            torch.set_num_threads(threads)
+        size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+        super().__init__(tokenizer, info, size, folder)
+        self.model, _ = load_classifier(folder)
+        if info.torch_quant:
+            from models.steps.quant_torch_int8 import quantize_module  # noqa: PLC0415
+
+            quantize_module(self.model, info.torch_quant)
+        self._inputs = {"input_ids", "attention_mask", "token_type_ids"}
+        fwd_args = self.model.forward.__code__.co_varnames
+        self._inputs = {k for k in self._inputs if k in fwd_args} or {"input_ids", "attention_mask"}
+        self._torch = torch
+
+    @property
+    def input_names(self) -> set[str]:
+        return self._inputs
+
+    def logits(self, batch: Batch) -> np.ndarray:
+        with self._torch.inference_mode():
+            inputs = {k: self._torch.from_numpy(v) for k, v in batch.items() if k in self._inputs}
+            return self.model(**inputs).logits.float().numpy()
+
+
+def describe(path: str | Path) -> CandidateInfo:
+    """What kind of model ``path`` is, without loading it (a candidate, a slimflow model, an ONNX file)."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".onnx":
+        return CandidateInfo(runtime="onnxruntime", model_file=p.name, **_meta(p.parent))
+    if not p.is_dir():
+        raise FileNotFoundError(f"model not found: {p} (expected a folder or an .onnx file)")
+    if (p / CANDIDATE_FILE).exists():
+        return CandidateInfo.load(p)
+    onnx_files = sorted(p.glob("*.onnx"))
+    if onnx_files:
+        name = "model.onnx" if (p / "model.onnx").exists() else onnx_files[0].name
+        return CandidateInfo(runtime="onnxruntime", model_file=name, **_meta(p))
+    if list(p.glob("*.safetensors")) or (p / "adapter_config.json").exists():
+        return CandidateInfo(runtime="torch", **_meta(p))
+    raise FileNotFoundError(f"{p}: no candidate.json, .onnx file or .safetensors weights in this folder")
+
+
+def _meta(folder: Path) -> dict[str, Any]:
+    from models.finetune import META_FILE  # noqa: PLC0415
+
+    meta_path = folder / META_FILE
+    cfg_path = folder / "config.json"
+    out: dict[str, Any] = {}
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("max_length"):
+            out["max_length"] = int(meta["max_length"])
+        if meta.get("labels"):
+            out["labels"] = list(meta["labels"])
+    if "labels" not in out and cfg_path.exists():
+        id2label = json.loads(cfg_path.read_text(encoding="utf-8")).get("id2label") or {}
+        out["labels"] = [id2label[k] for k in sorted(id2label, key=int)]
+    return out
+
+
+def load_predictor(path: str | Path, threads: int | None = None) -> Predictor:
+    """Load any model slimflow makes, ready for inference with ``threads`` intra-op threads."""
+    from transformers import AutoTokenizer  # noqa: PLC0415
+
+    p = Path(path)
+    info = describe(p)
+    folder = p.parent if p.is_file() else p
+    with MODEL_LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        if info.runtime == "onnxruntime":
+            return OrtPredictor(folder / (info.model_file or "model.onnx"), tokenizer, info, threads)
+        return TorchPredictor(folder, tokenizer, info, threads)

@@ -1,0 +1,140 @@
+"""Tasks of the candidate search: export, build (quantize + check), evaluate, benchmark.
+
+Each is cached on its inputs like the training stages. They return small plain records; models stay
+on disk. MLflow logging of the search happens flow-side (flows/search.py) so that a cached task
+still shows its figures in the current run. Latency tasks are cached per hardware fingerprint:
+another machine measures again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from models.bench import bench, resolve_threads
+from models.config import AgreementConfig, BenchConfig, ExportConfig
+from models.data import read_split
+from models.prepare import PreparedData
+from tasks.common import MODEL_TASK, ModelRef, StageContext, atomic_dir, file_sha256, stage_key
+
+PARITY_TEXTS = 64  # validation texts reused across the parity shapes
+AGREEMENT_ROWS = 1000  # validation rows for quantized-vs-FP32 agreement
+
+
+def _threads(bench_cfg: BenchConfig | None = None) -> int:
+    return resolve_threads(bench_cfg.threads if bench_cfg else None)
+
+
+def _texts(data: PreparedData, split: str, n: int | None = None) -> list[str]:
+    texts = read_split(data.path(split))["text"].tolist()
+    return texts if n is None else texts[:n]
+
+
+@task(name="export-onnx", tags=["export"], **MODEL_TASK)
+def export_source(
+    cfg: ExportConfig,
+    target: str,
+    source: ModelRef,
+    data: PreparedData,
+    code_version: str,
+    ctx: StageContext,
+) -> dict[str, Any]:
+    """ONNX export + fusions of one source model for one target; raises ParityError on mismatch."""
+    from models.export import export_onnx  # noqa: PLC0415
+    from models.targets import get_target  # noqa: PLC0415
+
+    key = stage_key(cfg, target, source.sha256, code_version)
+    final = Path(ctx.workdir) / "models" / "onnx" / key
+    with atomic_dir(final) as tmp:
+        res = export_onnx(
+            source.dir, tmp, cfg, get_target(target), _texts(data, "validation", PARITY_TEXTS), _threads()
+        )
+    out = res.to_dict()
+    out.update(
+        export_dir=str(final),
+        onnx_path=str(final / "model.onnx"),
+        unfused_path=str(final / "unfused" / "model.onnx"),
+        onnx_sha256=file_sha256(final / "model.onnx"),
+    )
+    return out
+
+
+@task(name="build-candidate", tags=["candidate"], **MODEL_TASK)
+def build_candidate(
+    spec: dict[str, str],
+    quantizer: Any,
+    export: dict[str, str] | None,
+    source: ModelRef,
+    data: PreparedData,
+    agreement_cfg: AgreementConfig,
+    code_version: str,
+    ctx: StageContext,
+) -> dict[str, Any]:
+    """Make one candidate folder. Raises ParityError (the candidate fails) if its check fails."""
+    from models import candidates as C  # noqa: PLC0415
+    from models.runtime import describe  # noqa: PLC0415
+
+    cs = C.CandidateSpec(**spec)
+    key = stage_key(spec, quantizer, (export or {}).get("onnx_sha256"), source.sha256, code_version)
+    final = Path(ctx.workdir) / "candidates" / key
+    info = describe(source.dir)
+    record: dict[str, Any] = {"name": cs.name}
+    with atomic_dir(final) as tmp:
+        if cs.variant == C.FP32_ONNX:
+            C.onnx_fp32_candidate(Path(export["export_dir"]), cs, tmp, info.max_length, info.labels)
+            record["parity"] = export["parity"]
+        elif cs.variant == C.FP32_TORCH:
+            C.torch_fp32_candidate(Path(source.dir), cs, tmp, info.max_length, info.labels)
+        else:
+            built = C.build_quantized(
+                cs,
+                quantizer,
+                Path(export["export_dir"]) if export else Path(source.dir),
+                Path(source.dir),
+                tmp,
+                _texts(data, "train"),
+                _texts(data, "validation", AGREEMENT_ROWS),
+                agreement_cfg,
+                _threads(),
+            )
+            record.update(report=built.report, agreement=built.agreement)
+    weights = final / "model.onnx" if cs.runtime == "onnxruntime" else next(final.glob("*.safetensors"))
+    record.update(
+        path=str(final),
+        file_bytes=weights.stat().st_size,
+        sha256=file_sha256(weights),
+    )
+    return record
+
+
+@task(name="evaluate-candidate", tags=["candidate"], **MODEL_TASK)
+def evaluate_candidate(
+    name: str, path: str, sha256: str, data: PreparedData, code_version: str, ctx: StageContext
+) -> dict[str, Any]:
+    """Test accuracy and macro F1 from raw test texts (tokenizer included)."""
+    from models.candidates import test_metrics  # noqa: PLC0415
+
+    frame = read_split(data.path("test"))
+    return {
+        "name": name,
+        "path": path,
+        **test_metrics(path, frame["text"].tolist(), data.labels, frame["label"].tolist(), _threads()),
+    }
+
+
+@task(name="benchmark-candidate", tags=["benchmark"], **MODEL_TASK)
+def benchmark_candidate(
+    name: str,
+    path: str,
+    sha256: str,
+    cfg: BenchConfig,
+    hardware: str,
+    data: PreparedData,
+    code_version: str,
+    ctx: StageContext,
+) -> dict[str, Any]:
+    """Latency/throughput (models.bench), in a fresh process by default. Never run two at once."""
+    result = bench(path, _texts(data, "test"), cfg, progress=bool(ctx.progress))
+    return {"name": name, "path": path, **result}
