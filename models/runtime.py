@@ -185,3 +185,31 @@ def load_predictor(path: str | Path, threads: int | None = None) -> Predictor:
         if info.runtime == "onnxruntime":
             return OrtPredictor(folder / (info.model_file or "model.onnx"), tokenizer, info, threads)
         return TorchPredictor(folder, tokenizer, info, threads)
+
+
+def resolve_model(ref: str, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
+    """A local path for ``ref``: a folder/.onnx file as is, or ``models:/NAME@ALIAS`` (also
+    ``models:/NAME/VERSION``) downloaded from the MLflow registry. Registered artifacts are
+    searched for a candidate folder (candidate.json), else an .onnx file or safetensors weights."""
+    if not ref.startswith("models:/"):
+        p = Path(ref).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"model not found: {p}")
+        return p
+    import mlflow  # noqa: PLC0415
+
+    from models import tracking  # noqa: PLC0415
+
+    if tracking_uri:
+        tracking.use(tracking_uri)
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(dst) if dst else None)
+        )
+    except mlflow.exceptions.MlflowException as e:
+        raise FileNotFoundError(f"{ref}: {str(e).splitlines()[0]}") from None
+    for pattern in (CANDIDATE_FILE, "*.onnx", "*.safetensors"):
+        hits = sorted(local.rglob(pattern), key=lambda q: len(q.parts))
+        if hits:
+            return hits[0] if pattern == "*.onnx" else hits[0].parent
+    raise FileNotFoundError(f"{ref}: downloaded to {local}, but it holds no model slimflow can run")

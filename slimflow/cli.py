@@ -157,9 +157,159 @@ def _print_summary(s: dict) -> None:
         colour = {"completed": "green", "cached": "cyan", "failed": "red"}.get(st["status"], "white")
         t.add_row(name, f"[{colour}]{st['status']}[/]", f"{st.get('seconds', 0):.1f}", figs)
     out.print(t)
+    if s.get("search"):
+        _print_candidates(s["search"])
     d = s.get("decision") or {}
     out.print(f"decision: [bold]{d.get('outcome')}[/] — {d.get('reason')}")
     out.print(f"MLflow: {s.get('tracking_uri')} (run {s.get('mlflow_run_id')}); `slimflow ui` to browse")
+
+
+def _print_candidates(search: dict) -> None:
+    sel = search["selection"]
+    b = sel["rank_batch_size"]
+    t = Table(title=f"candidates (best: {sel['best'] or 'none'})")
+    for col, just in (
+        ("candidate", "left"),
+        ("status", "left"),
+        ("test acc", "right"),
+        (f"p50 b{b} ms [95% CI]", "right"),
+        (f"p95 b{b} ms", "right"),
+        ("MB", "right"),
+        ("note", "left"),
+    ):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in search["candidates"]:
+        if r["status"] != "ok":
+            t.add_row(r["name"], f"[red]{r['status']}[/]", "", "", "", "", escape(r.get("reason", "")))
+            continue
+        st = next(x for x in r["bench"]["settings"] if x["batch_size"] == b and x["length"] == "data")
+        notes = [n for n, on in (("best", r["name"] == sel["best"]), ("Pareto", r.get("pareto"))) if on]
+        if r.get("slower_than_reference"):
+            notes.append("[yellow]slower than its FP32 source[/]")
+        if not r.get("meets_bar"):
+            notes.append("below accuracy bar")
+        t.add_row(
+            r["name"],
+            "[green]ok[/]",
+            f"{r['test']['accuracy']:.4f}",
+            f"{st['p50_ms']:.2f} [{st['p50_ci_low_ms']:.2f}, {st['p50_ci_high_ms']:.2f}]",
+            f"{st['p95_ms']:.2f}",
+            f"{r['file_bytes'] / 2**20:.1f}",
+            ", ".join(notes),
+        )
+    out.print(t)
+    for sk in search.get("skipped", []):
+        out.print(f"  skipped {sk['name']}: {escape(sk['reason'])}", highlight=False)
+    if search.get("pareto_png"):
+        out.print(f"Pareto plot: {search['pareto_png']}")
+
+
+@app.command()
+def bench(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A candidate or model folder, an .onnx file, or models:/NAME@ALIAS (MLflow registry).",
+            show_default=False,
+        ),
+    ],
+    texts: Annotated[
+        Path | None,
+        typer.Option(
+            "--texts",
+            help="CSV/JSONL/Parquet file of inputs (column --text-column); default: the packaged reviews.",
+        ),
+    ] = None,
+    text_column: Annotated[str, typer.Option(help="Column of --texts holding the text.")] = "text",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
+    lengths: Annotated[
+        str, typer.Option(help="Comma-separated: 'data' (texts as they come) and/or fixed token counts.")
+    ] = "data,128",
+    threads: Annotated[
+        int | None, typer.Option(help="Intra-op threads (default: every core this process may use).")
+    ] = None,
+    iterations: Annotated[int, typer.Option(help="Timed calls per setting (at most).")] = 200,
+    warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 10,
+    time_budget: Annotated[float, typer.Option(help="Seconds per setting before stopping early.")] = 8.0,
+    isolate: Annotated[bool, typer.Option(help="Measure in a fresh process.")] = True,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow store for models:/ references (default: $MLFLOW_TRACKING_URI).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full result here.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Measure one model's latency and throughput (p50/p90/p95/p99 with 95% CIs, examples/s)."""
+    apply_defaults()
+    try:
+        from models.config import BenchConfig  # noqa: PLC0415
+
+        cfg = BenchConfig(
+            batch_sizes=[int(x) for x in batch_sizes.split(",") if x.strip()],
+            lengths=[x.strip() if x.strip() == "data" else int(x) for x in lengths.split(",") if x.strip()],
+            threads=threads,
+            iterations=iterations,
+            warmup=warmup,
+            time_budget_s=time_budget,
+            min_iterations=min(20, iterations),
+            isolate=isolate,
+        )
+    except ValueError as e:
+        from pydantic import ValidationError  # noqa: PLC0415
+
+        from models.config import format_validation_error  # noqa: PLC0415
+        from models.errors import ConfigError  # noqa: PLC0415
+
+        if isinstance(e, ValidationError):
+            _fail(ConfigError(format_validation_error(e, "bench options")), debug)
+        _fail(ConfigError(f"bench options: {e}"), debug)
+    try:
+        import json  # noqa: PLC0415
+
+        from models.bench import bench as run_bench  # noqa: PLC0415
+        from models.bench import format_table  # noqa: PLC0415
+        from models.runtime import describe, resolve_model  # noqa: PLC0415
+
+        inputs = _bench_texts(texts, text_column)
+        path = resolve_model(model, tracking_uri)
+        describe(path)  # a clear error now rather than from the benchmark process
+        err.print(f"measuring {path} on {len(inputs)} texts, threads={cfg.threads or 'all'}")
+        result = run_bench(path, inputs, cfg, progress=not isolate)
+    except FileNotFoundError as e:
+        from models.errors import ConfigError  # noqa: PLC0415
+
+        _fail(ConfigError(str(e)), debug)
+    except Exception as e:  # noqa: BLE001
+        _fail(e, debug)
+    typer.echo(format_table([(Path(str(path)).name, result)]))
+    out.print(
+        f"threads {result['threads']} (runtime reports {result['threads_effective']}), "
+        f"pinned cores {result['pinned_cores'] or 'none'}, file {result['file_bytes'] / 2**20:.1f} MB, "
+        f"peak RSS {result['peak_rss_mb']:.0f} MB, {result['hardware_fingerprint']}",
+        highlight=False,
+    )
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        err.print(f"written to {json_out}")
+
+
+def _bench_texts(path: Path | None, column: str) -> list[str]:
+    from models.config import DataConfig  # noqa: PLC0415
+    from models.data import load_raw  # noqa: PLC0415
+    from models.errors import ConfigError  # noqa: PLC0415
+
+    cfg = DataConfig(source=str(path)) if path else DataConfig()
+    if path and not path.is_file():
+        raise ConfigError(f"--texts: file not found: {path}")
+    frame = load_raw(cfg)
+    if column not in frame.columns:
+        raise ConfigError(f"--texts: no column {column!r} (columns: {', '.join(map(str, frame.columns))})")
+    texts = [t for t in frame[column].astype(str).tolist() if t.strip()]
+    if not texts:
+        raise ConfigError(f"--texts: column {column!r} holds no text")
+    return texts[-2000:]
 
 
 @app.command("validate-data")
