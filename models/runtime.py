@@ -211,5 +211,6 @@ def resolve_model(ref: str, tracking_uri: str | None = None, dst: str | Path | N
     for pattern in (CANDIDATE_FILE, "*.onnx", "*.safetensors"):
         hits = sorted(local.rglob(pattern), key=lambda q: len(q.parts))
         if hits:
-            return hits[0] if pattern == "*.onnx" else hits[0].parent
+            found = hits[0]
+            return found if pattern == "*.onnx" and found.name != "model.onnx" else found.parent
     raise FileNotFoundError(f"{ref}: downloaded to {local}, but it holds no model slimflow can run")

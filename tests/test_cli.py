@@ -147,3 +147,77 @@ def test_run_on_bad_data_exits_3_trains_nothing_and_writes_the_summary(tmp_path)
     assert child.data.tags["slimflow.data.valid"] == "false"
     names = {a.path for a in client.list_artifacts(child.info.run_id, "data_validation")}
     assert "data_validation/validation_result.json" in names and "data_validation/data_docs" in names
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    from models.config import ExportConfig
+    from models.export import export_onnx
+    from models.targets import get_target
+    from tests.conftest import build_tiny_model, train_tiny_teacher
+
+    tmp = tmp_path_factory.mktemp("cli-bench")
+    _, res = train_tiny_teacher(tmp, build_tiny_model(tmp / "base"), rows=120, epochs=1)
+    texts = make_reviews(8)["review"].tolist()
+    export_onnx(res.model_dir, tmp / "onnx", ExportConfig(), get_target("cpu"), texts, threads=1)
+    return tmp / "onnx"
+
+
+def test_bench_prints_percentiles_and_writes_json(tmp_path, tiny_onnx):
+    texts = tmp_path / "texts.csv"
+    make_reviews(40).to_csv(texts, index=False)
+    out = tmp_path / "bench.json"
+    r = slimflow(
+        "bench", "-m", str(tiny_onnx), "--texts", str(texts), "--text-column", "review",
+        "--batch-sizes", "1,4", "--lengths", "data", "--threads", "1", "--iterations", "10",
+        "--warmup", "2", "--json", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "b1 data" in r.stdout and "b4 data" in r.stdout and "p50 95% CI" in r.stdout
+    assert "threads 1 (runtime reports 1)" in r.stdout.replace("\n", " ")
+    result = json.loads(out.read_text())
+    assert result["isolated"] is True and [s["batch_size"] for s in result["settings"]] == [1, 4]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "/no/such/model"], "model not found"),
+        (["-m", "{onnx}", "--batch-sizes", "1,x"], "bench options"),
+        (["-m", "{onnx}", "--lengths", "data,100000"], "lengths"),
+        (["-m", "{onnx}", "--texts", "/no/such.csv"], "--texts"),
+        (["-m", "models:/nope@champion", "--tracking-uri", "sqlite:///{tmp}/m.db"], "models:/nope@champion"),
+    ],
+)
+def test_bench_bad_input_exits_2_with_the_reason(tmp_path, tiny_onnx, args, message):
+    args = [a.format(onnx=tiny_onnx, tmp=tmp_path) for a in args]
+    r = slimflow("bench", *args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_resolves_a_registered_model_alias(tmp_path, tiny_onnx):
+    """models:/NAME@ALIAS from a real sqlite registry: downloaded, found, measured."""
+    import mlflow
+
+    from models import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.use(uri)
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("b", artifact_location=(tmp_path / "art").as_uri())
+    run = client.create_run(exp)
+    client.log_artifacts(run.info.run_id, str(tiny_onnx), "candidate")
+    client.create_registered_model("tiny")
+    v = client.create_model_version("tiny", f"runs:/{run.info.run_id}/candidate", run.info.run_id)
+    client.set_registered_model_alias("tiny", "challenger", v.version)
+    from models.runtime import resolve_model
+
+    local = resolve_model("models:/tiny@challenger", uri, tmp_path / "dl")
+    assert (local / "model.onnx").is_file() and local != tiny_onnx
+    r = slimflow(
+        "bench", "-m", "models:/tiny@challenger", "--tracking-uri", uri, "--batch-sizes", "1",
+        "--lengths", "data", "--iterations", "5", "--warmup", "1", "--no-isolate", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "b1 data" in r.stdout

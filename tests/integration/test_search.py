@@ -1,0 +1,120 @@
+"""The candidate search inside the flow: tiny local models, real export/quantization/benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from flows.pipeline import run_pipeline
+from models.config import PipelineConfig
+from tests.conftest import make_reviews
+
+pytestmark = pytest.mark.integration
+
+BENCH = {"warmup": 2, "iterations": 10, "min_iterations": 5, "time_budget_s": 1, "bootstrap": 200,
+         "threads": 1, "isolate": False, "pin_cores": False}  # fmt: skip
+
+
+def _cfg(tmp_path: Path, data: Path, model: Path, **optimize) -> PipelineConfig:
+    train = {"epochs": 3, "batch_size": 16, "max_length": 32, "learning_rate": 5e-3}
+    return PipelineConfig.model_validate(
+        {
+            "name": "it-search",
+            "workdir": str(tmp_path / "work"),
+            "data": {"source": str(data), "text_column": "review", "label_column": "sentiment",
+                     "labels": ["neg", "pos"], "validation": {"min_per_class": 10}},
+            "finetune": {"model": str(model), "method": {"kind": "full"}, "train": train},
+            "distill": {"student": {"kind": "layer_drop", "keep_layers": [1]}, "train": train},
+            "optimize": {
+                "targets": ["cpu", "cuda"],
+                "quantize": [{"kind": "ort_int8_dynamic"}, {"kind": "torch_int8"}],
+                "agreement": {"min_agreement": 0.9},
+                "accuracy_bar": {"min_retention": 0.9},
+                "bench": BENCH,
+                **optimize,
+            },
+        }
+    )  # fmt: skip
+
+
+def test_search_builds_checks_measures_and_picks_a_candidate(tmp_path, tiny_model_dir):
+    data = tmp_path / "reviews.csv"
+    make_reviews(320).to_csv(data, index=False)
+    s = run_pipeline(_cfg(tmp_path, data, tiny_model_dir), progress=False)
+    assert s["status"] == "completed"
+    search = s["search"]
+    rows = {r["name"]: r for r in search["candidates"]}
+    expected = {f"{src}/{v}/cpu" for src in ("teacher", "student")
+                for v in ("onnx_fp32", "torch_fp32", "ort_int8_dynamic", "torch_int8")}  # fmt: skip
+    assert set(rows) == expected
+    assert all(r["status"] == "ok" for r in rows.values()), {n: r.get("reason") for n, r in rows.items()}
+    # the CUDA target is reported skipped with the reason, never run on the CPU instead
+    skipped = {x["name"]: x["reason"] for x in search["skipped"]}
+    assert len(skipped) == 8 and all("CUDAExecutionProvider" in why for why in skipped.values())
+    assert not any(r["target"] == "cuda" for r in rows.values())
+
+    for r in rows.values():
+        assert (
+            0 <= r["test"]["accuracy"] <= 1
+            and r["test"]["rows"] == s["stages"]["validate-data"]["metrics"]["counts_test"]
+        )
+        st = r["bench"]["settings"]
+        assert {(x["batch_size"], x["length"]) for x in st} == {
+            (1, "data"),
+            (1, 128),
+            (32, "data"),
+            (32, 128),
+        }
+    int8 = rows["student/ort_int8_dynamic/cpu"]
+    assert int8["build"]["agreement"]["agreement"] >= 0.9 and int8["reference"] == "student/onnx_fp32/cpu"
+    assert rows["student/onnx_fp32/cpu"]["build"]["parity"]["passed"]
+
+    sel = search["selection"]
+    assert sel["best"] in rows and rows[sel["best"]]["meets_bar"] and rows[sel["best"]]["pareto"]
+    ok = [r for r in rows.values() if r["meets_bar"]]
+    assert rows[sel["best"]]["bench"]["settings"][0]["p50_ms"] == min(
+        r["bench"]["settings"][0]["p50_ms"] for r in ok
+    )
+    assert s["decision"]["outcome"] == "candidate_selected" and s["decision"]["promoted"] is False
+    assert (Path(s["decision"]["model_dir"]) / "candidate.json").is_file()
+    assert Path(search["pareto_png"]).stat().st_size > 10_000
+
+    client = mlflow.MlflowClient(s["tracking_uri"])
+    exp = [s["mlflow_experiment_id"]]
+    opt = client.search_runs(
+        exp, f"tags.mlflow.parentRunId = '{s['mlflow_run_id']}' and attributes.run_name = 'optimize'"
+    )
+    assert len(opt) == 1 and "ort_int8_dynamic" in opt[0].data.params["optimize.quantize"]
+    assert opt[0].data.metrics["export.student.cpu.parity_max_abs_diff"] <= 1e-4
+    cands = client.search_runs(exp, f"tags.mlflow.parentRunId = '{opt[0].info.run_id}'")
+    assert {c.info.run_name for c in cands} == expected
+    best_run = next(c for c in cands if c.info.run_name == sel["best"])
+    assert best_run.data.tags["slimflow.best"] == "True"
+    assert {"test_accuracy", "b1_data.p50_ms", "b1_data.p95_ci_high_ms", "b32_128.throughput_eps"} <= set(
+        best_run.data.metrics
+    )
+    arts = {a.path for a in client.list_artifacts(s["mlflow_run_id"])}
+    assert "pareto.png" in arts
+    parent = client.get_run(s["mlflow_run_id"])
+    assert parent.data.tags["slimflow.best_candidate"] == sel["best"] and "best.p50_ms" in parent.data.metrics
+
+    # a rerun takes every search task from the cache
+    again = run_pipeline(_cfg(tmp_path, data, tiny_model_dir), progress=False)
+    for stage in ("export-onnx", "build-candidates", "evaluate-candidates", "benchmark-candidates"):
+        assert again["stages"][stage]["cached"] == again["stages"][stage]["jobs"] > 0, stage
+    assert again["search"]["selection"]["best"] == sel["best"]
+
+    # an export that fails its parity check fails its candidates, with the message; the rest go on
+    strict = run_pipeline(_cfg(tmp_path, data, tiny_model_dir, export={"atol": 1e-12}), progress=False)
+    assert strict["status"] == "completed"
+    rows = {r["name"]: r for r in strict["search"]["candidates"]}
+    for r in rows.values():
+        if r["runtime"] == "onnxruntime":
+            assert (
+                r["status"] == "failed" and "export failed" in r["reason"] and "parity failed" in r["reason"]
+            ), r
+        else:
+            assert r["status"] == "ok", r
+    assert strict["search"]["selection"]["best"] in {n for n, r in rows.items() if r["runtime"] == "torch"}
