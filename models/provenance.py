@@ -6,7 +6,9 @@ import functools
 import hashlib
 import os
 import platform
+import shutil
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -94,17 +96,28 @@ def hardware() -> dict[str, str]:
         "machine": platform.machine(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "gpu": "none",
+        "gpu": _gpus(),
     }
-    try:
-        import torch  # noqa: PLC0415
-
+    torch = sys.modules.get("torch")  # reported when loaded; never imported just for this
+    if torch is not None:
         info["torch_threads"] = str(torch.get_num_threads())
-        if torch.cuda.is_available():
-            info["gpu"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-    except ImportError:
-        pass
     return info
+
+
+@functools.cache
+def _gpus() -> str:
+    """NVIDIA GPUs by name (nvidia-smi), 'none' without a driver: no torch/CUDA import needed."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return "none"
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "none"
+    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return ", ".join(names) if out.returncode == 0 and names else "none"
 
 
 def hardware_fingerprint(hw: dict[str, str] | None = None) -> str:
