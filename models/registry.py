@@ -9,6 +9,7 @@ No I/O here: the registry calls around it live in tasks/ (issue #5).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -155,3 +156,162 @@ def decide(candidates: list[dict[str, Any]], gates: GatesConfig, teacher_accurac
         best.name,
         best.failed,
     )
+
+
+# ------------------------------------------------------------------------------- registry I/O
+# MLflow model registry with aliases (never the deprecated stages). Every alias move is read back,
+# because alias lookups have been missing from search results in past MLflow versions.
+CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
+ENTRY = Path(__file__).with_name("mlflow_entry.py")
+
+
+class RegistryError(RuntimeError):
+    """An alias did not land, or the registry refused a write."""
+
+
+def register_candidate(
+    client: Any,
+    run_id: str,
+    model_name: str,
+    candidate_dir: str | Path,
+    tags: dict[str, str],
+    card: str,
+) -> str:
+    """Log ``candidate_dir`` as an MLflow pyfunc model in ``run_id`` (loads from raw text, no pickles)
+    and register it as a new version of ``model_name``; returns the version."""
+    import mlflow  # noqa: PLC0415
+    import pandas as pd  # noqa: PLC0415
+
+    from models import tracking  # noqa: PLC0415
+
+    tracking.use(client.tracking_uri)
+    with mlflow.start_run(run_id=run_id, nested=True):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(ENTRY),
+            artifacts={"candidate": str(candidate_dir)},
+            registered_model_name=model_name,
+            pip_requirements=_requirements(candidate_dir),
+            input_example=pd.DataFrame({"text": ["an example review"]}),
+        )
+    version = str(info.registered_model_version)
+    for k, v in tags.items():
+        client.set_model_version_tag(model_name, version, k, str(v)[:5000])
+    client.log_text(run_id, card, f"model_card_v{version}.md")
+    client.set_model_version_tag(
+        model_name, version, "slimflow.model_card", f"runs:/{run_id}/model_card_v{version}.md"
+    )
+    return version
+
+
+def _requirements(candidate_dir: str | Path) -> list[str]:
+    from importlib import metadata  # noqa: PLC0415
+
+    from models.runtime import describe  # noqa: PLC0415
+
+    def pin(dist: str) -> str | None:
+        try:
+            return f"{dist}=={metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            return None
+
+    runtime = describe(candidate_dir).runtime
+    dists = (
+        ["onnxruntime", "tokenizers", "numpy", "pandas"]
+        if runtime == "onnxruntime"
+        else ["torch", "transformers", "torchao", "pandas"]
+    )
+    return [p for p in (pin(d) for d in dists) if p]
+
+
+def set_alias(client: Any, model_name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version`` and read it back."""
+    client.set_registered_model_alias(model_name, alias, version)
+    got = client.get_model_version_by_alias(model_name, alias).version
+    if str(got) != str(version):
+        raise RegistryError(f"alias {model_name}@{alias} reads back version {got}, expected {version}")
+
+
+def alias_version(client: Any, model_name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+    try:
+        return str(client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def promote(client: Any, model_name: str, version: str, tags: dict[str, str]) -> str | None:
+    """Make ``version`` the champion; the old champion becomes ``previous``. Returns the old one."""
+    old = alias_version(client, model_name, CHAMPION)
+    if old == str(version):
+        return old
+    if old is not None:
+        set_alias(client, model_name, PREVIOUS, old)
+    set_alias(client, model_name, CHAMPION, version)
+    for k, v in tags.items():
+        client.set_model_version_tag(model_name, version, k, str(v)[:5000])
+    return old
+
+
+def rollback(client: Any, model_name: str) -> tuple[str, str]:
+    """Swap ``champion`` and ``previous`` (so a rollback can itself be undone). Returns (from, to)."""
+    champ, prev = alias_version(client, model_name, CHAMPION), alias_version(client, model_name, PREVIOUS)
+    if prev is None:
+        raise RegistryError(f"{model_name} has no '{PREVIOUS}' version to roll back to (champion: {champ})")
+    set_alias(client, model_name, CHAMPION, prev)
+    if champ is not None:
+        set_alias(client, model_name, PREVIOUS, champ)
+    client.set_model_version_tag(model_name, prev, "slimflow.rolled_back_from", str(champ))
+    return str(champ), prev
+
+
+def model_card(
+    row: dict[str, Any],
+    verdict: Verdict,
+    context: dict[str, Any],
+    approval: dict[str, str] | None = None,
+) -> str:
+    """A short Markdown card for a registered version: what it is, what it was trained on, its
+    figures and the gates it passed, so a reviewer in the MLflow UI sees why it may be promoted."""
+    ctx = {"data_fingerprint": "?", "teacher_accuracy": float("nan"), **context}
+    test = {"f1": float("nan"), "rows": "?", **row["test"]}
+    lines = [
+        f"# {ctx.get('model_name', 'slimflow model')}: {row['name']}",
+        "",
+        f"- **Candidate**: source `{row['source']}`, variant `{row['variant']}`, target `{row['target']}`, "
+        f"runtime `{row['runtime']}`",
+        f"- **Data**: `{ctx.get('data_source', '?')}`, fingerprint `{str(ctx['data_fingerprint'])[:16]}`, "
+        f"splits {ctx.get('counts', {})}; Great Expectations: {ctx.get('gx', '?')}",
+        f"- **Teacher**: `{ctx.get('teacher_model', '?')}`, test accuracy {ctx['teacher_accuracy']:.4f}",
+    ]
+    if context.get("student"):
+        lines.append(f"- **Student**: {context['student']}")
+    if context.get("steps"):
+        lines.append(f"- **Compression steps**: {context['steps']}")
+    lines += [
+        f"- **Test accuracy**: {test['accuracy']:.4f} (macro F1 {test['f1']:.4f}, {test['rows']} rows)",
+    ]
+    for s in row.get("bench", {}).get("settings", []):
+        lines.append(
+            f"- **Latency** batch {s['batch_size']}, {s['length']} tokens: p50 {s['p50_ms']:.2f} ms "
+            f"[95% CI {s['p50_ci_low_ms']:.2f}, {s['p50_ci_high_ms']:.2f}], p95 {s['p95_ms']:.2f} ms "
+            f"(upper {s['p95_ci_high_ms']:.2f}), {s['throughput_eps']:.0f} examples/s"
+        )
+    hw = row.get("bench", {}).get("hardware_fingerprint")
+    if hw:
+        lines.append(f"- **Measured on**: {hw}, {row['bench'].get('threads')} threads")
+    lines.append(f"- **Size**: {row['file_bytes'] / 2**20:.1f} MiB")
+    lines += ["", "## Gates", ""]
+    lines += [f"- {g.describe()}" for g in verdict.gates]
+    lines += ["", "## Approval", ""]
+    if approval:
+        a = {"decision": "?", "reviewer": "?", "time": "?", "comment": "", **approval}
+        lines.append(f"- {a['decision']} by **{a['reviewer']}** at {a['time']}: {a['comment']}")
+    else:
+        lines.append("- not reviewed yet")
+    lines += [
+        "",
+        f"Pipeline run: `{context.get('run_id', '?')}`, git commit `{context.get('git_commit', '?')}`",
+    ]
+    return "\n".join(lines) + "\n"

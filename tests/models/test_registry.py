@@ -95,3 +95,132 @@ def test_only_measured_candidates_on_the_target_compete():
 def test_gates_config_needs_at_least_one_gate():
     with pytest.raises(ValidationError, match="at least one gate"):
         GatesConfig(min_retention=None)
+
+
+# ------------------------------------------------------------------------------ registry on sqlite
+@pytest.fixture(scope="module")
+def candidate(tmp_path_factory):
+    """A tiny trained classifier exported as an ONNX candidate folder."""
+    from models.candidates import CandidateSpec, onnx_fp32_candidate
+    from models.config import ExportConfig
+    from models.export import export_onnx
+    from models.targets import get_target
+    from tests.conftest import build_tiny_model, make_reviews, train_tiny_teacher
+
+    tmp = tmp_path_factory.mktemp("reg")
+    _, res = train_tiny_teacher(tmp, build_tiny_model(tmp / "base"), rows=160, epochs=2)
+    texts = make_reviews(8)["review"].tolist()
+    export_onnx(res.model_dir, tmp / "onnx", ExportConfig(), get_target("cpu"), texts, threads=1)
+    out = tmp / "cand"
+    out.mkdir()
+    spec = CandidateSpec("teacher", "onnx_fp32", "cpu", "onnxruntime")
+    onnx_fp32_candidate(tmp / "onnx", spec, out, 32, ["neg", "pos"])
+    return out
+
+
+@pytest.fixture
+def store(tmp_path):
+    import mlflow
+
+    from models import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.use(uri)
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("reg", artifact_location=(tmp_path / "art").as_uri())
+    return client, exp
+
+
+def test_register_alias_promote_and_rollback_on_a_real_store(candidate, store):
+    from models.registry import (
+        CHALLENGER,
+        CHAMPION,
+        PREVIOUS,
+        alias_version,
+        promote,
+        register_candidate,
+        rollback,
+        set_alias,
+    )
+
+    client, exp = store
+    versions = []
+    for i in range(3):
+        run = client.create_run(exp).info.run_id
+        v = register_candidate(client, run, "clf", candidate, {"slimflow.n": str(i)}, f"# card {i}\n")
+        versions.append(v)
+    assert versions == ["1", "2", "3"]
+    mv = client.get_model_version("clf", "2")
+    assert mv.tags["slimflow.n"] == "1" and mv.tags["slimflow.model_card"].endswith("model_card_v2.md")
+
+    set_alias(client, "clf", CHALLENGER, "1")
+    assert alias_version(client, "clf", CHALLENGER) == "1" and alias_version(client, "clf", CHAMPION) is None
+    assert promote(client, "clf", "1", {"slimflow.approved_by": "ana"}) is None
+    assert promote(client, "clf", "2", {}) == "1"
+    assert (alias_version(client, "clf", CHAMPION), alias_version(client, "clf", PREVIOUS)) == ("2", "1")
+    assert client.get_model_version("clf", "1").tags["slimflow.approved_by"] == "ana"
+    assert promote(client, "clf", "2", {}) == "2"  # idempotent: previous untouched
+    assert alias_version(client, "clf", PREVIOUS) == "1"
+
+    assert rollback(client, "clf") == ("2", "1")
+    assert (alias_version(client, "clf", CHAMPION), alias_version(client, "clf", PREVIOUS)) == ("1", "2")
+    assert rollback(client, "clf") == ("1", "2")  # a rollback can be undone
+
+    from models.registry import RegistryError
+
+    run = client.create_run(exp).info.run_id
+    register_candidate(client, run, "solo", candidate, {}, "card")
+    with pytest.raises(RegistryError, match="no 'previous' version"):
+        rollback(client, "solo")
+
+
+def test_registered_model_loads_by_alias_in_a_fresh_process_and_predicts_from_raw_text(
+    candidate, store, tmp_path
+):
+    import json
+    import subprocess
+    import sys
+
+    from models.registry import set_alias
+    from models.runtime import load_predictor
+
+    client, exp = store
+    run = client.create_run(exp).info.run_id
+    v = __import__("models.registry", fromlist=["x"]).register_candidate(
+        client, run, "clf", candidate, {}, "card"
+    )
+    set_alias(client, "clf", "champion", v)
+    texts = ["good great film", "bad awful dull plot", "the cast was lovely and witty"]
+    code = (
+        "import json, sys, mlflow, pandas as pd; mlflow.set_tracking_uri(sys.argv[1]); "
+        "m = mlflow.pyfunc.load_model('models:/clf@champion'); "
+        "out = m.predict(pd.DataFrame({'text': json.loads(sys.argv[2])})); "
+        "print(json.dumps({'labels': out['label'].tolist(), 'torch': 'torch' in sys.modules}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, client.tracking_uri, json.dumps(texts)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    p = load_predictor(candidate, 1)
+    assert got["labels"] == [p.info.labels[i] for i in p.predict(texts).argmax(-1)]
+    assert got["torch"] is False  # an ONNX model serves without torch
+
+
+def test_model_card_names_figures_gates_and_approver():
+    from models.registry import model_card
+
+    row = cand("student/ort_int8_dynamic/cpu")
+    row.update(source="student", variant="ort_int8_dynamic", runtime="onnxruntime")
+    row["test"].update(f1=0.83, rows=2551)
+    s = row["bench"]["settings"][0]
+    s.update(p50_ci_low_ms=1.9, p50_ci_high_ms=2.1, throughput_eps=500.0)
+    v = judge(row, GatesConfig(max_p95_ms=5.0), 0.85)
+    approval = {"decision": "approved", "reviewer": "ana", "time": "2026-11-23T22:00Z", "comment": "ok"}
+    card = model_card(row, v, {"teacher_accuracy": 0.85, "data_source": "packaged:rotten_tomatoes"}, approval)
+    for needle in ("student/ort_int8_dynamic/cpu", "0.8400", "p50 2.00 ms", "max_p95_ms: 3 <= 5 ok",
+                   "approved by **ana**", "packaged:rotten_tomatoes"):  # fmt: skip
+        assert needle in card, needle
