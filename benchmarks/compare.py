@@ -77,7 +77,8 @@ def main() -> None:
         sys.exit(
             f"no candidate folder at {best!s}; run the pipeline with an optimize: section, or pass --best"
         )
-    test = pd.read_parquet(args.test or stages["validate-data"]["outputs"]["data.paths.test"])
+    data_out = stages.get("validate-data", {}).get("outputs", {})
+    test = pd.read_parquet(args.test or data_out.get("paths.test") or data_out["data.paths.test"])
     preset = cpu_int8_preset() if args.preset == "auto" else args.preset
     texts, gold = test["text"].tolist(), test["label"].tolist()
     labels = sorted(set(gold))

@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.promotion import promotion
 from flows.runtime import PipelineRun, results_dir
 from flows.search import candidate_search, slim_summary
 from models.config import PipelineConfig, load_config
@@ -52,12 +53,42 @@ def pipeline(
             made = {k: v for k, v in made.items() if v is not None}
             search = candidate_search(run, cfg.optimize, prepared, made, teacher["test"]["accuracy"])
             run.summary["search"] = slim_summary(search)
-        run.summary["decision"] = _decision(teacher, student, compressed, search)
+        promoted = None
+        if cfg.promote and search is not None:
+            acc = teacher["test"]["accuracy"]
+            promoted = promotion(run, cfg.promote, cfg, search, prepared, data.get("mlflow_run_id"), acc)
+            run.summary["promotion"] = promoted
+        run.summary["decision"] = _decision(teacher, student, compressed, search, promoted)
     return run.summary
 
 
-def _decision(teacher: dict, student: dict | None, compressed: dict | None, search: dict | None) -> dict:
-    """What this run produced. Promotion (registry, gates, approval) is not part of the pipeline yet."""
+def _decision(
+    teacher: dict, student: dict | None, compressed: dict | None, search: dict | None, promoted: dict | None
+) -> dict:
+    """What this run produced and whether it reached users (the champion alias)."""
+    if promoted is not None:
+        approval = (promoted.get("approval") or {}).get("decision")
+        review = promoted.get("approval") or {}
+        if promoted["champion"]:
+            who = f"approved by {review['reviewer']}" if approval == "approved" else "no approval required"
+            outcome = "promoted"
+            reason = f"{promoted['model_name']} version {promoted['champion']} is champion ({who})"
+        elif promoted["challenger"]:
+            outcome = {"rejected": "rejected", "timeout": "approval_timed_out"}.get(approval, "not_promoted")
+            why = review.get("comment") or approval
+            reason = f"challenger version {promoted['challenger']} not promoted: {why}"
+        else:
+            outcome, reason = "no_candidate_passes", promoted["reason"]
+        return {
+            "outcome": outcome,
+            "promoted": bool(promoted["champion"]),
+            "reason": reason,
+            "model_name": promoted["model_name"],
+            "challenger": promoted["challenger"],
+            "champion": promoted["champion"],
+            "failed_gates": promoted["failed_gates"],
+            "best_effort": promoted["best_effort"],
+        }
     if search is not None:
         sel = search["selection"]
         best = next((r for r in search["candidates"] if r["name"] == sel["best"]), None)

@@ -118,6 +118,15 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
+    """Peak RSS of this process image. Linux's getrusage ru_maxrss is inherited through fork+exec
+    (a child of a 4 GB pipeline would report 4 GB), so read VmHWM, which exec resets."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 

@@ -499,6 +499,63 @@ class OptimizeConfig(Strict):
         return self
 
 
+# ---------------------------------------------------------------------------------------- promotion
+class GatesConfig(Strict):
+    min_test_accuracy: float | None = Field(
+        None, ge=0, le=1, description="Lowest test accuracy a promoted model may have; None = off."
+    )
+    min_retention: float | None = Field(
+        0.98, gt=0, le=1.5, description="Test accuracy at least this share of the teacher's; None = off."
+    )
+    max_p95_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Highest p95 latency (ms) at latency_batch_size on test-data lengths, judged on the "
+        "upper end of its 95% confidence interval; None = off.",
+    )
+    latency_batch_size: int = Field(1, ge=1, description="Batch size the latency gate is judged at.")
+    max_size_mb: float | None = Field(None, gt=0, description="Largest model file (MiB); None = off.")
+    target: str | None = Field(None, description="Only candidates for this target compete; None = any.")
+
+    @model_validator(mode="after")
+    def _some_gate(self) -> GatesConfig:
+        if all(
+            g is None for g in (self.min_test_accuracy, self.min_retention, self.max_p95_ms, self.max_size_mb)
+        ):
+            raise ValueError("at least one gate must be set (every gate is None)")
+        return self
+
+
+class ApprovalConfig(Strict):
+    required: bool = Field(
+        False,
+        description="Pause for a human decision (Prefect UI form or `slimflow approve`) before "
+        "the challenger becomes champion.",
+    )
+    timeout_s: int = Field(
+        3600, ge=1, le=30 * 24 * 3600, description="End the run without promotion after this many seconds."
+    )
+
+
+class DeployConfig(Strict):
+    host: str = Field(
+        "127.0.0.1", description="Bind address of the model server (loopback unless you mean otherwise)."
+    )
+    port: int = Field(8088, ge=1024, le=65535, description="Port of the model server.")
+
+
+class PromoteConfig(Strict):
+    model_name: str = Field(
+        ..., pattern=SAFE_NAME, description="Registered model name (letters, digits, . _ -)."
+    )
+    gates: GatesConfig = GatesConfig()
+    approval: ApprovalConfig = ApprovalConfig()
+    deploy: DeployConfig | None = Field(
+        default_factory=DeployConfig,
+        description="Serve the new champion on this host/port and smoke-test it; None = promote only.",
+    )
+
+
 # ----------------------------------------------------------------------------------------- tracking
 class TrackingConfig(Strict):
     uri: str | None = Field(
@@ -524,7 +581,28 @@ class PipelineConfig(Strict):
     optimize: OptimizeConfig | None = Field(
         None, description="Export, quantize and benchmark candidates, pick the best; None = skip."
     )
+    promote: PromoteConfig | None = Field(
+        None, description="Register candidates that pass the gates and promote the best; None = skip."
+    )
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _promote_needs_candidates(self) -> PipelineConfig:
+        if self.promote is not None:
+            if self.optimize is None:
+                raise ValueError("promote needs an optimize: section (the candidates the gates judge)")
+            gates = self.promote.gates
+            if gates.target is not None and gates.target not in self.optimize.targets:
+                raise ValueError(f"promote.gates.target {gates.target!r} is not in optimize.targets")
+            if (
+                gates.max_p95_ms is not None
+                and gates.latency_batch_size not in self.optimize.bench.batch_sizes
+            ):
+                raise ValueError(
+                    f"promote.gates.latency_batch_size {gates.latency_batch_size} is not measured "
+                    f"(optimize.bench.batch_sizes: {self.optimize.bench.batch_sizes})"
+                )
+        return self
 
     def workdir_path(self) -> Path:
         return Path(self.workdir).expanduser().resolve()

@@ -36,3 +36,8 @@ class DataValidationError(DataError):
 
 class ModelSourceError(ConfigError):
     """A model name or folder cannot be resolved to safetensors weights."""
+
+
+class CandidateRejected(SlimflowError, ValueError):
+    """A candidate failed a check (export parity, quantized agreement, a keep_fp32 pattern): the
+    search records it as failed with this message and goes on with the others."""

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from models.config import AgreementConfig, ExportConfig
+from models.errors import CandidateRejected
 
 
-class ParityError(ValueError):
+class ParityError(CandidateRejected):
     """A candidate's outputs differ from its reference beyond the stated tolerance."""
 
 

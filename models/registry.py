@@ -12,35 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
-
-from models.config import Strict
-
-
-class GatesConfig(Strict):
-    min_test_accuracy: float | None = Field(
-        None, ge=0, le=1, description="Lowest test accuracy a promoted model may have; None = off."
-    )
-    min_retention: float | None = Field(
-        0.98, gt=0, le=1.5, description="Test accuracy at least this share of the teacher's; None = off."
-    )
-    max_p95_ms: float | None = Field(
-        None,
-        gt=0,
-        description="Highest p95 latency (ms) at latency_batch_size on test-data lengths, judged on the "
-        "upper end of its 95% confidence interval; None = off.",
-    )
-    latency_batch_size: int = Field(1, ge=1, description="Batch size the latency gate is judged at.")
-    max_size_mb: float | None = Field(None, gt=0, description="Largest model file (MiB); None = off.")
-    target: str | None = Field(None, description="Only candidates for this target compete; None = any.")
-
-    @model_validator(mode="after")
-    def _some_gate(self) -> GatesConfig:
-        if all(
-            g is None for g in (self.min_test_accuracy, self.min_retention, self.max_p95_ms, self.max_size_mb)
-        ):
-            raise ValueError("at least one gate must be set (every gate is None)")
-        return self
+from models.config import GatesConfig
 
 
 @dataclass

@@ -221,3 +221,67 @@ def test_bench_resolves_a_registered_model_alias(tmp_path, tiny_onnx):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "b1 data" in r.stdout
+
+
+@pytest.fixture
+def registry_with_model(tmp_path, tiny_onnx):
+    """A sqlite registry with two versions of 'clf' (champion v2, previous v1)."""
+    import mlflow
+
+    from models import registry, tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.use(uri)
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("c", artifact_location=(tmp_path / "art").as_uri())
+    for _ in range(2):
+        run = client.create_run(exp).info.run_id
+        v = registry.register_candidate(client, run, "clf", tiny_onnx, {}, "card")
+        registry.promote(client, "clf", v, {})
+    return uri
+
+
+def test_predict_writes_labels_for_every_row(tmp_path, registry_with_model):
+    rows = make_reviews(30)
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    out = tmp_path / "out" / "pred.jsonl"
+    r = slimflow(
+        "predict", "-m", "models:/clf@champion", "-i", str(tmp_path / "in.csv"), "-o", str(out),
+        "--text-column", "review", "--batch-size", "7", "--tracking-uri", registry_with_model, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+
+    got = pd.read_json(out, lines=True)
+    assert len(got) == 30 and got["review"].tolist() == rows["review"].tolist()
+    assert set(got["label"]) <= {"neg", "pos"} and got["score"].between(0.5, 1.0).all()
+    assert "30 rows" in r.stdout and "version 2" in r.stdout
+
+    for args, msg in (
+        (["-o", str(tmp_path / "x.txt")], "--output must end in"),
+        (["--text-column", "nope", "-o", str(out)], "no column 'nope'"),
+    ):
+        base = [
+            "-m",
+            "models:/clf@champion",
+            "-i",
+            str(tmp_path / "in.csv"),
+            "--tracking-uri",
+            registry_with_model,
+        ]
+        bad = slimflow("predict", *base, "--text-column", "review", *args, cwd=tmp_path)
+        assert bad.returncode == 2 and msg in bad.stderr, bad.stderr
+
+
+def test_rollback_swaps_champion_and_previous(tmp_path, registry_with_model):
+    from models.registry import alias_version
+
+    r = slimflow("rollback", "--model-name", "clf", "--tracking-uri", registry_with_model, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "from version 2 back to version 1" in r.stdout
+    import mlflow
+
+    client = mlflow.MlflowClient(registry_with_model)
+    assert (alias_version(client, "clf", "champion"), alias_version(client, "clf", "previous")) == ("1", "2")
+    r = slimflow("rollback", cwd=tmp_path)
+    assert r.returncode == 2 and "no model name" in r.stderr

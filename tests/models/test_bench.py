@@ -85,8 +85,11 @@ def test_bench_in_process_honours_threads_and_reports_every_setting(onnx_candida
 def test_isolated_bench_runs_in_a_pinned_child_process(onnx_candidate):
     onnx_dir, _ = onnx_candidate
     cfg = BenchConfig(batch_sizes=[1], lengths=["data"], threads=1, isolate=True, **FAST)
+    ballast = np.ones((400, 2**20 // 8))  # 400 MB in this process: not the child's memory
     r = bench(onnx_dir, TEXTS, cfg)
     assert r["isolated"] is True and r["threads_effective"] == 1
+    assert r["peak_rss_mb"] < 400, r["peak_rss_mb"]  # getrusage would report the parent's peak
+    del ballast
     if hasattr(os, "sched_setaffinity"):
         assert len(r["pinned_cores"]) == 1
     assert len(os.sched_getaffinity(0)) >= 1  # this (parent) process was not pinned

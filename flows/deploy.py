@@ -1,0 +1,52 @@
+"""The deploy flow: serve ``models:/NAME@champion`` on loopback, smoke-test it, record it.
+
+Runs right after a promotion (pipeline) or alone: ``slimflow deploy -c CONFIG``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from tasks.deploy import record_deployment, smoke_test, start_server
+
+DEFAULT_SAMPLE = [
+    "A gripping, beautifully acted film.",
+    "Dull, overlong and badly written.",
+    "It has its moments, but the plot drags.",
+    "One of the best films of the year.",
+]
+
+
+@flow(name="slimflow-deploy", log_prints=True)
+def deploy(
+    model_name: str,
+    tracking_uri: str,
+    workdir: str,
+    experiment: str = "slimflow",
+    alias: str = "champion",
+    host: str = "127.0.0.1",
+    port: int = 8088,
+    sample: list[str] | None = None,
+) -> dict[str, Any]:
+    import mlflow  # noqa: PLC0415
+
+    from models import serve  # noqa: PLC0415
+
+    version = str(mlflow.MlflowClient(tracking_uri).get_model_version_by_alias(model_name, alias).version)
+    info = start_server(model_name, version, tracking_uri, workdir, host, port)
+    try:
+        smoke = smoke_test(info["endpoint"], model_name, version, tracking_uri, sample or DEFAULT_SAMPLE)
+    except BaseException:
+        serve.stop(workdir, model_name)  # never leave a server up that failed its smoke test
+        raise
+    run_id = record_deployment(model_name, version, tracking_uri, experiment, info, smoke)
+    print(f"serving {model_name} v{version} at {info['endpoint']} (pid {info['pid']}); MLflow run {run_id}")
+    return {
+        "endpoint": info["endpoint"],
+        "version": version,
+        "pid": info["pid"],
+        "smoke": smoke,
+        "run_id": run_id,
+    }

@@ -1,0 +1,94 @@
+"""Promotion, orchestrated: judge and register candidates, wait for a reviewer if configured, move
+the champion alias. A run with no passing candidate, a rejection or a timeout moves no alias."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows.approval import _now, wait_for_approval
+from flows.runtime import PipelineRun
+from models.config import PipelineConfig, PromoteConfig
+from models.prepare import PreparedData
+from models.provenance import git_commit
+from tasks.promote import promote_champion, register_candidates
+
+
+def _context(
+    cfg: PipelineConfig, data: PreparedData, data_run_id: str | None, teacher_acc: float
+) -> dict[str, Any]:
+    student = cfg.distill.student.model_dump() if cfg.distill else None
+    steps = [s.kind for s in cfg.compress.steps] if cfg.compress else None
+    return {
+        "data_source": data.source,
+        "data_fingerprint": data.data_fingerprint,
+        "counts": data.counts,
+        "gx": f"passed (validate-data run {data_run_id})",
+        "teacher_model": cfg.finetune.model,
+        "teacher_accuracy": teacher_acc,
+        "student": student,
+        "steps": steps,
+        "git_commit": git_commit(),
+    }
+
+
+def promotion(
+    run: PipelineRun,
+    cfg: PromoteConfig,
+    pipeline_cfg: PipelineConfig,
+    search: dict[str, Any],
+    data: PreparedData,
+    data_run_id: str | None,
+    teacher_acc: float,
+) -> dict[str, Any]:
+    context = _context(pipeline_cfg, data, data_run_id, teacher_acc)
+    reg = run.stage(
+        "register", register_candidates, cfg, search["candidates"], teacher_acc, context, outputs=()
+    )
+    out: dict[str, Any] = {
+        "model_name": cfg.model_name,
+        "registered": reg["versions"],
+        "challenger": reg["challenger"],
+        "winner": reg["winner"],
+        "reason": reg["decision"]["reason"],
+        "best_effort": reg["decision"]["best_effort"],
+        "failed_gates": reg["decision"]["best_effort_failed"],
+        "approval": None,
+        "champion": None,
+    }
+    if not reg["challenger"]:
+        return out
+    if cfg.approval.required:
+        run.summary["status"] = "awaiting_approval"
+        run.client.set_tag(run.run_id, "slimflow.status", "awaiting_approval")
+        approval = wait_for_approval(cfg.approval, cfg.model_name, reg["challenger"])
+        run.summary["status"] = "running"
+    else:
+        approval = {
+            "decision": "auto",
+            "reviewer": "",
+            "comment": "approval.required is false",
+            "time": _now(),
+        }
+    out["approval"] = approval
+    import mlflow  # noqa: PLC0415
+
+    client = mlflow.MlflowClient(run.ctx.tracking_uri)
+    for k, v in approval.items():
+        client.set_model_version_tag(cfg.model_name, reg["challenger"], f"slimflow.review.{k}", v)
+    run.client.set_tag(run.run_id, "slimflow.approval", approval["decision"])
+    if approval["decision"] in ("approved", "auto"):
+        prom = run.stage("promote", promote_champion, cfg, reg["challenger"], approval, outputs=())
+        out["champion"] = prom["champion"]
+        out["previous"] = prom["previous"]
+        if cfg.deploy is not None:
+            from flows.deploy import deploy  # noqa: PLC0415
+
+            out["deployment"] = deploy(
+                cfg.model_name,
+                run.ctx.tracking_uri,
+                str(run.workdir),
+                pipeline_cfg.tracking.experiment,
+                host=cfg.deploy.host,
+                port=cfg.deploy.port,
+            )
+    return out

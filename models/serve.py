@@ -1,0 +1,203 @@
+"""A small HTTP server for a registered model: ``POST /predict`` (a batch of texts) and
+``GET /health``. Binds to 127.0.0.1 unless told otherwise.
+
+    python -m models.serve --model models:/NAME@champion --tracking-uri URI --port 8088
+
+Requests are validated by pydantic (FastAPI answers 422 with the reason for a malformed body, too
+many texts or an over-long text); the model runs in a thread pool so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+MAX_BATCH = 1024
+MAX_CHARS = 20_000
+
+
+class PredictRequest(BaseModel):
+    texts: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, description="Texts to classify.")
+
+    model_config = {"extra": "forbid"}
+
+    def check(self) -> None:
+        long = [i for i, t in enumerate(self.texts) if len(t) > MAX_CHARS]
+        if long:
+            raise ValueError(f"texts {long[:5]} are longer than {MAX_CHARS} characters")
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+    model: str
+    version: str | None
+
+
+def load_registered(model_uri: str, tracking_uri: str | None) -> tuple[Any, str | None]:
+    """The pyfunc model and its registry version (None for a plain path)."""
+    import mlflow  # noqa: PLC0415
+
+    from models import tracking  # noqa: PLC0415
+
+    if tracking_uri:
+        tracking.use(tracking_uri)
+    version = None
+    if model_uri.startswith("models:/") and "@" in model_uri:
+        name, alias = model_uri.removeprefix("models:/").split("@", 1)
+        version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+        model_uri = f"models:/{name}/{version}"  # pin: an alias moving later must not change this server
+    elif model_uri.startswith("models:/"):
+        version = model_uri.rsplit("/", 1)[-1]
+    return mlflow.pyfunc.load_model(model_uri), version
+
+
+def create_app(model: Any, model_uri: str, version: str | None) -> Any:
+    import pandas as pd  # noqa: PLC0415
+    from fastapi import FastAPI, HTTPException  # noqa: PLC0415
+    from fastapi.concurrency import run_in_threadpool  # noqa: PLC0415
+
+    app = FastAPI(title="slimflow model server", version="1")
+    started = time.time()
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": model_uri,
+            "version": version,
+            "uptime_s": round(time.time() - started, 1),
+        }
+
+    @app.post("/predict", response_model=PredictResponse)
+    async def predict(req: PredictRequest) -> PredictResponse:
+        try:
+            req.check()
+        except ValueError as e:
+            raise HTTPException(status_code=422, detail=str(e)) from None
+        out = await run_in_threadpool(model.predict, pd.DataFrame({"text": req.texts}))
+        preds = [Prediction(label=str(r.label), score=float(r.score)) for r in out.itertuples()]
+        return PredictResponse(predictions=preds, model=model_uri, version=version)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a model path")
+    ap.add_argument("--tracking-uri", default=None)
+    ap.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    ap.add_argument("--port", type=int, default=8088)
+    args = ap.parse_args(argv)
+    import uvicorn  # noqa: PLC0415
+
+    from slimflow.env import apply_defaults  # noqa: PLC0415
+
+    apply_defaults()
+    model, version = load_registered(args.model, args.tracking_uri)
+    uvicorn.run(create_app(model, args.model, version), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
+
+
+# ------------------------------------------------------------------------------ process control
+def _state_file(workdir: Any, name: str) -> Any:
+    from pathlib import Path  # noqa: PLC0415
+
+    return Path(workdir) / "deploy" / f"{name}.json"
+
+
+def start(
+    model_uri: str,
+    tracking_uri: str | None,
+    workdir: Any,
+    name: str,
+    host: str = "127.0.0.1",
+    port: int = 8088,
+) -> dict[str, Any]:
+    """Start the server as a detached process (it outlives the flow); log and state under workdir."""
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    state = _state_file(workdir, name)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    log = state.with_suffix(".log").open("ab")
+    cmd = [sys.executable, "-m", "models.serve", "--model", model_uri, "--host", host, "--port", str(port)]
+    if tracking_uri:
+        cmd += ["--tracking-uri", tracking_uri]
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ)
+    )
+    info = {
+        "pid": proc.pid,
+        "endpoint": f"http://{host}:{port}",
+        "model_uri": model_uri,
+        "started": time.time(),
+    }
+    state.write_text(json.dumps(info), encoding="utf-8")
+    return info
+
+
+def stop(workdir: Any, name: str, timeout_s: float = 10.0) -> bool:
+    """Stop the server started by ``start`` for ``name`` (only that process); True if one ran."""
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    state = _state_file(workdir, name)
+    if not state.exists():
+        return False
+    pid = int(json.loads(state.read_text(encoding="utf-8"))["pid"])
+    state.unlink()
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return False
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+            if _is_zombie(pid):
+                break
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def wait_healthy(endpoint: str, timeout_s: float = 120.0) -> dict[str, Any]:
+    import httpx  # noqa: PLC0415
+
+    deadline = time.time() + timeout_s
+    last = ""
+    while time.time() < deadline:
+        try:
+            r = httpx.get(f"{endpoint}/health", timeout=2)
+            if r.status_code == 200:
+                return r.json()
+            last = f"HTTP {r.status_code}"
+        except httpx.HTTPError as e:
+            last = type(e).__name__
+        time.sleep(0.5)
+    raise TimeoutError(f"{endpoint} not healthy after {timeout_s:.0f} s (last: {last})")

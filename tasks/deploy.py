@@ -1,0 +1,107 @@
+"""Tasks of the deploy flow: start the server, smoke-test it over HTTP, record the deployment."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from models.errors import SlimflowError
+
+
+class SmokeTestFailed(SlimflowError):
+    """The served model does not answer like the registered one."""
+
+
+@task(name="start-server", cache_policy=NO_CACHE)
+def start_server(
+    model_name: str, version: str, tracking_uri: str, workdir: str, host: str, port: int
+) -> dict[str, Any]:
+    from models import serve  # noqa: PLC0415
+
+    serve.stop(workdir, model_name)  # the previous deployment of this model, if any
+    info = serve.start(f"models:/{model_name}/{version}", tracking_uri, workdir, model_name, host, port)
+    try:
+        info["health"] = serve.wait_healthy(info["endpoint"])
+    except TimeoutError:
+        serve.stop(workdir, model_name)
+        raise
+    return info
+
+
+@task(name="smoke-test", cache_policy=NO_CACHE)
+def smoke_test(
+    endpoint: str, model_name: str, version: str, tracking_uri: str, texts: list[str]
+) -> dict[str, Any]:
+    """Real HTTP requests: predictions must equal the registered model's; bad requests get 4xx."""
+    import httpx  # noqa: PLC0415
+    import pandas as pd  # noqa: PLC0415
+
+    from models.serve import load_registered  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    r = httpx.post(f"{endpoint}/predict", json={"texts": texts}, timeout=60)
+    seconds = time.perf_counter() - t0
+    if r.status_code != 200:
+        raise SmokeTestFailed(f"{endpoint}/predict answered HTTP {r.status_code}: {r.text[:300]}")
+    served = [p["label"] for p in r.json()["predictions"]]
+    model, _ = load_registered(f"models:/{model_name}/{version}", tracking_uri)
+    expected = model.predict(pd.DataFrame({"text": texts}))["label"].tolist()
+    mismatches = sum(a != b for a, b in zip(served, expected, strict=True))
+    if mismatches:
+        raise SmokeTestFailed(
+            f"{mismatches} of {len(texts)} served predictions differ from the registered model's"
+        )
+    bad = {
+        "empty": httpx.post(f"{endpoint}/predict", json={"texts": []}, timeout=10).status_code,
+        "wrong_type": httpx.post(f"{endpoint}/predict", json={"texts": "not a list"}, timeout=10).status_code,
+        "not_json": httpx.post(
+            f"{endpoint}/predict", content=b"{", headers={"content-type": "application/json"}, timeout=10
+        ).status_code,
+    }
+    if not all(400 <= code < 500 for code in bad.values()):
+        raise SmokeTestFailed(f"malformed requests were not refused with 4xx: {bad}")
+    health = httpx.get(f"{endpoint}/health", timeout=10).json()
+    return {"requests_ok": len(texts), "batch_seconds": seconds, "malformed": bad, "health": health}
+
+
+@task(name="record-deployment", cache_policy=NO_CACHE)
+def record_deployment(
+    model_name: str,
+    version: str,
+    tracking_uri: str,
+    experiment: str,
+    info: dict[str, Any],
+    smoke: dict[str, Any],
+) -> str:
+    import json  # noqa: PLC0415
+
+    import mlflow  # noqa: PLC0415
+
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    run = client.create_run(
+        exp_id, run_name=f"deploy-{model_name}-v{version}", tags={"slimflow.stage": "deploy"}
+    )
+    rid = run.info.run_id
+    for k, v in {
+        "model_name": model_name,
+        "version": version,
+        "endpoint": info["endpoint"],
+        "time": when,
+    }.items():
+        client.log_param(rid, k, v)
+    client.log_metric(rid, "smoke.batch_seconds", smoke["batch_seconds"])
+    client.log_metric(rid, "smoke.requests_ok", smoke["requests_ok"])
+    client.log_text(
+        rid, json.dumps({"server": info, "smoke": smoke}, indent=2, default=str), "deployment.json"
+    )
+    client.set_terminated(rid, "FINISHED")
+    client.set_model_version_tag(model_name, version, "slimflow.deployed.endpoint", info["endpoint"])
+    client.set_model_version_tag(model_name, version, "slimflow.deployed.time", when)
+    client.set_model_version_tag(model_name, version, "slimflow.deployed.run_id", rid)
+    return rid

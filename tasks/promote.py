@@ -1,0 +1,121 @@
+"""Tasks of the promotion stage: judge and register candidates, then move the champion alias.
+
+Registry writes are never cached (the registry is the state) and are idempotent on their own: a
+candidate already registered (same model file sha256) reuses its version instead of adding one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from models import tracking
+from models.config import PromoteConfig
+from models.registry import CHALLENGER, decide, model_card, promote, register_candidate, set_alias
+from tasks.common import StageContext, transient_only
+
+REGISTRY_TASK = {
+    "cache_policy": NO_CACHE,
+    "retries": 1,
+    "retry_delay_seconds": 5,
+    "retry_condition_fn": transient_only,
+}
+
+
+def _existing_version(client: Any, model_name: str, sha256: str) -> str | None:
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+    try:
+        found = client.search_model_versions(
+            f"name = '{model_name}' and tag.`slimflow.candidate.sha256` = '{sha256}'"
+        )
+    except MlflowException:
+        return None
+    return str(max(int(v.version) for v in found)) if found else None
+
+
+@task(name="register-candidates", tags=["registry"], **REGISTRY_TASK)
+def register_candidates(
+    cfg: PromoteConfig,
+    candidates: list[dict[str, Any]],
+    teacher_accuracy: float,
+    context: dict[str, Any],
+    code_version: str,
+    ctx: StageContext,
+) -> dict[str, Any]:
+    """Judge every measured candidate; register those that pass; point 'challenger' at the winner."""
+    import mlflow  # noqa: PLC0415
+
+    decision = decide(candidates, cfg.gates, teacher_accuracy)
+    client = mlflow.MlflowClient(ctx.tracking_uri)
+    tracking.use(ctx.tracking_uri)
+    rows = {r["name"]: r for r in candidates}
+    with tracking.stage_run(ctx.parent_run_id, "register", ctx.experiment_id) as run:
+        run_id = run.info.run_id
+        tracking.log_params(
+            {
+                "promote.model_name": cfg.model_name,
+                **{f"gates.{k}": v for k, v in cfg.gates.model_dump().items()},
+            }
+        )
+        versions: dict[str, str] = {}
+        for v in decision.verdicts:
+            mlflow.set_tag(f"gates.{v.name}", "passed" if v.passed else "failed: " + ", ".join(v.failed))
+            if not v.passed:
+                continue
+            row = rows[v.name]
+            sha = row["build"]["sha256"]
+            existing = _existing_version(client, cfg.model_name, sha)
+            if existing:
+                versions[v.name] = existing
+                continue
+            tags = {
+                "slimflow.candidate": v.name,
+                "slimflow.candidate.sha256": sha,
+                "slimflow.target": row["target"],
+                "slimflow.gates": json.dumps([g.__dict__ for g in v.gates]),
+                "slimflow.test_accuracy": f"{row['test']['accuracy']:.6f}",
+                "slimflow.p50_ms": f"{v.p50_ms:.4f}" if v.p50_ms is not None else "",
+                "slimflow.p95_upper_ms": f"{v.p95_upper_ms:.4f}" if v.p95_upper_ms is not None else "",
+                "slimflow.size_mb": f"{v.size_mb:.3f}",
+                "slimflow.parent_run_id": ctx.parent_run_id,
+                "slimflow.data_fingerprint": str(context.get("data_fingerprint", "")),
+                "slimflow.gx_result": str(context.get("gx", "")),
+                "slimflow.git_commit": str(context.get("git_commit", "")),
+            }
+            card = model_card(row, v, {**context, "model_name": cfg.model_name, "run_id": ctx.parent_run_id})
+            versions[v.name] = register_candidate(client, run_id, cfg.model_name, row["path"], tags, card)
+        challenger = versions.get(decision.winner) if decision.winner else None
+        if challenger:
+            set_alias(client, cfg.model_name, CHALLENGER, challenger)
+        mlflow.set_tags(
+            {
+                "slimflow.decision": "challenger" if challenger else "no_candidate_passes",
+                "slimflow.decision.reason": decision.reason[:5000],
+            }
+        )
+        tracking.log_json(decision.to_dict(), "decision.json")
+        return {
+            "decision": decision.to_dict(),
+            "versions": versions,
+            "challenger": challenger,
+            "winner": decision.winner,
+            "mlflow_run_id": run_id,
+        }
+
+
+@task(name="promote-champion", tags=["registry"], **REGISTRY_TASK)
+def promote_champion(
+    cfg: PromoteConfig, version: str, approval: dict[str, str], code_version: str, ctx: StageContext
+) -> dict[str, Any]:
+    """'champion' -> ``version`` ('previous' -> the old champion); the approval is kept as tags."""
+    import mlflow  # noqa: PLC0415
+
+    client = mlflow.MlflowClient(ctx.tracking_uri)
+    tags = {f"slimflow.approval.{k}": v for k, v in approval.items()}
+    old = promote(client, cfg.model_name, version, tags)
+    client.set_tag(ctx.parent_run_id, "slimflow.champion", f"{cfg.model_name}/{version}")
+    return {"champion": version, "previous": old, "model_name": cfg.model_name}
