@@ -160,7 +160,13 @@ def _print_summary(s: dict) -> None:
     if s.get("search"):
         _print_candidates(s["search"])
     d = s.get("decision") or {}
-    out.print(f"decision: [bold]{d.get('outcome')}[/] — {d.get('reason')}")
+    out.print(f"decision: [bold]{d.get('outcome')}[/] — {escape(str(d.get('reason')))}")
+    dep = (s.get("promotion") or {}).get("deployment")
+    if dep:
+        out.print(
+            f"serving {d.get('model_name')} v{dep['version']} at {dep['endpoint']} "
+            f"(POST /predict, GET /health; `slimflow deploy --stop` stops it)"
+        )
     out.print(f"MLflow: {s.get('tracking_uri')} (run {s.get('mlflow_run_id')}); `slimflow ui` to browse")
 
 
