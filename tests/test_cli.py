@@ -285,3 +285,29 @@ def test_rollback_swaps_champion_and_previous(tmp_path, registry_with_model):
     assert (alias_version(client, "clf", "champion"), alias_version(client, "clf", "previous")) == ("1", "2")
     r = slimflow("rollback", cwd=tmp_path)
     assert r.returncode == 2 and "no model name" in r.stderr
+
+
+def test_deploy_serves_the_champion_and_stop_stops_it(tmp_path, registry_with_model):
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = ["--model-name", "clf", "--tracking-uri", registry_with_model]
+    try:
+        r = slimflow("deploy", *base, "--port", str(port), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"clf v2 serving at http://127.0.0.1:{port}" in r.stdout.replace("\n", " ")
+        got = httpx.post(f"http://127.0.0.1:{port}/predict", json={"texts": ["good great film"]}, timeout=30)
+        assert got.status_code == 200 and got.json()["version"] == "2"
+        assert (
+            httpx.post(f"http://127.0.0.1:{port}/predict", json={"texts": [1, 2]}, timeout=30).status_code
+            == 422
+        )
+    finally:
+        r = slimflow("deploy", *base, "--stop", cwd=tmp_path)
+    assert r.returncode == 0 and "server stopped" in r.stdout
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
