@@ -98,6 +98,16 @@ def _preflight(cfg) -> None:  # noqa: ANN001
     from models.preflight import preflight  # noqa: PLC0415
 
     preflight(cfg)
+    if cfg.promote and cfg.promote.approval.required:
+        from prefect.settings import PREFECT_API_URL  # noqa: PLC0415
+
+        from models.errors import ConfigError  # noqa: PLC0415
+
+        if not PREFECT_API_URL.value():
+            raise ConfigError(
+                "promote.approval.required needs a Prefect server a reviewer can reach: set PREFECT_API_URL "
+                "(e.g. `prefect server start --host 127.0.0.1`), or set promote.approval.required: false"
+            )
 
 
 @app.command()

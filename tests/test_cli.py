@@ -77,6 +77,20 @@ def test_missing_data_file_exits_2_before_any_work(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
+def test_approval_without_a_reachable_prefect_server_exits_2_before_any_work(tmp_path):
+    data = tmp_path / "d.csv"
+    make_reviews(100).to_csv(data, index=False)
+    cfg = write_config(
+        tmp_path,
+        data,
+        optimize="{targets: [cpu]}",
+        promote="{model_name: m, approval: {required: true}}",
+    )
+    r = slimflow("run", "--config", str(cfg), cwd=tmp_path)
+    assert r.returncode == 2 and "needs a Prefect server" in r.stderr and "PREFECT_API_URL" in r.stderr
+    assert not (tmp_path / "work").exists()
+
+
 def test_unsafe_model_folder_exits_2(tmp_path):
     data = tmp_path / "d.csv"
     make_reviews().to_csv(data, index=False)
