@@ -64,7 +64,7 @@ def main() -> None:
     import pandas as pd
 
     from models.bench import bench, setting
-    from models.candidates import test_metrics
+    from models.candidates import score_on_test
     from models.config import BenchConfig
     from models.provenance import hardware_fingerprint
     from models.targets import cpu_int8_preset
@@ -103,7 +103,7 @@ def main() -> None:
         for name, path in models.items():
             print(f"measuring {name} ...", flush=True)
             rows[name] = {
-                "test": test_metrics(path, texts, labels, gold, cfg.threads or 0),
+                "test": score_on_test(path, texts, labels, gold, cfg.threads or 0),
                 "bench": bench(path, texts, cfg),
             }
     t_name, r_name, b_name = list(rows)

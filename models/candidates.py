@@ -180,7 +180,7 @@ def build_quantized(
     return BuildResult(spec.name, str(out), asdict(report), check.to_dict())
 
 
-def test_metrics(
+def score_on_test(
     path: str | Path, texts: list[str], labels: list[str], gold: list[str], threads: int
 ) -> dict[str, float]:
     """Test accuracy and macro F1 of a candidate, on raw test texts."""

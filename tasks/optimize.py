@@ -114,13 +114,13 @@ def evaluate_candidate(
     name: str, path: str, sha256: str, data: PreparedData, code_version: str, ctx: StageContext
 ) -> dict[str, Any]:
     """Test accuracy and macro F1 from raw test texts (tokenizer included)."""
-    from models.candidates import test_metrics  # noqa: PLC0415
+    from models.candidates import score_on_test  # noqa: PLC0415
 
     frame = read_split(data.path("test"))
     return {
         "name": name,
         "path": path,
-        **test_metrics(path, frame["text"].tolist(), data.labels, frame["label"].tolist(), _threads()),
+        **score_on_test(path, frame["text"].tolist(), data.labels, frame["label"].tolist(), _threads()),
     }
 
 
