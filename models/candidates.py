@@ -200,6 +200,25 @@ def score_on_test(
     }
 
 
+def identity(folder: str | Path) -> str:
+    """What makes a candidate this candidate: its weights and how they are run (candidate.json holds
+    the runtime, target and any load-time quantization recipe). Two candidates sharing FP32 weights
+    (PyTorch FP32 and torchao INT8) therefore differ; the registry keys idempotency on this."""
+    import hashlib  # noqa: PLC0415
+
+    from models.runtime import CANDIDATE_FILE  # noqa: PLC0415
+
+    folder = Path(folder)
+    h = hashlib.sha256()
+    weights = sorted(folder.glob("*.onnx")) or sorted(folder.glob("*.safetensors"))
+    for f in [*weights, folder / CANDIDATE_FILE]:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------------------------------- choosing
 def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     """Names of the points (accuracy, latency) that no other point beats on both (>= acc, <= latency,

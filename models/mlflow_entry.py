@@ -19,7 +19,8 @@ class SlimflowClassifier(PythonModel):
 
         self.predictor = load_predictor(context.artifacts["candidate"], None)
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # No type hints here: MLflow reads them as an input schema and warns about Any.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         import numpy as np
         import pandas as pd
 

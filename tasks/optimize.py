@@ -105,6 +105,7 @@ def build_candidate(
         path=str(final),
         file_bytes=weights.stat().st_size,
         sha256=file_sha256(weights),
+        identity=C.identity(final),
     )
     return record
 

@@ -67,7 +67,7 @@ def register_candidates(
             if not v.passed:
                 continue
             row = rows[v.name]
-            sha = row["build"]["sha256"]
+            sha = row["build"]["identity"]  # weights + how they run (torch FP32 and INT8 share weights)
             existing = _existing_version(client, cfg.model_name, sha)
             if existing:
                 versions[v.name] = existing

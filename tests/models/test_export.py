@@ -184,3 +184,22 @@ def test_agreement_passes_close_models_and_flags_disagreement_and_collapse():
     collapsed = np.tile([[1.0, 0.0]], (400, 1)).astype(np.float32)  # always 'neg'
     rep = agreement(ref, collapsed, labels, AgreementConfig(min_agreement=0.1))
     assert not rep.passed and "collapse" in rep.message and "'pos'" in rep.message
+
+
+def test_candidate_identity_tells_torch_fp32_from_torch_int8_on_the_same_weights(trained, tmp_path):
+    import shutil
+
+    from models.candidates import CandidateSpec, identity, torch_fp32_candidate
+    from models.runtime import CandidateInfo
+
+    fp32, int8, copy = (tmp_path / n for n in ("fp32", "int8", "copy"))
+    for d in (fp32, int8):
+        d.mkdir()
+    torch_fp32_candidate(trained, CandidateSpec("s", "torch_fp32", "cpu", "torch"), fp32, 32, ["neg", "pos"])
+    torch_fp32_candidate(trained, CandidateSpec("s", "torch_int8", "cpu", "torch"), int8, 32, ["neg", "pos"])
+    CandidateInfo("torch", "cpu", "torch_int8", "s", None, 32, ["neg", "pos"], {"kind": "torch_int8"}).save(
+        int8
+    )
+    shutil.copytree(fp32, copy)
+    assert identity(fp32) == identity(copy)  # same weights, same way of running them
+    assert identity(fp32) != identity(int8)  # same weights, quantized on load
