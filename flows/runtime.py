@@ -52,8 +52,10 @@ class PipelineRun:
         self.flow_run_id = str(flow_run.id) if flow_run.id else None
         uri, exp_id = tracking.configure(cfg.tracking, self.workdir)
         self.client = mlflow.MlflowClient(uri)
+        # a run killed earlier (SIGKILL, crash) is still RUNNING in MLflow: close it as FAILED now
+        self.reaped = tracking.reap_dead_runs(self.client, exp_id)
         name = cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        tags = {**tracking.provenance_tags(), "slimflow.pipeline": cfg.name}
+        tags = {**tracking.provenance_tags(), **tracking.owner_tags(), "slimflow.pipeline": cfg.name}
         if self.flow_run_id:
             tags["prefect.flow_run_id"] = self.flow_run_id
         self.run = self.client.create_run(exp_id, run_name=name, tags=tags)
@@ -85,6 +87,7 @@ class PipelineRun:
             "tracking_uri": uri,
             "code_version": self.code,
             "status": "running",
+            "reaped_runs": self.reaped,
             "stages": {},
             "decision": None,
         }

@@ -140,3 +140,64 @@ def stage_run(parent_run_id: str, stage: str, experiment_id: str) -> Iterator[An
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+def owner_tags() -> dict[str, str]:
+    """Who runs this pipeline: host, pid and the process's start time (pids are reused)."""
+    import socket  # noqa: PLC0415
+
+    pid = os.getpid()
+    return {
+        "slimflow.host": socket.gethostname(),
+        "slimflow.pid": str(pid),
+        "slimflow.pid_start": _start(pid),
+    }
+
+
+def _start(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
+    except (OSError, IndexError):
+        return ""
+
+
+def reap_dead_runs(client: Any, experiment_id: str) -> list[str]:
+    """Mark FAILED the RUNNING pipeline runs (and their RUNNING children) whose process on this host
+    is gone (killed, crashed, machine restarted). Runs owned by another host or by a live process are
+    left alone. Returns the run ids closed."""
+    import socket  # noqa: PLC0415
+
+    host = socket.gethostname()
+    closed: list[str] = []
+    running = client.search_runs(
+        [experiment_id],
+        "attributes.status = 'RUNNING' and tags.`slimflow.host` = '" + host.replace("'", "") + "'",
+    )
+    for run in running:
+        tags = run.data.tags
+        pid = int(tags.get("slimflow.pid") or 0)
+        if pid and pid != os.getpid() and _alive(pid) and _start(pid) == tags.get("slimflow.pid_start", ""):
+            continue
+        if pid == os.getpid():
+            continue
+        children = client.search_runs(
+            [experiment_id],
+            f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'RUNNING'",
+        )
+        for child in children:
+            client.set_terminated(child.info.run_id, status="FAILED")
+        client.set_tag(run.info.run_id, "slimflow.status", "crashed")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        closed.append(run.info.run_id)
+    return closed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

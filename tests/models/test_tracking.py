@@ -58,3 +58,40 @@ def test_provenance_tags_name_commit_versions_and_hardware():
     assert tags["slimflow.git_commit"] and tags["hw.cores"].isdigit()
     assert tags["version.torch"].startswith("2.") and tags["hw.gpu"]
     assert len(tags["slimflow.code_version"]) == 16
+
+
+def test_runs_of_dead_processes_are_closed_failed_and_live_ones_left_alone(tmp_path):
+    import socket
+    import subprocess
+
+    import mlflow
+
+    from models import tracking
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("reap", artifact_location=(tmp_path / "a").as_uri())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = subprocess.Popen(["sleep", "60"])
+    host = socket.gethostname()
+    try:
+
+        def run(pid: int, start: str, host: str = host) -> str:
+            tags = {"slimflow.host": host, "slimflow.pid": str(pid), "slimflow.pid_start": start}
+            return client.create_run(exp, tags=tags).info.run_id
+
+        crashed = run(dead.pid, "123")
+        child = client.create_run(exp, tags={"mlflow.parentRunId": crashed}).info.run_id
+        alive = run(live.pid, tracking._start(live.pid))
+        reused_pid = run(live.pid, "1")  # same pid number, another process start: the owner is gone
+        elsewhere = run(dead.pid, "123", host="another-host")
+        closed = tracking.reap_dead_runs(client, exp)
+        assert set(closed) == {crashed, reused_pid}
+        status = {r: client.get_run(r).info.status for r in (crashed, child, alive, reused_pid, elsewhere)}
+        assert status == {crashed: "FAILED", child: "FAILED", alive: "RUNNING", reused_pid: "FAILED",
+                          elsewhere: "RUNNING"}  # fmt: skip
+        assert client.get_run(crashed).data.tags["slimflow.status"] == "crashed"
+        assert tracking.reap_dead_runs(client, exp) == []  # idempotent
+    finally:
+        live.kill()
