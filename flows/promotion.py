@@ -73,8 +73,8 @@ def promotion(
     import mlflow  # noqa: PLC0415
 
     client = mlflow.MlflowClient(run.ctx.tracking_uri)
-    for k, v in approval.items():
-        client.set_model_version_tag(cfg.model_name, reg["challenger"], f"slimflow.review.{k}", v)
+    for k, v in approval.items():  # on the version whatever the answer (rejections too)
+        client.set_model_version_tag(cfg.model_name, reg["challenger"], f"slimflow.approval.{k}", v)
     run.client.set_tag(run.run_id, "slimflow.approval", approval["decision"])
     if approval["decision"] in ("approved", "auto"):
         prom = run.stage("promote", promote_champion, cfg, reg["challenger"], approval, outputs=())

@@ -145,11 +145,23 @@ def bench_model(
     path: str | Path, texts: list[str], cfg: BenchConfig, progress: bool = False
 ) -> dict[str, Any]:
     """Measure the model at ``path`` in this process (see ``bench`` for the isolated version)."""
+
+    threads = resolve_threads(cfg.threads)
+    before = visible_cores()
+    cores = pin(threads) if cfg.pin_cores else []
+    try:
+        return _measure(path, texts, cfg, threads, cores, progress)
+    finally:
+        if cores:  # in-process use (isolate: false) must not leave the caller pinned
+            os.sched_setaffinity(0, before)
+
+
+def _measure(
+    path: str | Path, texts: list[str], cfg: BenchConfig, threads: int, cores: list[int], progress: bool
+) -> dict[str, Any]:
     from models.provenance import hardware, hardware_fingerprint  # noqa: PLC0415
     from models.runtime import load_predictor  # noqa: PLC0415
 
-    threads = resolve_threads(cfg.threads)
-    cores = pin(threads) if cfg.pin_cores else []
     rss0 = _rss_mb()
     t0 = time.perf_counter()
     predictor = load_predictor(path, threads)

@@ -91,25 +91,15 @@ def plan(cfg: OptimizeConfig, sources: list[str]) -> tuple[list[CandidateSpec], 
     return specs, skipped
 
 
-def onnx_fp32_candidate(
-    export_dir: Path, spec: CandidateSpec, out: Path, max_length: int, labels: list[str]
-) -> None:
-    """The FP32 export itself as a candidate (its parity was checked at export)."""
-    for f in export_dir.iterdir():
+def fp32_candidate(src: Path, spec: CandidateSpec, out: Path, max_length: int, labels: list[str]) -> None:
+    """An FP32 model as a candidate: the ONNX export (parity checked at export) or the PyTorch model."""
+    for f in src.iterdir():
         if f.is_file():
             shutil.copy2(f, out / f.name)
-    CandidateInfo(
-        "onnxruntime", spec.target, spec.variant, spec.source, "model.onnx", max_length, labels
-    ).save(out)
-
-
-def torch_fp32_candidate(
-    model_dir: Path, spec: CandidateSpec, out: Path, max_length: int, labels: list[str]
-) -> None:
-    for f in model_dir.iterdir():
-        if f.is_file():
-            shutil.copy2(f, out / f.name)
-    CandidateInfo("torch", spec.target, spec.variant, spec.source, None, max_length, labels).save(out)
+    model_file = "model.onnx" if spec.runtime == "onnxruntime" else None
+    CandidateInfo(spec.runtime, spec.target, spec.variant, spec.source, model_file, max_length, labels).save(
+        out
+    )
 
 
 @dataclass

@@ -146,77 +146,65 @@ def export_onnx(
 
     Raises ParityError if the exported graph does not match PyTorch within ``cfg.atol``.
     """
-    from models.runtime import MODEL_LOCK  # noqa: PLC0415
-
-    with MODEL_LOCK:
-        return _export_onnx(model_dir, Path(out_dir), cfg, target, parity_texts, threads)
-
-
-def _export_onnx(
-    model_dir: str | Path,
-    out_dir: Path,
-    cfg: ExportConfig,
-    target: Any,
-    parity_texts: list[str],
-    threads: int,
-) -> ExportResult:
     from optimum.exporters.onnx import main_export  # noqa: PLC0415
 
-    from models.runtime import CandidateInfo, OrtPredictor, describe, load_predictor  # noqa: PLC0415
+    from models.runtime import MODEL_LOCK, CandidateInfo, OrtPredictor, describe, load_predictor  # noqa: PLC0415
 
-    t0 = time.perf_counter()
-    plain_dir = out_dir / "unfused"
-    main_export(
-        str(model_dir),
-        output=str(plain_dir),
-        task="text-classification",
-        opset=cfg.opset,
-        device="cpu",
-        do_validation=False,  # we check parity ourselves, at more shapes, and fail on it
-        no_post_process=True,
-        local_files_only=Path(model_dir).is_dir(),
-        trust_remote_code=False,
-    )
-    plain = plain_dir / "model.onnx"
-    fused_ops: dict[str, int] = {}
-    final = out_dir / "model.onnx"
-    if cfg.optimize:
-        fused_ops = _fuse(plain, final, Path(model_dir), cfg.optimization_level, target.device == "gpu")
-    else:
-        final.write_bytes(plain.read_bytes())
-    for f in plain_dir.iterdir():  # tokenizer + config next to the candidate graph
-        if f.suffix != ".onnx" and f.is_file():
-            (out_dir / f.name).write_bytes(f.read_bytes())
-    seconds = time.perf_counter() - t0
+    out_dir = Path(out_dir)
+    with MODEL_LOCK:  # torch.onnx export and model loading are not thread-safe
+        t0 = time.perf_counter()
+        plain_dir = out_dir / "unfused"
+        main_export(
+            str(model_dir),
+            output=str(plain_dir),
+            task="text-classification",
+            opset=cfg.opset,
+            device="cpu",
+            do_validation=False,  # we check parity ourselves, at more shapes, and fail on it
+            no_post_process=True,
+            local_files_only=Path(model_dir).is_dir(),
+            trust_remote_code=False,
+        )
+        plain = plain_dir / "model.onnx"
+        fused_ops: dict[str, int] = {}
+        final = out_dir / "model.onnx"
+        if cfg.optimize:
+            fused_ops = _fuse(plain, final, Path(model_dir), cfg.optimization_level, target.device == "gpu")
+        else:
+            final.write_bytes(plain.read_bytes())
+        for f in plain_dir.iterdir():  # tokenizer + config next to the candidate graph
+            if f.suffix != ".onnx" and f.is_file():
+                (out_dir / f.name).write_bytes(f.read_bytes())
+        seconds = time.perf_counter() - t0
 
-    src_info = describe(model_dir)
-    reference = load_predictor(model_dir, threads)
-    info = CandidateInfo(
-        runtime="onnxruntime",
-        target="cpu",  # parity of FP32 graphs is checked on the CPU provider, which always exists
-        variant="onnx_fp32",
-        model_file="model.onnx",
-        max_length=src_info.max_length,
-        labels=src_info.labels,
-    )
-    lengths = _clamp_lengths(cfg.parity_lengths, Path(model_dir))
-    reports = {}
-    for name, path in (("unfused", plain), ("fused", final)):
-        cand = OrtPredictor(path, reference.tokenizer, info, threads)
-        reports[name] = parity(reference, cand, parity_texts, cfg.parity_batch_sizes, lengths, cfg.atol)
-        if not reports[name].passed:
-            which = "exported" if name == "unfused" else "optimised (fused)"
-            raise ParityError(f"{which} ONNX graph of {model_dir}: {reports[name].message}")
-    return ExportResult(
-        onnx_path=str(final),
-        unfused_path=str(plain),
-        parity=reports["fused"].to_dict(),
-        parity_unfused=reports["unfused"].to_dict(),
-        fused_ops=fused_ops,
-        opset=cfg.opset,
-        export_seconds=seconds,
-        file_bytes=final.stat().st_size,
-    )
+        src_info = describe(model_dir)
+        reference = load_predictor(model_dir, threads)
+        info = CandidateInfo(
+            runtime="onnxruntime",
+            target="cpu",  # parity of FP32 graphs is checked on the CPU provider, which always exists
+            variant="onnx_fp32",
+            model_file="model.onnx",
+            max_length=src_info.max_length,
+            labels=src_info.labels,
+        )
+        lengths = _clamp_lengths(cfg.parity_lengths, Path(model_dir))
+        reports = {}
+        for name, path in (("unfused", plain), ("fused", final)):
+            cand = OrtPredictor(path, reference.tokenizer, info, threads)
+            reports[name] = parity(reference, cand, parity_texts, cfg.parity_batch_sizes, lengths, cfg.atol)
+            if not reports[name].passed:
+                which = "exported" if name == "unfused" else "optimised (fused)"
+                raise ParityError(f"{which} ONNX graph of {model_dir}: {reports[name].message}")
+        return ExportResult(
+            onnx_path=str(final),
+            unfused_path=str(plain),
+            parity=reports["fused"].to_dict(),
+            parity_unfused=reports["unfused"].to_dict(),
+            fused_ops=fused_ops,
+            opset=cfg.opset,
+            export_seconds=seconds,
+            file_bytes=final.stat().st_size,
+        )
 
 
 def _fuse(src: Path, dst: Path, model_dir: Path, level: int, gpu: bool) -> dict[str, int]:

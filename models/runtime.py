@@ -123,9 +123,8 @@ class TorchPredictor(Predictor):
             from models.steps.quant_torch_int8 import quantize_module  # noqa: PLC0415
 
             quantize_module(self.model, info.torch_quant)
-        self._inputs = {"input_ids", "attention_mask", "token_type_ids"}
         fwd_args = self.model.forward.__code__.co_varnames
-        self._inputs = {k for k in self._inputs if k in fwd_args} or {"input_ids", "attention_mask"}
+        self._inputs = {k for k in ("input_ids", "attention_mask", "token_type_ids") if k in fwd_args}
         self._torch = torch
 
     @property

@@ -182,6 +182,8 @@ def _print_summary(s: dict) -> None:
 
 
 def _print_candidates(search: dict) -> None:
+    from models.bench import setting  # noqa: PLC0415
+
     sel = search["selection"]
     b = sel["rank_batch_size"]
     t = Table(title=f"candidates (best: {sel['best'] or 'none'})")
@@ -199,7 +201,7 @@ def _print_candidates(search: dict) -> None:
         if r["status"] != "ok":
             t.add_row(r["name"], f"[red]{r['status']}[/]", "", "", "", "", escape(r.get("reason", "")))
             continue
-        st = next(x for x in r["bench"]["settings"] if x["batch_size"] == b and x["length"] == "data")
+        st = setting(r["bench"], b)
         notes = [n for n, on in (("best", r["name"] == sel["best"]), ("Pareto", r.get("pareto"))) if on]
         if r.get("slower_than_reference"):
             notes.append("[yellow]slower than its FP32 source[/]")

@@ -83,10 +83,10 @@ def build_candidate(
     record: dict[str, Any] = {"name": cs.name}
     with atomic_dir(final) as tmp:
         if cs.variant == C.FP32_ONNX:
-            C.onnx_fp32_candidate(Path(export["export_dir"]), cs, tmp, info.max_length, info.labels)
+            C.fp32_candidate(Path(export["export_dir"]), cs, tmp, info.max_length, info.labels)
             record["parity"] = export["parity"]
         elif cs.variant == C.FP32_TORCH:
-            C.torch_fp32_candidate(Path(source.dir), cs, tmp, info.max_length, info.labels)
+            C.fp32_candidate(Path(source.dir), cs, tmp, info.max_length, info.labels)
         else:
             built = C.build_quantized(
                 cs,

@@ -111,11 +111,11 @@ def register_candidates(
 def promote_champion(
     cfg: PromoteConfig, version: str, approval: dict[str, str], code_version: str, ctx: StageContext
 ) -> dict[str, Any]:
-    """'champion' -> ``version`` ('previous' -> the old champion); the approval is kept as tags."""
+    """'champion' -> ``version`` ('previous' -> the old champion). The approval is already on the
+    version as tags (flows/promotion.py); it is an input here so the task run shows who approved."""
     import mlflow  # noqa: PLC0415
 
     client = mlflow.MlflowClient(ctx.tracking_uri)
-    tags = {f"slimflow.approval.{k}": v for k, v in approval.items()}
-    old = promote(client, cfg.model_name, version, tags)
+    old = promote(client, cfg.model_name, version, {})
     client.set_tag(ctx.parent_run_id, "slimflow.champion", f"{cfg.model_name}/{version}")
     return {"champion": version, "previous": old, "model_name": cfg.model_name}

@@ -40,17 +40,23 @@ StepFn = Callable[[Any, Any, StepContext], StepReport]
 STEPS: dict[str, tuple[type[StepConfig], StepFn]] = {}
 
 
-def register_step(config_cls: type[StepConfig]) -> Callable[[StepFn], StepFn]:
-    """Register ``fn`` as the implementation of ``config_cls`` (keyed by its ``kind`` default)."""
+def _registrar(registry: dict[str, Any], config_cls: type[StepConfig]) -> Callable[[Any], Any]:
+    """Decorator putting ``fn`` in ``registry`` under ``config_cls``'s ``kind`` default. Kinds are
+    unique across both registries: one YAML ``kind`` must name one step."""
     kind = config_cls.model_fields["kind"].default
 
-    def deco(fn: StepFn) -> StepFn:
-        if kind in STEPS:
-            raise ValueError(f"compression step {kind!r} registered twice")
-        STEPS[kind] = (config_cls, fn)
+    def deco(fn: Any) -> Any:
+        if kind in STEPS or kind in QUANTIZERS:
+            raise ValueError(f"step {kind!r} registered twice")
+        registry[kind] = (config_cls, fn)
         return fn
 
     return deco
+
+
+def register_step(config_cls: type[StepConfig]) -> Callable[[StepFn], StepFn]:
+    """Register ``fn(model, cfg, ctx) -> StepReport`` for the compression step ``config_cls``."""
+    return _registrar(STEPS, config_cls)
 
 
 def apply_step(model: Any, cfg: StepConfig, ctx: StepContext) -> StepReport:
@@ -100,16 +106,8 @@ QUANTIZERS: dict[str, tuple[type[QuantizerConfig], QuantFn]] = {}
 
 
 def register_quantizer(config_cls: type[QuantizerConfig]) -> Callable[[QuantFn], QuantFn]:
-    """Register ``fn(cfg, ctx, out_dir) -> QuantReport`` for ``config_cls`` (keyed by its kind)."""
-    kind = config_cls.model_fields["kind"].default
-
-    def deco(fn: QuantFn) -> QuantFn:
-        if kind in QUANTIZERS or kind in STEPS:
-            raise ValueError(f"step {kind!r} registered twice")
-        QUANTIZERS[kind] = (config_cls, fn)
-        return fn
-
-    return deco
+    """Register ``fn(cfg, ctx, out_dir) -> QuantReport`` for the quantization step ``config_cls``."""
+    return _registrar(QUANTIZERS, config_cls)
 
 
 def apply_quantizer(cfg: QuantizerConfig, ctx: QuantContext, out_dir: Any) -> QuantReport:

@@ -80,6 +80,10 @@ def test_bench_in_process_honours_threads_and_reports_every_setting(onnx_candida
         assert setting(r, 1)["p50_ms"] <= setting(r, 1)["p99_ms"]
         assert r["file_bytes"] > 0 and r["peak_rss_mb"] > 0 and r["hardware_fingerprint"]
     assert bench_model(onnx_dir, TEXTS, cfg)["runtime"] == "onnxruntime"
+    if hasattr(os, "sched_setaffinity"):  # pinned while measuring in-process, unpinned after
+        before = os.sched_getaffinity(0)
+        r = bench_model(onnx_dir, TEXTS, cfg.model_copy(update={"pin_cores": True}))
+        assert len(r["pinned_cores"]) == 1 and os.sched_getaffinity(0) == before
 
 
 def test_isolated_bench_runs_in_a_pinned_child_process(onnx_candidate):

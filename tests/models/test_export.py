@@ -189,14 +189,14 @@ def test_agreement_passes_close_models_and_flags_disagreement_and_collapse():
 def test_candidate_identity_tells_torch_fp32_from_torch_int8_on_the_same_weights(trained, tmp_path):
     import shutil
 
-    from models.candidates import CandidateSpec, identity, torch_fp32_candidate
+    from models.candidates import CandidateSpec, fp32_candidate, identity
     from models.runtime import CandidateInfo
 
     fp32, int8, copy = (tmp_path / n for n in ("fp32", "int8", "copy"))
     for d in (fp32, int8):
         d.mkdir()
-    torch_fp32_candidate(trained, CandidateSpec("s", "torch_fp32", "cpu", "torch"), fp32, 32, ["neg", "pos"])
-    torch_fp32_candidate(trained, CandidateSpec("s", "torch_int8", "cpu", "torch"), int8, 32, ["neg", "pos"])
+    fp32_candidate(trained, CandidateSpec("s", "torch_fp32", "cpu", "torch"), fp32, 32, ["neg", "pos"])
+    fp32_candidate(trained, CandidateSpec("s", "torch_int8", "cpu", "torch"), int8, 32, ["neg", "pos"])
     CandidateInfo("torch", "cpu", "torch_int8", "s", None, 32, ["neg", "pos"], {"kind": "torch_int8"}).save(
         int8
     )

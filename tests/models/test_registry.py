@@ -101,7 +101,7 @@ def test_gates_config_needs_at_least_one_gate():
 @pytest.fixture(scope="module")
 def candidate(tmp_path_factory):
     """A tiny trained classifier exported as an ONNX candidate folder."""
-    from models.candidates import CandidateSpec, onnx_fp32_candidate
+    from models.candidates import CandidateSpec, fp32_candidate
     from models.config import ExportConfig
     from models.export import export_onnx
     from models.targets import get_target
@@ -114,7 +114,7 @@ def candidate(tmp_path_factory):
     out = tmp / "cand"
     out.mkdir()
     spec = CandidateSpec("teacher", "onnx_fp32", "cpu", "onnxruntime")
-    onnx_fp32_candidate(tmp / "onnx", spec, out, 32, ["neg", "pos"])
+    fp32_candidate(tmp / "onnx", spec, out, 32, ["neg", "pos"])
     return out
 
 
