@@ -19,10 +19,11 @@ export TRANSFORMERS_OFFLINE ?= 1
 export GX_ANALYTICS_ENABLED ?= false
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-unit test-integration lint format assets-large clean help
+.PHONY: install postgres servers servers-stop demo test test-unit test-integration lint format assets-large clean help
 help:
 	@echo "make demo    - install (if needed) and run the pipeline on $(CONFIG)"
 	@echo "make test    - install (if needed) and run the whole test suite"
+	@echo "make servers [SERVERS_ARGS=--postgres] | servers-stop - local Prefect/MLflow(/PostgreSQL) servers + worker"
 	@echo "make test-unit | test-integration | lint | format | assets-large | clean"
 
 $(BIN)/python:
@@ -51,16 +52,31 @@ assets-large: install  ## all-mpnet-base-v2 (about 404 MB) for configs/mpnet-min
 demo: install
 	$(BIN)/slimflow run --config $(CONFIG) --summary .slimflow/last-summary.json
 
+# PostgreSQL server binaries for the servers/concurrency tests (they start and stop it themselves).
+# Without root or apt-get those tests are skipped locally; under CI=true they fail instead.
+postgres:
+	@bash infra/local/install-postgres.sh || echo "no PostgreSQL: its integration tests will be skipped" >&2
+
 # pytest exit code 5 means no test ran: a broken collection, so fail loudly rather than pass.
-test: install
+test: install postgres
 	@$(BIN)/python -m pytest; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-unit: install
 	$(BIN)/python -m pytest -m "not integration"
 
-test-integration: install
+test-integration: install postgres
 	$(BIN)/python -m pytest -m integration
+
+# Local Prefect + MLflow servers and a worker on 127.0.0.1 (README "Running on servers").
+# SERVERS_ARGS="--postgres" puts MLflow on PostgreSQL; then `source .slimflow/servers/env`.
+SERVERS_ARGS ?=
+servers: install
+	@case "$(SERVERS_ARGS)" in *--postgres*) bash infra/local/install-postgres.sh;; esac
+	$(BIN)/slimflow servers start $(SERVERS_ARGS)
+
+servers-stop:
+	$(BIN)/slimflow servers stop
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -22,18 +22,28 @@ DEFAULT_SAMPLE = [
 @flow(name="slimflow-deploy", log_prints=True)
 def deploy(
     model_name: str,
-    tracking_uri: str,
-    workdir: str,
+    tracking_uri: str | None = None,
+    workdir: str = ".slimflow",
     experiment: str = "slimflow",
     alias: str = "champion",
     host: str = "127.0.0.1",
     port: int = 8088,
     sample: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Serve ``models:/model_name@alias``. ``tracking_uri`` defaults to $MLFLOW_TRACKING_URI (a
+    worker's environment); ``workdir`` holds the server's log and state file."""
+    import os  # noqa: PLC0415
+
     import mlflow  # noqa: PLC0415
 
     from models import serve  # noqa: PLC0415
+    from models.errors import ConfigError  # noqa: PLC0415
+    from models.names import check_name  # noqa: PLC0415
 
+    check_name(model_name, "model name")
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_uri:
+        raise ConfigError("deploy: no MLflow store: pass tracking_uri or set MLFLOW_TRACKING_URI")
     version = str(mlflow.MlflowClient(tracking_uri).get_model_version_by_alias(model_name, alias).version)
     info = start_server(model_name, version, tracking_uri, workdir, host, port)
     try:

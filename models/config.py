@@ -23,8 +23,7 @@ from pydantic import (
 )
 
 from models.errors import ConfigError
-
-SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+from models.names import SAFE_NAME
 
 
 class Strict(BaseModel):

@@ -259,7 +259,9 @@ def resolve_model(ref: str, tracking_uri: str | None = None, dst: str | Path | N
     import mlflow  # noqa: PLC0415
 
     from models import tracking  # noqa: PLC0415
+    from models.names import parse_model_uri  # noqa: PLC0415
 
+    parse_model_uri(ref)  # a traversal-shaped name is refused before anything is downloaded
     if tracking_uri:
         tracking.use(tracking_uri)
     try:

@@ -50,12 +50,13 @@ def load_registered(model_uri: str, tracking_uri: str | None) -> tuple[Any, str 
     if tracking_uri:
         tracking.use(tracking_uri)
     version = None
-    if model_uri.startswith("models:/") and "@" in model_uri:
-        name, alias = model_uri.removeprefix("models:/").split("@", 1)
-        version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
-        model_uri = f"models:/{name}/{version}"  # pin: an alias moving later must not change this server
-    elif model_uri.startswith("models:/"):
-        version = model_uri.rsplit("/", 1)[-1]
+    if model_uri.startswith("models:/"):
+        from models.names import parse_model_uri  # noqa: PLC0415
+
+        name, alias, version = parse_model_uri(model_uri)
+        if alias:
+            version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+            model_uri = f"models:/{name}/{version}"  # pin: an alias moving later must not change this server
     return mlflow.pyfunc.load_model(model_uri), version
 
 
@@ -113,7 +114,9 @@ if __name__ == "__main__":
 def _state_file(workdir: Any, name: str) -> Any:
     from pathlib import Path  # noqa: PLC0415
 
-    return Path(workdir) / "deploy" / f"{name}.json"
+    from models.names import check_name  # noqa: PLC0415
+
+    return Path(workdir) / "deploy" / f"{check_name(name, 'model name')}.json"
 
 
 def start(

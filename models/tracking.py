@@ -60,7 +60,7 @@ def configure(cfg: TrackingConfig, workdir: Path) -> tuple[str, str]:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     uri = tracking_uri(cfg, workdir)
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        enable_wal(Path(uri[len("sqlite:///") :]))
     use(uri)
     exp = mlflow.get_experiment_by_name(cfg.experiment)
     if exp is None:
@@ -69,6 +69,22 @@ def configure(cfg: TrackingConfig, workdir: Path) -> tuple[str, str]:
     else:
         exp_id = exp.experiment_id
     return uri, exp_id
+
+
+def enable_wal(db: Path) -> None:
+    """Write-ahead logging on a sqlite store (a setting kept in the file): readers no longer block
+    the writer, and concurrent pipelines queue on MLflow's 20 s busy timeout instead of failing
+    with 'database is locked'. Several machines or heavy concurrency belong on PostgreSQL."""
+    import sqlite3  # noqa: PLC0415
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    finally:
+        con.close()
+    if str(mode).lower() != "wal":
+        raise RuntimeError(f"{db}: sqlite refused write-ahead logging (journal_mode={mode})")
 
 
 def provenance_tags() -> dict[str, str]:

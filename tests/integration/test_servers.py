@@ -1,0 +1,226 @@
+"""The real deployment shape on loopback: PostgreSQL (Debian's), an MLflow server on it, a Prefect
+server with an API auth string, a process worker; prefect.yaml deployed and run through the API,
+approved, promoted and served; three pipelines at once against the same MLflow server.
+
+Everything is started by the test itself (``slimflow.servers``) and stopped at the end: no process
+the module started may outlive it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+import yaml
+
+from models.registry import alias_version
+from slimflow import servers
+from tests.conftest import make_reviews
+from tests.integration.test_promotion import BENCH, free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Stack:
+    plan: servers.ServerPlan
+    env: dict[str, str]
+    api: str
+    mlflow_url: str
+    headers: dict[str, str]
+    started_s: float
+
+
+def _postgres_available() -> None:
+    try:
+        servers.postgres_bindir()
+    except servers.ServerError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"{e} (.ci/run installs it: infra/local/install-postgres.sh)")
+        pytest.skip(str(e))
+
+
+def _group_alive(pgid: int) -> bool:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def stack():
+    _postgres_available()
+    # the 'postgres' user must be able to enter the state folder (pytest's tmp dirs are 0700)
+    base = Path(tempfile.mkdtemp(prefix="slimflow-servers-"))
+    base.chmod(0o755)
+    auth = f"admin:{secrets.token_urlsafe(12)}"
+    old = os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
+    os.environ["PREFECT_SERVER_API_AUTH_STRING"] = auth
+    plan = servers.ServerPlan(
+        state_dir=base / "state",
+        prefect_port=free_port(),
+        mlflow_port=free_port(),
+        postgres=True,
+        postgres_port=free_port(),
+        worker_pool="slimflow-process",
+    )
+    t0 = time.monotonic()
+    try:
+        info = servers.start(plan, ROOT)
+        started = time.monotonic() - t0
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+        env.update(info["env"], PREFECT_API_AUTH_STRING=auth, SLIMFLOW_PROJECT_DIR=str(ROOT))
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        recs = servers.records(plan.state_dir)
+        yield Stack(plan, env, info["env"]["PREFECT_API_URL"], info["env"]["MLFLOW_TRACKING_URI"],
+                    servers.auth_headers(), started)  # fmt: skip
+    finally:
+        recs = servers.records(plan.state_dir)
+        stopped = servers.stop(plan.state_dir)
+        if old is None:
+            os.environ.pop("PREFECT_SERVER_API_AUTH_STRING", None)
+        else:
+            os.environ["PREFECT_SERVER_API_AUTH_STRING"] = old
+        left = [n for n, r in recs.items() if _group_alive(int(r["pid"]))]
+        shutil.rmtree(base, ignore_errors=True)
+    assert set(stopped) == {"postgres", "mlflow", "prefect", "worker"}
+    assert not left, f"processes still running after servers.stop: {left}"
+
+
+def _pipeline_yaml(tmp_path: Path, model: Path, name: str, **extra) -> Path:
+    data = tmp_path / f"{name}.csv"
+    make_reviews(320).to_csv(data, index=False)
+    train = {"epochs": 3, "batch_size": 16, "max_length": 32, "learning_rate": 5e-3}
+    doc = {
+        "name": name,
+        "workdir": str(tmp_path / name),
+        "data": {"source": str(data), "text_column": "review", "label_column": "sentiment",
+                 "labels": ["neg", "pos"], "validation": {"min_per_class": 10}},
+        "finetune": {"model": str(model), "method": {"kind": "full"}, "train": train},
+        "optimize": {"quantize": [{"kind": "ort_int8_dynamic"}], "agreement": {"min_agreement": 0.9},
+                     "accuracy_bar": {"min_retention": 0.9}, "bench": BENCH},
+        "promote": {"model_name": "reviews-clf", "gates": {"min_retention": 0.9}, "deploy": None},
+    }  # fmt: skip
+    for key, value in extra.items():
+        section, _, field = key.partition("__")
+        doc[section][field] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def _api(stack: Stack, method: str, path: str, **kw) -> dict:
+    r = httpx.request(method, f"{stack.api}{path}", headers=stack.headers, timeout=30, **kw)
+    r.raise_for_status()
+    return r.json()
+
+
+def _wait_state(stack: Stack, flow_run_id: str, types: set[str], timeout_s: float) -> dict:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        fr = _api(stack, "GET", f"/flow_runs/{flow_run_id}")
+        state = fr.get("state") or {}
+        if state.get("type") in types:
+            return fr
+        if state.get("type") in {"FAILED", "CRASHED", "CANCELLED"}:
+            pytest.fail(f"flow run {flow_run_id} ended {state.get('type')}: {state.get('message')}")
+        time.sleep(2)
+    pytest.fail(f"flow run {flow_run_id} not in {types} after {timeout_s} s (last: {state.get('type')})")
+
+
+def test_servers_bind_loopback_and_refuse_unauthenticated_or_rebound_requests(stack):
+    # /health stays open for probes; everything else needs the auth string
+    assert httpx.get(f"{stack.api}/admin/version", timeout=10).status_code == 401
+    assert httpx.post(f"{stack.api}/flow_runs/filter", json={}, timeout=10).status_code == 401
+    assert httpx.get(f"{stack.api}/admin/version", headers=stack.headers, timeout=10).status_code == 200
+    # DNS rebinding: a request naming another Host is refused by MLflow's --allowed-hosts
+    search = f"{stack.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
+    bad = httpx.get(search, headers={"Host": "attacker.example"}, timeout=10)
+    assert bad.status_code in (400, 403), bad.status_code
+    assert httpx.get(search, timeout=10).status_code == 200
+    for name, rec in servers.status(stack.plan.state_dir).items():
+        assert rec["running"], name
+        if "url" in rec:
+            assert "127.0.0.1" in rec["url"], rec
+    mlflow_cmd = " ".join(servers.records(stack.plan.state_dir)["mlflow"]["cmd"])
+    assert servers.postgres_password(stack.plan.state_dir) not in mlflow_cmd  # never on a command line
+
+
+def test_deployment_round_trip_schedule_worker_approval_champion_endpoint(stack, tmp_path, tiny_model_dir):
+    """prefect.yaml deployed to the server; a run triggered through the API is picked up by the
+    worker, pauses for review, is approved with `slimflow approve`, promotes and serves."""
+    from models import serve
+
+    port = free_port()
+    cfg = _pipeline_yaml(
+        tmp_path, tiny_model_dir, "it-deployed",
+        promote__approval={"required": True, "timeout_s": 900}, promote__deploy={"port": port},
+    )  # fmt: skip
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [str(BIN / "prefect"), "--no-prompt", "deploy", "--all"],
+        cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    t_deploy = time.monotonic() - t0
+    nightly = _api(stack, "GET", "/deployments/name/slimflow-pipeline/quickstart-nightly")
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
+    assert nightly["work_pool_name"] == "slimflow-process"
+    serve_dep = _api(stack, "GET", "/deployments/name/slimflow-deploy/quickstart-serve")
+    assert serve_dep["parameters"]["model_name"] == "quickstart-reviews"
+
+    fr = _api(stack, "POST", f"/deployments/{nightly['id']}/create_flow_run",
+              json={"parameters": {"config": str(cfg)}})  # fmt: skip
+    paused = _wait_state(stack, fr["id"], {"PAUSED"}, timeout_s=900)
+    t_paused = time.monotonic() - t0
+    assert paused["deployment_id"] == nightly["id"]
+    r = subprocess.run(
+        [str(BIN / "slimflow"), "approve", fr["id"], "--reviewer", "alice", "--comment", "round trip"],
+        env=stack.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    _wait_state(stack, fr["id"], {"COMPLETED"}, timeout_s=600)
+    t_done = time.monotonic() - t0
+    workdir = tmp_path / "it-deployed"
+    try:
+        client = mlflow.MlflowClient(stack.mlflow_url)
+        champion = alias_version(client, "reviews-clf", "champion")
+        assert champion is not None
+        mv = client.get_model_version("reviews-clf", champion)
+        assert mv.tags["slimflow.approval.decision"] == "approved"
+        assert mv.tags["slimflow.approval.reviewer"] == "alice"
+        assert mv.tags["slimflow.deployed.endpoint"] == f"http://127.0.0.1:{port}"
+        summary = json.loads(next((workdir / "runs").glob("*.json")).read_text())
+        assert summary["flow_run_id"] == fr["id"] and summary["tracking_uri"] == stack.mlflow_url
+        assert summary["decision"]["champion"] == champion
+        resp = httpx.post(
+            f"http://127.0.0.1:{port}/predict", json={"texts": ["good great film", "bad awful dull"]}
+        )
+        assert resp.status_code == 200, resp.text
+        assert [p["label"] for p in resp.json()["predictions"]] == ["pos", "neg"]
+        assert resp.json()["version"] == champion
+    finally:
+        serve.stop(workdir, "reviews-clf")
+    print(
+        f"\nround trip: servers up {stack.started_s:.1f} s (not counted); deploy --all {t_deploy:.1f} s; "
+        f"triggered -> paused for review {t_paused:.1f} s; approved -> completed, promoted and serving "
+        f"{t_done:.1f} s in all"
+    )
