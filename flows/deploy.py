@@ -34,9 +34,7 @@ def deploy(
     worker's environment); ``workdir`` holds the server's log and state file."""
     import os  # noqa: PLC0415
 
-    import mlflow  # noqa: PLC0415
-
-    from models import serve  # noqa: PLC0415
+    from models import serve, tracking  # noqa: PLC0415
     from models.errors import ConfigError  # noqa: PLC0415
     from models.names import check_name  # noqa: PLC0415
 
@@ -44,7 +42,7 @@ def deploy(
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri:
         raise ConfigError("deploy: no MLflow store: pass tracking_uri or set MLFLOW_TRACKING_URI")
-    version = str(mlflow.MlflowClient(tracking_uri).get_model_version_by_alias(model_name, alias).version)
+    version = str(tracking.client(tracking_uri).get_model_version_by_alias(model_name, alias).version)
     info = start_server(model_name, version, tracking_uri, workdir, host, port)
     try:
         smoke = smoke_test(info["endpoint"], model_name, version, tracking_uri, sample or DEFAULT_SAMPLE)

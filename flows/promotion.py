@@ -70,9 +70,9 @@ def promotion(
             "time": _now(),
         }
     out["approval"] = approval
-    import mlflow  # noqa: PLC0415
+    from models import tracking  # noqa: PLC0415
 
-    client = mlflow.MlflowClient(run.ctx.tracking_uri)
+    client = tracking.client(run.ctx.tracking_uri)
     for k, v in approval.items():  # on the version whatever the answer (rejections too)
         client.set_model_version_tag(cfg.model_name, reg["challenger"], f"slimflow.approval.{k}", v)
     run.client.set_tag(run.run_id, "slimflow.approval", approval["decision"])

@@ -42,7 +42,6 @@ class PipelineRun:
     """Context manager around one flow run. Use ``stage()`` to call each task."""
 
     def __init__(self, cfg: PipelineConfig, summary_path: str | None = None, progress: bool | None = None):
-        import mlflow  # noqa: PLC0415
         from prefect.runtime import flow_run  # noqa: PLC0415
 
         self.cfg = cfg
@@ -51,7 +50,7 @@ class PipelineRun:
         self.code = code_version()
         self.flow_run_id = str(flow_run.id) if flow_run.id else None
         uri, exp_id = tracking.configure(cfg.tracking, self.workdir)
-        self.client = mlflow.MlflowClient(uri)
+        self.client = tracking.client(uri)
         # a run killed earlier (SIGKILL, crash) is still RUNNING in MLflow: close it as FAILED now
         self.reaped = tracking.reap_dead_runs(self.client, exp_id)
         name = cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"

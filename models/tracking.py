@@ -16,6 +16,7 @@ from typing import Any
 
 from models import provenance
 from models.config import TrackingConfig
+from models.filelock import file_lock
 
 PARAM_LIMIT = 6000  # MLflow 3 param value limit (chars)
 
@@ -46,6 +47,14 @@ def use(uri: str) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+def client(uri: str) -> Any:
+    """An MlflowClient whose registry is the same store: ``MlflowClient(uri)`` alone takes the
+    process-wide registry URI when one was set, which in a long-lived worker may be another store."""
+    import mlflow  # noqa: PLC0415
+
+    return mlflow.MlflowClient(uri, registry_uri=uri)
+
+
 def artifact_root(workdir: Path) -> str:
     return (workdir / "mlartifacts").resolve().as_uri()
 
@@ -59,16 +68,28 @@ def configure(cfg: TrackingConfig, workdir: Path) -> tuple[str, str]:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     uri = tracking_uri(cfg, workdir)
-    if uri.startswith("sqlite:///"):
-        enable_wal(Path(uri[len("sqlite:///") :]))
     use(uri)
-    exp = mlflow.get_experiment_by_name(cfg.experiment)
-    if exp is None:
-        location = artifact_root(workdir) if uri.startswith("sqlite:") else None
-        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        # a fresh store is created by schema migrations, which fail when two processes run them at once
+        with file_lock(db.with_name(f".{db.name}.init.lock"), timeout_s=300):
+            enable_wal(db)
+            exp = mlflow.get_experiment_by_name(cfg.experiment)
     else:
-        exp_id = exp.experiment_id
-    return uri, exp_id
+        exp = mlflow.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        return uri, exp.experiment_id
+    location = artifact_root(workdir) if uri.startswith("sqlite:") else None
+    try:
+        return uri, mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    except mlflow.exceptions.MlflowException as e:
+        # pipelines started together race to create it: the loser uses the winner's
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        exp = mlflow.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            raise
+        return uri, exp.experiment_id
 
 
 def enable_wal(db: Path) -> None:

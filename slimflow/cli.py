@@ -386,13 +386,12 @@ def rollback(
         from models.errors import SlimflowError  # noqa: PLC0415
 
         _, name, uri = _registry_target(config, model_name, tracking_uri)
-        import mlflow  # noqa: PLC0415
 
         from models import registry, tracking  # noqa: PLC0415
 
         tracking.use(uri)
         try:
-            old, new = registry.rollback(mlflow.MlflowClient(uri), name)
+            old, new = registry.rollback(tracking.client(uri), name)
         except registry.RegistryError as e:
             raise SlimflowError(str(e)) from None
     except Exception as e:  # noqa: BLE001

@@ -78,9 +78,9 @@ def record_deployment(
 ) -> str:
     import json  # noqa: PLC0415
 
-    import mlflow  # noqa: PLC0415
+    from models import tracking  # noqa: PLC0415
 
-    client = mlflow.MlflowClient(tracking_uri)
+    client = tracking.client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -16,6 +16,7 @@ from models import tracking
 from models.config import PromoteConfig
 from models.registry import CHALLENGER, decide, model_card, promote, register_candidate, set_alias
 from tasks.common import StageContext, transient_only
+from tasks.locks import registry_lock
 
 REGISTRY_TASK = {
     "cache_policy": NO_CACHE,
@@ -50,7 +51,7 @@ def register_candidates(
     import mlflow  # noqa: PLC0415
 
     decision = decide(candidates, cfg.gates, teacher_accuracy)
-    client = mlflow.MlflowClient(ctx.tracking_uri)
+    client = tracking.client(ctx.tracking_uri)
     tracking.use(ctx.tracking_uri)
     rows = {r["name"]: r for r in candidates}
     with tracking.stage_run(ctx.parent_run_id, "register", ctx.experiment_id) as run:
@@ -61,36 +62,41 @@ def register_candidates(
                 **{f"gates.{k}": v for k, v in cfg.gates.model_dump().items()},
             }
         )
-        versions: dict[str, str] = {}
-        for v in decision.verdicts:
-            mlflow.set_tag(f"gates.{v.name}", "passed" if v.passed else "failed: " + ", ".join(v.failed))
-            if not v.passed:
-                continue
-            row = rows[v.name]
-            sha = row["build"]["identity"]  # weights + how they run (torch FP32 and INT8 share weights)
-            existing = _existing_version(client, cfg.model_name, sha)
-            if existing:
-                versions[v.name] = existing
-                continue
-            tags = {
-                "slimflow.candidate": v.name,
-                "slimflow.candidate.sha256": sha,
-                "slimflow.target": row["target"],
-                "slimflow.gates": json.dumps([g.__dict__ for g in v.gates]),
-                "slimflow.test_accuracy": f"{row['test']['accuracy']:.6f}",
-                "slimflow.p50_ms": f"{v.p50_ms:.4f}" if v.p50_ms is not None else "",
-                "slimflow.p95_upper_ms": f"{v.p95_upper_ms:.4f}" if v.p95_upper_ms is not None else "",
-                "slimflow.size_mb": f"{v.size_mb:.3f}",
-                "slimflow.parent_run_id": ctx.parent_run_id,
-                "slimflow.data_fingerprint": str(context.get("data_fingerprint", "")),
-                "slimflow.gx_result": str(context.get("gx", "")),
-                "slimflow.git_commit": str(context.get("git_commit", "")),
-            }
-            card = model_card(row, v, {**context, "model_name": cfg.model_name, "run_id": ctx.parent_run_id})
-            versions[v.name] = register_candidate(client, run_id, cfg.model_name, row["path"], tags, card)
-        challenger = versions.get(decision.winner) if decision.winner else None
-        if challenger:
-            set_alias(client, cfg.model_name, CHALLENGER, challenger)
+        # one pipeline at a time: "find this candidate, else register it" must not interleave
+        with registry_lock(cfg.model_name, ctx.tracking_uri) as lock:
+            mlflow.set_tag("slimflow.registry_lock", lock)
+            versions: dict[str, str] = {}
+            for v in decision.verdicts:
+                mlflow.set_tag(f"gates.{v.name}", "passed" if v.passed else "failed: " + ", ".join(v.failed))
+                if not v.passed:
+                    continue
+                row = rows[v.name]
+                sha = row["build"]["identity"]  # weights + how they run (torch FP32 and INT8 share weights)
+                existing = _existing_version(client, cfg.model_name, sha)
+                if existing:
+                    versions[v.name] = existing
+                    continue
+                tags = {
+                    "slimflow.candidate": v.name,
+                    "slimflow.candidate.sha256": sha,
+                    "slimflow.target": row["target"],
+                    "slimflow.gates": json.dumps([g.__dict__ for g in v.gates]),
+                    "slimflow.test_accuracy": f"{row['test']['accuracy']:.6f}",
+                    "slimflow.p50_ms": f"{v.p50_ms:.4f}" if v.p50_ms is not None else "",
+                    "slimflow.p95_upper_ms": f"{v.p95_upper_ms:.4f}" if v.p95_upper_ms is not None else "",
+                    "slimflow.size_mb": f"{v.size_mb:.3f}",
+                    "slimflow.parent_run_id": ctx.parent_run_id,
+                    "slimflow.data_fingerprint": str(context.get("data_fingerprint", "")),
+                    "slimflow.gx_result": str(context.get("gx", "")),
+                    "slimflow.git_commit": str(context.get("git_commit", "")),
+                }
+                card = model_card(
+                    row, v, {**context, "model_name": cfg.model_name, "run_id": ctx.parent_run_id}
+                )
+                versions[v.name] = register_candidate(client, run_id, cfg.model_name, row["path"], tags, card)
+            challenger = versions.get(decision.winner) if decision.winner else None
+            if challenger:
+                set_alias(client, cfg.model_name, CHALLENGER, challenger)
         mlflow.set_tags(
             {
                 "slimflow.decision": "challenger" if challenger else "no_candidate_passes",
@@ -113,9 +119,9 @@ def promote_champion(
 ) -> dict[str, Any]:
     """'champion' -> ``version`` ('previous' -> the old champion). The approval is already on the
     version as tags (flows/promotion.py); it is an input here so the task run shows who approved."""
-    import mlflow  # noqa: PLC0415
 
-    client = mlflow.MlflowClient(ctx.tracking_uri)
-    old = promote(client, cfg.model_name, version, {})
+    client = tracking.client(ctx.tracking_uri)
+    with registry_lock(cfg.model_name, ctx.tracking_uri):  # read champion -> set previous -> set champion
+        old = promote(client, cfg.model_name, version, {})
     client.set_tag(ctx.parent_run_id, "slimflow.champion", f"{cfg.model_name}/{version}")
     return {"champion": version, "previous": old, "model_name": cfg.model_name}

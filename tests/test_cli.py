@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from models import tracking
 from tests.conftest import make_reviews
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,9 +149,7 @@ def test_run_on_bad_data_exits_3_trains_nothing_and_writes_the_summary(tmp_path)
     assert s["flow_run_id"] and s["mlflow_run_id"]
     assert not (tmp_path / "work" / "models").exists()  # nothing trained
 
-    import mlflow
-
-    client = mlflow.MlflowClient(s["tracking_uri"])
+    client = tracking.client(s["tracking_uri"])
     parent = client.get_run(s["mlflow_run_id"])
     assert parent.info.status == "FAILED"
     assert client.search_registered_models() == []
@@ -212,13 +211,12 @@ def test_bench_bad_input_exits_2_with_the_reason(tmp_path, tiny_onnx, args, mess
 
 def test_bench_resolves_a_registered_model_alias(tmp_path, tiny_onnx):
     """models:/NAME@ALIAS from a real sqlite registry: downloaded, found, measured."""
-    import mlflow
 
     from models import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.use(uri)
-    client = mlflow.MlflowClient(uri)
+    client = tracking.client(uri)
     exp = client.create_experiment("b", artifact_location=(tmp_path / "art").as_uri())
     run = client.create_run(exp)
     client.log_artifacts(run.info.run_id, str(tiny_onnx), "candidate")
@@ -240,13 +238,12 @@ def test_bench_resolves_a_registered_model_alias(tmp_path, tiny_onnx):
 @pytest.fixture
 def registry_with_model(tmp_path, tiny_onnx):
     """A sqlite registry with two versions of 'clf' (champion v2, previous v1)."""
-    import mlflow
 
     from models import registry, tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.use(uri)
-    client = mlflow.MlflowClient(uri)
+    client = tracking.client(uri)
     exp = client.create_experiment("c", artifact_location=(tmp_path / "art").as_uri())
     for _ in range(2):
         run = client.create_run(exp).info.run_id
@@ -293,9 +290,8 @@ def test_rollback_swaps_champion_and_previous(tmp_path, registry_with_model):
     r = slimflow("rollback", "--model-name", "clf", "--tracking-uri", registry_with_model, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "from version 2 back to version 1" in r.stdout
-    import mlflow
 
-    client = mlflow.MlflowClient(registry_with_model)
+    client = tracking.client(registry_with_model)
     assert (alias_version(client, "clf", "champion"), alias_version(client, "clf", "previous")) == ("1", "2")
     r = slimflow("rollback", cwd=tmp_path)
     assert r.returncode == 2 and "no model name" in r.stderr

@@ -18,7 +18,9 @@ def test_prefect_yaml_entrypoints_and_configs_exist():
         assert hasattr(flow, "deploy"), f"{dep['entrypoint']} is not a Prefect flow"
         params = dep.get("parameters", {})
         assert set(params) <= set(flow.parameters.properties), dep["name"]
-        assert set(flow.parameters.required or []) <= set(params), f"{dep['name']}: required parameter missing"
+        assert set(flow.parameters.required or []) <= set(params), (
+            f"{dep['name']}: required parameter missing"
+        )
         if params.get("config"):
             assert (ROOT / params["config"]).is_file(), params["config"]
         assert dep["work_pool"]["name"] == "slimflow-process"

@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from flows.pipeline import run_pipeline
+from models import tracking
 from models.config import PipelineConfig
 from tests.conftest import make_reviews
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 
 def runs_named(summary: dict, name: str) -> list:
-    client = mlflow.MlflowClient(summary["tracking_uri"])
+    client = tracking.client(summary["tracking_uri"])
     return client.search_runs([summary["mlflow_experiment_id"]], f"attributes.run_name = '{name}'")
 
 
@@ -66,7 +66,7 @@ def test_real_model_and_data_slice_end_to_end(tmp_path):
     assert [st["status"] for st in list(s["stages"].values())[:4]] == ["completed"] * 4
     assert (tmp_path / "summary.json").is_file() and s["flow_run_id"]
 
-    client = mlflow.MlflowClient(s["tracking_uri"])
+    client = tracking.client(s["tracking_uri"])
     parent = client.get_run(s["mlflow_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.params["finetune.method.r"] == "4" and parent.data.params["data.max_rows"] == "400"
@@ -186,7 +186,7 @@ def test_reruns_reuse_cached_stages_and_rerun_exactly_what_changed(tmp_path, tin
     assert second["stages"]["finetune-teacher"]["prefect_state"] == "Cached"
     assert second["stages"]["finetune-teacher"]["metrics"] == first["stages"]["finetune-teacher"]["metrics"]
     assert len(runs_named(second, "finetune-teacher")) == 1  # no duplicate training
-    parent = mlflow.MlflowClient(second["tracking_uri"]).get_run(second["mlflow_run_id"])
+    parent = tracking.client(second["tracking_uri"]).get_run(second["mlflow_run_id"])
     assert parent.data.tags["slimflow.stage.finetune-teacher"] == "cached"
     assert (
         parent.data.tags["slimflow.stage.finetune-teacher.run_id"]

@@ -15,6 +15,7 @@ import mlflow
 import pytest
 
 from flows.pipeline import run_pipeline
+from models import tracking
 from models.config import PipelineConfig
 from models.registry import alias_version
 from tests.conftest import make_reviews
@@ -51,7 +52,7 @@ def setup(tmp_path, tiny_model_dir):
 
 
 def client_of(summary: dict) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(summary["tracking_uri"])
+    return tracking.client(summary["tracking_uri"])
 
 
 def free_port() -> int:
@@ -152,8 +153,8 @@ def _wait_paused(cfg: PipelineConfig, timeout: float = 300) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if Path(uri.removeprefix("sqlite:///")).exists():
-            runs = mlflow.MlflowClient(uri).search_runs(
-                [e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()],
+            runs = tracking.client(uri).search_runs(
+                [e.experiment_id for e in tracking.client(uri).search_experiments()],
                 "tags.`slimflow.status` = 'awaiting_approval'",
             )
             if runs:

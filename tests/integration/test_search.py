@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from flows.pipeline import run_pipeline
+from models import tracking
 from models.config import PipelineConfig
 from tests.conftest import make_reviews
 
@@ -81,7 +81,7 @@ def test_search_builds_checks_measures_and_picks_a_candidate(tmp_path, tiny_mode
     assert (Path(s["decision"]["model_dir"]) / "candidate.json").is_file()
     assert Path(search["pareto_png"]).stat().st_size > 10_000
 
-    client = mlflow.MlflowClient(s["tracking_uri"])
+    client = tracking.client(s["tracking_uri"])
     exp = [s["mlflow_experiment_id"]]
     opt = client.search_runs(
         exp, f"tags.mlflow.parentRunId = '{s['mlflow_run_id']}' and attributes.run_name = 'optimize'"

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import mlflow
 import pytest
 import yaml
 
+from models import tracking
 from models.registry import alias_version
 from slimflow import servers
 from tests.conftest import make_reviews
@@ -201,7 +201,7 @@ def test_deployment_round_trip_schedule_worker_approval_champion_endpoint(stack,
     t_done = time.monotonic() - t0
     workdir = tmp_path / "it-deployed"
     try:
-        client = mlflow.MlflowClient(stack.mlflow_url)
+        client = tracking.client(stack.mlflow_url)
         champion = alias_version(client, "reviews-clf", "champion")
         assert champion is not None
         mv = client.get_model_version("reviews-clf", champion)
@@ -223,4 +223,82 @@ def test_deployment_round_trip_schedule_worker_approval_champion_endpoint(stack,
         f"\nround trip: servers up {stack.started_s:.1f} s (not counted); deploy --all {t_deploy:.1f} s; "
         f"triggered -> paused for review {t_paused:.1f} s; approved -> completed, promoted and serving "
         f"{t_done:.1f} s in all"
+    )
+
+
+def _expected_metrics(summary: dict) -> dict[str, float]:
+    """What the pipeline computed (its local summary) = what MLflow must hold on the parent run."""
+    return {
+        f"{stage}.{k}": v
+        for stage, entry in summary["stages"].items()
+        for k, v in (entry.get("metrics") or {}).items()
+    }
+
+
+def test_three_pipelines_at_once_on_postgres_lose_nothing(stack, tmp_path, tiny_model_dir):
+    """Three `slimflow run` at once against one MLflow server on PostgreSQL (and the Prefect
+    server): two with identical inputs (same candidates: must share versions, not duplicate them),
+    one with another seed (its own candidates)."""
+    train = {"epochs": 3, "batch_size": 16, "max_length": 32, "learning_rate": 5e-3, "seed": 7}
+    cfgs = [
+        _pipeline_yaml(tmp_path, tiny_model_dir, "conc-a", promote__model_name="conc-clf"),
+        _pipeline_yaml(tmp_path, tiny_model_dir, "conc-b", promote__model_name="conc-clf"),
+        _pipeline_yaml(
+            tmp_path, tiny_model_dir, "conc-c", promote__model_name="conc-clf", finetune__train=train
+        ),
+    ]
+    t0 = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "slimflow"), "run", "-c", str(c), "--summary", str(c.with_suffix(".json"))],
+            env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for c in cfgs
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=1200)[0] for p in procs]
+    wall = time.monotonic() - t0
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    summaries = [json.loads(c.with_suffix(".json").read_text()) for c in cfgs]
+    client = tracking.client(stack.mlflow_url)
+
+    expected = found = 0
+    for s in summaries:
+        assert s["status"] == "completed" and s["tracking_uri"] == stack.mlflow_url
+        want = _expected_metrics(s)
+        got = client.get_run(s["mlflow_run_id"]).data.metrics
+        missing = sorted(set(want) - set(got))
+        assert not missing, f"{s['pipeline']}: metrics lost: {missing[:10]}"
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+        expected += len(want)
+        found += sum(1 for k in want if k in got)
+        ft = s["stages"]["finetune-teacher"]["mlflow_run_id"]
+        steps = sorted(m.step for m in client.get_metric_history(ft, "teacher.train_loss"))
+        assert steps and steps == list(range(steps[0], steps[0] + len(steps)))  # one per epoch, no hole
+        runs = client.search_runs(
+            [s["mlflow_experiment_id"]], f"tags.mlflow.parentRunId = '{s['mlflow_run_id']}'"
+        )
+        assert runs and all(r.info.status == "FINISHED" for r in runs)
+
+    versions = client.search_model_versions("name = 'conc-clf'")
+    numbers = [int(v.version) for v in versions]
+    identities = [v.tags["slimflow.candidate.sha256"] for v in versions]
+    assert len(set(numbers)) == len(numbers) and len(set(identities)) == len(identities), "duplicate versions"
+    registered = {v for s in summaries for v in s["promotion"]["registered"].values()}
+    assert registered == {str(n) for n in numbers}
+    a, b, c = (s["promotion"]["registered"] for s in summaries)
+    assert a == b, "identical inputs must map to the same versions"
+    assert set(c.values()).isdisjoint(a.values()), "another seed gives other candidates"
+    champion = alias_version(client, "conc-clf", "champion")
+    previous = alias_version(client, "conc-clf", "previous")
+    assert champion in registered and champion in {s["decision"]["champion"] for s in summaries}
+    assert previous is None or (previous in registered and previous != champion)
+    locks = {client.get_run(s["stages"]["register"]["mlflow_run_id"]).data.tags["slimflow.registry_lock"]
+             for s in summaries}  # fmt: skip
+    assert locks == {"prefect"}
+    print(
+        f"\nconcurrent: 3 pipelines in {wall:.0f} s; metrics expected {expected}, found {found}; "
+        f"versions {sorted(numbers)} ({len(set(identities))} distinct candidates); champion v{champion}, "
+        f"previous v{previous}"
     )

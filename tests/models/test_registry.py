@@ -120,13 +120,12 @@ def candidate(tmp_path_factory):
 
 @pytest.fixture
 def store(tmp_path):
-    import mlflow
 
     from models import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.use(uri)
-    client = mlflow.MlflowClient(uri)
+    client = tracking.client(uri)
     exp = client.create_experiment("reg", artifact_location=(tmp_path / "art").as_uri())
     return client, exp
 

@@ -15,7 +15,7 @@ def _no_user_uri(monkeypatch):
 def test_default_store_is_sqlite_in_the_workdir(tmp_path):
     uri, exp_id = tracking.configure(TrackingConfig(experiment="e"), tmp_path / "w")
     assert uri == f"sqlite:///{(tmp_path / 'w' / 'mlflow.db').resolve()}"
-    exp = mlflow.MlflowClient(uri).get_experiment(exp_id)
+    exp = tracking.client(uri).get_experiment(exp_id)
     assert exp.artifact_location == (tmp_path / "w" / "mlartifacts").resolve().as_uri()
 
 
@@ -39,7 +39,7 @@ def test_precedence_config_then_environment_then_default(tmp_path, monkeypatch):
 
 def test_stage_run_nests_under_the_parent_and_fails_on_error(tmp_path):
     uri, exp_id = tracking.configure(TrackingConfig(), tmp_path)
-    client = mlflow.MlflowClient(uri)
+    client = tracking.client(uri)
     parent = client.create_run(exp_id).info.run_id
     with tracking.stage_run(parent, "ok-stage", exp_id) as run:
         mlflow.log_metric("x", 1.0)
@@ -64,12 +64,10 @@ def test_runs_of_dead_processes_are_closed_failed_and_live_ones_left_alone(tmp_p
     import socket
     import subprocess
 
-    import mlflow
-
     from models import tracking
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    client = mlflow.MlflowClient(uri)
+    client = tracking.client(uri)
     exp = client.create_experiment("reap", artifact_location=(tmp_path / "a").as_uri())
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -95,3 +93,50 @@ def test_runs_of_dead_processes_are_closed_failed_and_live_ones_left_alone(tmp_p
         assert tracking.reap_dead_runs(client, exp) == []  # idempotent
     finally:
         live.kill()
+
+
+def _writer(workdir: str, worker: int, n_batches: int) -> None:
+    """One 'pipeline' hammering the shared sqlite store: experiment, run, metrics, a model version."""
+    from mlflow.entities import Metric
+
+    from models import tracking as tr
+    from models.config import TrackingConfig as TC
+
+    uri, exp_id = tr.configure(TC(experiment="busy"), __import__("pathlib").Path(workdir))
+    client = tracking.client(uri)
+    run = client.create_run(exp_id, run_name=f"w{worker}")
+    for b in range(n_batches):
+        client.log_batch(
+            run.info.run_id, metrics=[Metric(f"m{i}", worker * 1000 + b, 0, b) for i in range(20)]
+        )
+    try:
+        client.create_registered_model("shared")
+    except mlflow.exceptions.MlflowException as e:
+        assert e.error_code == "RESOURCE_ALREADY_EXISTS"
+    client.create_model_version("shared", f"runs:/{run.info.run_id}/model", run.info.run_id)
+    client.set_terminated(run.info.run_id)
+
+
+def test_sqlite_store_takes_concurrent_pipelines_without_losing_writes(tmp_path):
+    """Three processes write to one sqlite store at once: WAL + MLflow's busy timeout make them
+    queue; every metric step and every model version is there afterwards, version numbers unique."""
+    import multiprocessing as mp
+    import sqlite3
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 40)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+        assert p.exitcode == 0, "a writer failed (database is locked?)"
+    db = tmp_path / "mlflow.db"
+    assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    client = tracking.client(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("busy").experiment_id])
+    assert len(runs) == 3
+    for r in runs:
+        for i in range(20):
+            assert len(client.get_metric_history(r.info.run_id, f"m{i}")) == 40
+    versions = [int(v.version) for v in client.search_model_versions("name = 'shared'")]
+    assert sorted(versions) == [1, 2, 3]
