@@ -12,7 +12,7 @@ from typing import Any
 
 from models import tracking
 from models.config import PipelineConfig, config_to_params
-from models.errors import DataError, SlimflowError
+from models.errors import DataError, SlimflowError, TrackingUnavailable
 from models.provenance import code_version
 from tasks.common import StageContext
 
@@ -203,12 +203,30 @@ class PipelineRun:
                 else f"stage failed: {failed}"
             )
             self.summary["decision"] = {"outcome": "stopped", "promoted": False, "reason": reason}
-        try:
-            self.client.set_tag(self.run_id, "slimflow.status", self.summary["status"])
-            self.client.log_text(self.run_id, json.dumps(self.summary, indent=2, default=str), "summary.json")
-            self.client.set_terminated(self.run_id, status=status)
-        finally:
-            self._write_summary()
+        down = tracking.unreachable(exc, self.ctx.tracking_uri) if exc is not None else None
+        if down:
+            self.summary["status"] = "tracking_unavailable"
+            self.summary["error"] = down
+            self.summary["decision"]["reason"] = down
+        else:
+            try:
+                self.client.set_tag(self.run_id, "slimflow.status", self.summary["status"])
+                self.client.log_text(
+                    self.run_id, json.dumps(self.summary, indent=2, default=str), "summary.json"
+                )
+                self.client.set_terminated(self.run_id, status=status)
+            except Exception as e:
+                # closing the MLflow run failed: keep the local summary, say why, and let the
+                # original exception (if any) be the one reported
+                self.summary["tracking_error"] = f"{type(e).__name__}: {str(e)[:500]}"
+                self._write_summary()
+                if exc is None:
+                    raise
+                return
+        self._write_summary()
+        if down:
+            # (the MLflow run stays RUNNING on the server; the next pipeline on this host closes it)
+            raise TrackingUnavailable(down) from exc
 
     def _write_summary(self) -> None:
         text = json.dumps(self.summary, indent=2, default=str)

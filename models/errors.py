@@ -41,3 +41,8 @@ class ModelSourceError(ConfigError):
 class CandidateRejected(SlimflowError, ValueError):
     """A candidate failed a check (export parity, quantized agreement, a keep_fp32 pattern): the
     search records it as failed with this message and goes on with the others."""
+
+
+class TrackingUnavailable(SlimflowError):
+    """The MLflow tracking server stopped answering (after bounded retries): the run stopped and
+    nothing was registered or promoted."""

@@ -108,6 +108,30 @@ def enable_wal(db: Path) -> None:
         raise RuntimeError(f"{db}: sqlite refused write-ahead logging (journal_mode={mode})")
 
 
+_UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
+                "Read timed out", "RemoteDisconnected", "Connection aborted")  # fmt: skip
+
+
+def unreachable(exc: BaseException, uri: str) -> str | None:
+    """If ``exc`` (or what caused it) is the tracking server not answering, say so in one line."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            break
+        text = f"{type(seen).__name__}: {seen}"
+        if any(s in text for s in _UNREACHABLE):
+            retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
+            return (
+                f"MLflow tracking server {uri} stopped answering ({retries} retries, then gave up): the run"
+                " stopped here and nothing was registered or promoted; restart the server and run again"
+                " (finished stages are reused from the cache)"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def provenance_tags() -> dict[str, str]:
     hw = provenance.hardware()
     tags = {

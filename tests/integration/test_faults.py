@@ -1,0 +1,181 @@
+"""Faults: the pipeline process killed with SIGKILL in the middle of fine-tuning, and the MLflow
+tracking server dying in the middle of a run. Real processes, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from models import tracking
+from slimflow import servers
+from tests.conftest import make_reviews
+from tests.integration.test_promotion import BENCH, free_port
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+
+
+def _config(tmp_path: Path, model: Path, epochs: int, **tracking_cfg) -> Path:
+    data = tmp_path / "reviews.csv"
+    make_reviews(320).to_csv(data, index=False)
+    train = {"epochs": epochs, "batch_size": 16, "max_length": 32, "learning_rate": 5e-3,
+             "early_stopping_patience": None}  # fmt: skip
+    doc = {
+        "name": "it-faults",
+        "workdir": str(tmp_path / "work"),
+        "data": {"source": str(data), "text_column": "review", "label_column": "sentiment",
+                 "labels": ["neg", "pos"], "validation": {"min_per_class": 10}},
+        "finetune": {"model": str(model), "method": {"kind": "full"}, "train": train},
+        "optimize": {"quantize": [{"kind": "ort_int8_dynamic"}], "agreement": {"min_agreement": 0.9},
+                     "accuracy_bar": {"min_retention": 0.9}, "bench": BENCH},
+        "promote": {"model_name": "faults-clf", "gates": {"min_retention": 0.9}, "deploy": None},
+    }  # fmt: skip
+    if tracking_cfg:
+        doc["tracking"] = tracking_cfg
+    path = tmp_path / "faults.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
+    env.update(extra)
+    return env
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _wait_for_training(client, experiment: str, timeout_s: float = 300) -> str:
+    """Block until the teacher's fine-tuning has logged at least one epoch; returns its run id."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            exp = client.get_experiment_by_name(experiment)
+            runs = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'") if exp else []
+        except Exception:  # noqa: BLE001 - the store may not exist yet
+            runs = []
+        for r in runs:
+            if r.data.tags.get("slimflow.stage") == "finetune-teacher" and r.data.metrics.get(
+                "teacher.train_loss"
+            ):
+                return r.info.run_id
+        time.sleep(0.5)
+    pytest.fail("fine-tuning never started")
+
+
+def test_sigkill_during_finetuning_then_rerun_resumes_and_registers_only_whole_runs(tmp_path, tiny_model_dir):
+    cfg = _config(tmp_path, tiny_model_dir, epochs=40)
+    uri = f"sqlite:///{(tmp_path / 'work' / 'mlflow.db').resolve()}"
+    first = subprocess.Popen(
+        [str(BIN / "slimflow"), "run", "-c", str(cfg), "--summary", str(tmp_path / "first.json")],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        ft_run = _wait_for_training(tracking.client(uri), "slimflow")
+    finally:
+        children = _children(first.pid)  # Prefect's temporary API server, a child process
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        for pid in children:  # SIGKILL leaves them orphaned; a test must not leak them
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert first.returncode == -signal.SIGKILL
+    client = tracking.client(uri)
+    killed = client.get_run(ft_run)
+    parent_id = killed.data.tags["mlflow.parentRunId"]
+    assert killed.info.status == "RUNNING"  # what a crash leaves behind
+    assert client.search_registered_models() == []  # killed before promotion: nothing registered
+    teacher_dir = tmp_path / "work" / "models" / "teacher"
+    published = (
+        [p.name for p in teacher_dir.iterdir() if not p.name.startswith(".")] if teacher_dir.exists() else []
+    )
+    assert published == [], "a killed fine-tuning left a published (partial) teacher"
+
+    r = subprocess.run(
+        [str(BIN / "slimflow"), "run", "-c", str(cfg), "--summary", str(tmp_path / "second.json")],
+        env=_env(), capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((tmp_path / "second.json").read_text())
+    assert s["stages"]["validate-data"]["status"] == "cached"  # finished stages are not redone
+    assert s["stages"]["finetune-teacher"]["status"] == "completed"  # the killed one is
+    assert parent_id in s["reaped_runs"]
+    exp = client.get_experiment_by_name("slimflow")
+    assert client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'") == []
+    dead = client.get_run(parent_id)
+    assert dead.info.status == "FAILED" and dead.data.tags["slimflow.status"] == "crashed"
+    assert client.get_run(ft_run).info.status == "FAILED"
+    versions = client.search_model_versions("name = 'faults-clf'")
+    assert versions and all(v.tags["slimflow.parent_run_id"] == s["mlflow_run_id"] for v in versions)
+
+
+def test_mlflow_server_dying_mid_run_fails_clearly_in_bounded_time_and_promotes_nothing(
+    tmp_path, tiny_model_dir
+):
+    base = Path(tempfile.mkdtemp(prefix="slimflow-mlflow-down-"))
+    plan = servers.ServerPlan(state_dir=base, mlflow_port=free_port())
+    rec = servers.start_mlflow(plan)
+    url = rec["url"]
+    cfg = _config(tmp_path, tiny_model_dir, epochs=60)
+    proc = subprocess.Popen(
+        [str(BIN / "slimflow"), "run", "-c", str(cfg), "--summary", str(tmp_path / "s.json")],
+        env=_env(MLFLOW_TRACKING_URI=url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="2",
+                 MLFLOW_HTTP_REQUEST_TIMEOUT="10"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait_for_training(tracking.client(url), "slimflow")
+        os.killpg(rec["pid"], signal.SIGKILL)  # the server crashes (no clean shutdown)
+        t_kill = time.monotonic()
+        out, err = proc.communicate(timeout=300)
+        waited = time.monotonic() - t_kill
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    assert f"MLflow tracking server {url} stopped answering" in err
+    assert "nothing was registered or promoted" in err and "Traceback" not in err
+    assert waited < 180, f"took {waited:.0f} s to give up"
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["status"] == "tracking_unavailable" and s["decision"]["promoted"] is False
+    assert "register" not in s["stages"]
+
+    # the server comes back on the same store: nothing was registered; the orphaned run is closed
+    servers.stop(base)
+    rec = servers.start_mlflow(plan)
+    try:
+        client = tracking.client(url)
+        assert client.search_registered_models() == []
+        exp = client.get_experiment_by_name("slimflow")
+        stuck = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
+        assert s["mlflow_run_id"] in {r.info.run_id for r in stuck}
+        closed = tracking.reap_dead_runs(client, exp.experiment_id)  # what the next pipeline does first
+        assert s["mlflow_run_id"] in closed
+        assert client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'") == []
+    finally:
+        servers.stop(base)
+    print(
+        f"\nMLflow server killed mid-training: the pipeline gave up {waited:.1f} s later (exit 1), "
+        "nothing registered"
+    )
