@@ -226,7 +226,21 @@ class FinetuneConfig(Strict):
         "packaged:all-MiniLM-L6-v2",
         description="'packaged:NAME', a local model folder with safetensors, or a Hugging Face hub id.",
     )
+    hub_token: str | None = Field(
+        None,
+        description="Where a Hugging Face token for private hub models comes from: 'env:NAME' (an"
+        " environment variable) or 'prefect:BLOCK' (a Prefect Secret block). Only this reference is"
+        " logged; the value is read inside the task and never stored.",
+    )
     method: FinetuneMethod = Field(default_factory=LoraMethod, description="How the teacher is adapted.")
+
+    @field_validator("hub_token")
+    @classmethod
+    def _secret_reference(cls, v: str | None) -> str | None:
+        from models.names import check_secret_ref  # noqa: PLC0415
+
+        return None if v is None else check_secret_ref(v)
+
     few_shot: FewShotConfig | None = Field(None, description="Train on k examples per class only.")
     train: TrainConfig = TrainConfig()
 
@@ -608,6 +622,9 @@ class PipelineConfig(Strict):
 
 
 # ------------------------------------------------------------------------------------------ loading
+_SECRETISH = re.compile(r"token|secret|password|passwd|api_key|auth", re.I)
+
+
 def format_validation_error(err: ValidationError, origin: str) -> str:
     from models.steps import QUANTIZERS, STEPS  # noqa: PLC0415
 
@@ -619,6 +636,8 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(e["loc"][:-1])
             msg = "unknown key" + (f"; valid keys here: {', '.join(allowed)}" if allowed else "")
+        elif _SECRETISH.search(loc):
+            msg = f"{msg} (value not shown: it may be a secret)"
         elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"  - {loc}: {msg}")

@@ -40,9 +40,14 @@ META_FILE = "slimflow_model.json"
 
 # ----------------------------------------------------------------------------------- model I/O
 def load_base(
-    ref: str, labels: list[str], cache_dir: str | Path, dropout: float | None = None
+    ref: str,
+    labels: list[str],
+    cache_dir: str | Path,
+    dropout: float | None = None,
+    token: str | None = None,
 ) -> tuple[torch.nn.Module, Any]:
-    """A sequence classifier with a new head for ``labels``, from safetensors, no remote code."""
+    """A sequence classifier with a new head for ``labels``, from safetensors, no remote code.
+    ``token`` authenticates hub downloads (private models); it is passed on, never stored."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: PLC0415
 
     src = resolve_model(ref, cache_dir)
@@ -52,15 +57,16 @@ def load_base(
         id2label=dict(enumerate(labels)),
         label2id={lab: i for i, lab in enumerate(labels)},
         trust_remote_code=False,
+        token=token,
     )
     if dropout is not None:
         for key in DROPOUT_KEYS:
             if hasattr(config, key):
                 setattr(config, key, dropout)
     model = AutoModelForSequenceClassification.from_pretrained(
-        src, config=config, use_safetensors=True, trust_remote_code=False
+        src, config=config, use_safetensors=True, trust_remote_code=False, token=token
     )
-    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False, token=token)
     return model, tokenizer
 
 
@@ -222,6 +228,7 @@ def finetune(
     on_epoch: Callable[[T.EpochRecord], None] | None = None,
     on_ready: Callable[[dict[str, Any]], None] | None = None,
     progress: bool | None = None,
+    hub_token: str | None = None,
 ) -> FinetuneResult:
     """Fine-tune the teacher on ``data`` and save the merged model to ``out_dir``."""
     tc = cfg.train
@@ -234,7 +241,7 @@ def finetune(
     if tc.max_train_examples is not None:
         train_df = stratified_sample(train_df, tc.max_train_examples, tc.seed)
 
-    model, tok = load_base(cfg.model, labels, cache_dir, tc.dropout)
+    model, tok = load_base(cfg.model, labels, cache_dir, tc.dropout, token=hub_token)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     train_set, val_set, test_set = (

@@ -39,3 +39,16 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     if not sep or not version.isdigit():
         raise ConfigError(f"{uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
     return name, None, version
+
+
+SECRET_REF = re.compile(r"^(env|prefect):([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
+
+
+def check_secret_ref(value: str) -> str:
+    """A secret is named, never written into a config: 'env:NAME' or 'prefect:BLOCK'."""
+    if not SECRET_REF.fullmatch(value):
+        raise ValueError(
+            "must be a reference to a secret, 'env:NAME' or 'prefect:BLOCK', not the secret itself"
+            " (configs are logged to MLflow as params)"
+        )
+    return value

@@ -11,6 +11,7 @@ from models.config import FinetuneConfig, config_to_params
 from models.finetune import finetune
 from models.prepare import PreparedData
 from tasks.common import MODEL_TASK, StageContext, atomic_dir, publish_model, stage_key
+from tasks.secrets import resolve_secret
 
 
 @task(name="finetune-teacher", tags=["train"], **MODEL_TASK)
@@ -38,6 +39,7 @@ def finetune_teacher(cfg: FinetuneConfig, data: PreparedData, code_version: str,
                 on_epoch=tracking.epoch_logger("teacher"),
                 on_ready=on_ready,
                 progress=ctx.progress,
+                hub_token=resolve_secret(cfg.hub_token) if cfg.hub_token else None,
             )
         final_metrics = {
             "teacher.test_accuracy": result.test["accuracy"],
