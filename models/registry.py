@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from models.config import GatesConfig
+from models.errors import SlimflowError
 
 
 @dataclass
@@ -137,7 +138,7 @@ CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
 ENTRY = Path(__file__).with_name("mlflow_entry.py")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(SlimflowError, RuntimeError):
     """An alias did not land, or the registry refused a write."""
 
 
@@ -194,6 +195,34 @@ def _requirements(candidate_dir: str | Path) -> list[str]:
         else ["torch", "transformers", "torchao", "pandas"]
     )
     return [p for p in (pin(d) for d in dists) if p]
+
+
+PICKLE_SUFFIXES = {".pkl", ".pickle", ".bin", ".pt", ".pth", ".joblib", ".ckpt", ".cloudpickle"}
+
+
+def check_artifacts(root: str | Path) -> None:
+    """Refuse a downloaded model that could run code when loaded: pickle-type files anywhere, or an
+    MLmodel whose pyfunc flavor is not slimflow's models-from-code entry. Nothing is loaded here."""
+    import yaml  # noqa: PLC0415
+
+    root = Path(root)
+    bad = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    if bad:
+        raise RegistryError(
+            f"{root}: refusing to load a model holding pickle-type files ({', '.join(bad[:5])}): unpickling"
+            " runs arbitrary code; slimflow models carry safetensors or ONNX weights only"
+        )
+    mlmodel = next(iter(sorted(root.rglob("MLmodel"), key=lambda q: len(q.parts))), None)
+    if mlmodel is not None:
+        flavors = (yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}).get("flavors", {})
+        pyfunc = flavors.get("python_function", {})
+        if set(flavors) != {"python_function"} or not str(pyfunc.get("model_code_path", "")).endswith(
+            ENTRY.name
+        ):
+            raise RegistryError(
+                f"{mlmodel}: not a slimflow model (flavors {sorted(flavors)}, loader"
+                f" {pyfunc.get('loader_module')}); refusing to load it"
+            )
 
 
 def set_alias(client: Any, model_name: str, alias: str, version: str) -> None:

