@@ -144,11 +144,13 @@ class PipelineRun:
         *,
         parallel: int,
         outputs: tuple[str, ...] = ("path",),
+        runner: Any | None = None,
     ) -> dict[str, dict[str, Any] | BaseException]:
         """Submit many tasks, ``parallel`` at a time; return each job's result or its exception.
 
         One job failing does not stop the others (a failed candidate is a result, not a crash).
         Cached results whose output paths are gone are computed again, as in ``stage()``.
+        ``runner``: an entered Prefect task runner (e.g. Dask) to submit to instead of the flow's.
         """
         t0 = time.perf_counter()
         entry: dict[str, Any] = {"status": "running", "jobs": len(jobs)}
@@ -158,7 +160,7 @@ class PipelineRun:
         items = list(jobs.items())
         for i in range(0, len(items), max(1, parallel)):
             wave = items[i : i + max(1, parallel)]
-            futures = {key: task.submit(*args, self.code, self.ctx) for key, (task, args) in wave}
+            futures = {key: _submit(task, (*args, self.code, self.ctx), runner) for key, (task, args) in wave}
             for key, fut in futures.items():
                 fut.wait()
                 state = fut.state
@@ -237,6 +239,14 @@ class PipelineRun:
             p = Path(self.summary_path)
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(text, encoding="utf-8")
+
+
+def _submit(task: Any, args: tuple[Any, ...], runner: Any | None) -> Any:
+    if runner is None:
+        return task.submit(*args)
+    import inspect  # noqa: PLC0415
+
+    return runner.submit(task, parameters=dict(inspect.signature(task.fn).bind(*args).arguments))
 
 
 def results_dir(cfg: PipelineConfig) -> Path:

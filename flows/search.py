@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flows.runtime import PipelineRun
 from models import candidates as C
-from models.config import OptimizeConfig, config_to_params
+from models.config import DaskRunner, OptimizeConfig, ThreadsRunner, config_to_params
 from models.prepare import PreparedData
 from models.provenance import hardware_fingerprint
 from tasks.common import ModelRef
@@ -22,6 +24,24 @@ from tasks.optimize import benchmark_candidate, build_candidate, evaluate_candid
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:500] if text else type(exc).__name__
+
+
+@contextmanager
+def candidate_runner(cfg: ThreadsRunner | DaskRunner) -> Iterator[Any | None]:
+    """None = the flow's own thread pool; else an entered DaskTaskRunner (local cluster or address)."""
+    if cfg.kind == "threads":
+        yield None
+        return
+    from prefect_dask import DaskTaskRunner  # noqa: PLC0415
+
+    if cfg.address:
+        runner = DaskTaskRunner(address=cfg.address)
+    else:
+        kwargs = {"n_workers": cfg.n_workers, "threads_per_worker": cfg.threads_per_worker,
+                  "processes": True, "dashboard_address": None}  # fmt: skip
+        runner = DaskTaskRunner(cluster_kwargs=kwargs)
+    with runner:
+        yield runner
 
 
 def candidate_search(
@@ -69,20 +89,23 @@ def candidate_search(
         spec = {"source": s.source, "variant": s.variant, "target": s.target, "runtime": s.runtime}
         args = (spec, quantizers.get(s.variant), export, refs[s.source], data, cfg.agreement)
         jobs[s.name] = (build_candidate, args)
-    built = run.fan_out("build-candidates", jobs, parallel=cfg.max_parallel)
+    with candidate_runner(cfg.runner) as runner:
+        built = run.fan_out("build-candidates", jobs, parallel=cfg.max_parallel, runner=runner)
+        ready = [n for n, r in rows.items() if r["status"] == "pending" and n in built]
+        ready = [n for n in ready if not isinstance(built[n], BaseException)]
+        evals = run.fan_out(
+            "evaluate-candidates",
+            {n: (evaluate_candidate, (n, built[n]["path"], built[n]["sha256"], data)) for n in ready},
+            parallel=cfg.max_parallel,
+            runner=runner,
+        )
     for name, res in built.items():
         if isinstance(res, BaseException):
             fail(name, _reason(res))
         else:
             rows[name].update(build=res, path=res["path"], file_bytes=res["file_bytes"])
 
-    # 3. test accuracy, in parallel
-    ready = [n for n, r in rows.items() if r["status"] == "pending"]
-    evals = run.fan_out(
-        "evaluate-candidates",
-        {n: (evaluate_candidate, (n, built[n]["path"], built[n]["sha256"], data)) for n in ready},
-        parallel=cfg.max_parallel,
-    )
+    # 3. test accuracy (computed above, in the same runner)
     for name, res in evals.items():
         if isinstance(res, BaseException):
             fail(name, f"evaluation failed: {_reason(res)}")

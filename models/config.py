@@ -453,6 +453,29 @@ class AccuracyBar(Strict):
     )
 
 
+class ThreadsRunner(Strict):
+    kind: Literal["threads"] = "threads"
+
+
+class DaskRunner(Strict):
+    kind: Literal["dask"] = "dask"
+    address: str | None = Field(
+        None,
+        pattern=r"^(tcp|tls|inproc|ucx)://[^\s]+$",
+        description="Scheduler of an existing Dask cluster (tcp://HOST:8786); None = start a local one.",
+    )
+    n_workers: int = Field(2, ge=1, le=1024, description="Worker processes of a local cluster.")
+    threads_per_worker: int = Field(1, ge=1, le=64, description="Threads per local worker.")
+
+    @model_validator(mode="after")
+    def _installed(self) -> DaskRunner:
+        import importlib.util  # noqa: PLC0415
+
+        if importlib.util.find_spec("prefect_dask") is None:
+            raise ValueError("the dask runner needs prefect-dask: pip install 'slimflow[dask]'")
+        return self
+
+
 class OptimizeConfig(Strict):
     sources: list[Literal["teacher", "student", "compressed"]] | None = Field(
         None, description="Pipeline models turned into candidates; None = every model this run made."
@@ -483,6 +506,13 @@ class OptimizeConfig(Strict):
         le=64,
         description="Candidate builds/accuracy evaluations run at once. Latency is always "
         "measured one candidate at a time.",
+    )
+    runner: ThreadsRunner | DaskRunner = Field(
+        default_factory=lambda: ThreadsRunner(),
+        discriminator="kind",
+        description="Where candidate builds and accuracy evaluations run: 'threads' in the pipeline "
+        "process, or 'dask' (a local Dask cluster, or an existing one by address) through Prefect's "
+        "Dask integration. Exports and latency stay in the pipeline process.",
     )
 
     @field_validator("targets")

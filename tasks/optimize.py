@@ -101,11 +101,15 @@ def build_candidate(
             )
             record.update(report=built.report, agreement=built.agreement)
     weights = final / "model.onnx" if cs.runtime == "onnxruntime" else next(final.glob("*.safetensors"))
+    import os  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
     record.update(
         path=str(final),
         file_bytes=weights.stat().st_size,
         sha256=file_sha256(weights),
         identity=C.identity(final),
+        worker={"host": socket.gethostname(), "pid": os.getpid()},  # where it ran (threads, Dask)
     )
     return record
 

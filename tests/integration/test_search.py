@@ -118,3 +118,32 @@ def test_search_builds_checks_measures_and_picks_a_candidate(tmp_path, tiny_mode
         else:
             assert r["status"] == "ok", r
     assert strict["search"]["selection"]["best"] in {n for n, r in rows.items() if r["runtime"] == "torch"}
+
+
+def test_candidate_builds_and_evaluations_run_on_a_dask_cluster_with_the_same_results(
+    tmp_path, tiny_model_dir
+):
+    """optimize.runner: dask (a local cluster of 2 worker processes, through prefect-dask) gives the
+    same candidates, checks and accuracies as the in-process thread pool; the work really ran in
+    the Dask workers (other pids)."""
+    import os
+
+    data = tmp_path / "reviews.csv"
+    make_reviews(320).to_csv(data, index=False)
+    slim = {"targets": ["cpu"], "quantize": [{"kind": "ort_int8_dynamic"}], "include_torch_fp32": False}
+    threads = run_pipeline(_cfg(tmp_path / "t", data, tiny_model_dir, **slim), progress=False)
+    dask = run_pipeline(
+        _cfg(tmp_path / "d", data, tiny_model_dir, runner={"kind": "dask", "n_workers": 2}, **slim),
+        progress=False,
+    )
+    assert threads["status"] == dask["status"] == "completed"
+    rows_t = {r["name"]: r for r in threads["search"]["candidates"]}
+    rows_d = {r["name"]: r for r in dask["search"]["candidates"]}
+    assert set(rows_t) == set(rows_d) and len(rows_d) == 4
+    for name, r in rows_d.items():
+        assert r["status"] == "ok", r.get("reason")
+        assert r["test"] == rows_t[name]["test"], name  # same accuracy, f1 and rows
+        assert r["build"]["sha256"] == rows_t[name]["build"]["sha256"], name  # same bytes built
+    pids = {r["build"]["worker"]["pid"] for r in rows_d.values()}
+    assert os.getpid() not in pids, "the builds ran in the pipeline process, not on Dask"
+    assert dask["stages"]["build-candidates"]["completed"] == 4
