@@ -132,6 +132,13 @@ class TrainConfig(Strict):
         "auto", description="'auto' = bf16/fp16 autocast on a CUDA device, off on CPU."
     )
     seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
+    data_parallel: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Processes training data-parallel (torchrun; DDP over gloo on CPU, nccl on GPUs). "
+        "Each optimizer step still sees batch_size examples, split across the processes. 1 = one process.",
+    )
 
 
 # ------------------------------------------------------------------------------------ PEFT methods

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -124,9 +125,9 @@ def cached_teacher_logits(compute: Any, cache_dir: Path, key: str) -> tuple[np.n
         return np.load(path, allow_pickle=False), True
     logits = np.asarray(compute(), dtype=np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")  # per process: ranks may race here
     np.save(tmp, logits, allow_pickle=False)
-    tmp.rename(path)
+    tmp.replace(path)
     return logits, False
 
 

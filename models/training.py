@@ -174,6 +174,20 @@ class TrainResult:
         return asdict(self)
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group (torchrun), else (0, 1)."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _shard(rows: np.ndarray, rank: int, size: int) -> np.ndarray:
+    """This rank's rows of a global batch (round-robin: length-sorted batches stay balanced)."""
+    return rows[rank::size]
+
+
 def optimizer_steps(n_examples: int, cfg: TrainConfig) -> int:
     per_epoch = math.ceil(math.ceil(n_examples / cfg.batch_size) / cfg.grad_accum_steps)
     return per_epoch * cfg.epochs
@@ -203,6 +217,7 @@ def train(
 
     if len(train_data) == 0:
         raise ValueError("no training examples")
+    rank, size = world()
     device = next(model.parameters()).device
     use_amp, amp_dtype = _autocast(device, cfg.mixed_precision)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -215,6 +230,14 @@ def train(
         {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
+    # Data-parallel (torchrun): every rank walks the same global batches and takes its share of
+    # each; DDP averages gradients, and scaling each rank's mean loss by its share of the batch
+    # makes that average the mean over the whole batch: the same step as one process would take.
+    net = model
+    if size > 1:
+        from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     total = optimizer_steps(len(train_data), cfg)
     sched = get_scheduler(
         cfg.scheduler, opt, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total
@@ -234,18 +257,26 @@ def train(
         bar = tqdm(
             total=n_batches,
             desc=f"{desc} epoch {epoch}/{cfg.epochs}",
-            disable=None if progress is None else not progress,
+            disable=(None if progress is None else not progress) if rank == 0 else True,
             leave=False,
         )
         for i, (inputs, labels, idx) in enumerate(
             batches(train_data, cfg.batch_size, pad_id, shuffle=True, seed=cfg.seed + epoch)
         ):
+            weight = 1.0
+            if size > 1:
+                pos = _shard(np.arange(len(idx)), rank, size)
+                # a rank with no row in a short last batch still joins the gradient all-reduce
+                weight = len(pos) * size / len(idx)
+                pos = pos if len(pos) else np.arange(1)
+                inputs = {k: v[torch.from_numpy(pos)] for k, v in inputs.items()}
+                labels, idx = labels[torch.from_numpy(pos)], idx[pos]
             inputs = {k: v.to(device) for k, v in inputs.items()}
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = loss_fn(model, inputs, labels.to(device), idx)
-            scaler.scale(loss / cfg.grad_accum_steps).backward()
-            running += float(loss.detach()) * len(labels)
-            seen += len(labels)
+                loss = loss_fn(net, inputs, labels.to(device), idx)
+            scaler.scale(loss * weight / cfg.grad_accum_steps).backward()
+            running += float(loss.detach()) * len(labels) * (weight > 0)
+            seen += len(labels) * (weight > 0)
             if (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == n_batches:
                 if cfg.max_grad_norm:
                     scaler.unscale_(opt)
@@ -260,6 +291,12 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{running / seen:.4f}")
         bar.close()
+        if size > 1:  # the epoch's training loss over all ranks' rows, as one process would report it
+            import torch.distributed as dist  # noqa: PLC0415
+
+            totals = torch.tensor([running, float(seen)], dtype=torch.float64)
+            dist.all_reduce(totals)
+            running, seen = float(totals[0]), int(totals[1])
         val = evaluate(model, val_data, cfg.eval_batch_size, pad_id)
         rec = EpochRecord(
             epoch=epoch,
