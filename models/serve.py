@@ -87,7 +87,6 @@ def load_as_data(model_uri: str) -> Any:
     import mlflow  # noqa: PLC0415
 
     from models.registry import check_artifacts  # noqa: PLC0415
-    from models.runtime import CANDIDATE_FILE  # noqa: PLC0415
 
     local = (
         Path(model_uri)
@@ -95,14 +94,27 @@ def load_as_data(model_uri: str) -> Any:
         else Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     )
     check_artifacts(local)
+    return _Served(str(candidate_dir(local, model_uri)))
+
+
+def candidate_dir(local: Any, model_uri: str) -> Any:
+    """The candidate folder inside a downloaded model: where its MLmodel says the 'candidate'
+    artifact is, else the shallowest folder holding candidate.json."""
+    import yaml  # noqa: PLC0415
+
+    from models.registry import RegistryError  # noqa: PLC0415
+    from models.runtime import CANDIDATE_FILE  # noqa: PLC0415
+
+    for mlmodel in sorted(local.rglob("MLmodel"), key=lambda q: len(q.parts)):
+        flavors = (yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}).get("flavors", {})
+        art = (flavors.get("python_function", {}).get("artifacts") or {}).get("candidate") or {}
+        path = (mlmodel.parent / str(art.get("path", ""))).resolve()
+        if art.get("path") and path.is_dir() and path.is_relative_to(mlmodel.parent.resolve()):
+            return path
     hits = sorted(local.rglob(CANDIDATE_FILE), key=lambda q: len(q.parts))
     if not hits:
-        from models.registry import RegistryError  # noqa: PLC0415
-
-        raise RegistryError(
-            f"{model_uri}: holds no slimflow candidate ({CANDIDATE_FILE}); refusing to load it"
-        )
-    return _Served(str(hits[0].parent))
+        raise RegistryError(f"{model_uri}: holds no slimflow candidate; refusing to load it")
+    return hits[0].parent
 
 
 def create_app(model: Any, model_uri: str, version: str | None) -> Any:
@@ -189,6 +201,7 @@ def start(
     )
     info = {
         "pid": proc.pid,
+        "log": str(state.with_suffix(".log")),
         "endpoint": f"http://{host}:{port}",
         "model_uri": model_uri,
         "started": time.time(),
@@ -226,6 +239,18 @@ def stop(workdir: Any, name: str, timeout_s: float = 10.0) -> bool:
     return True
 
 
+def _exists(pid: int) -> bool:
+    import os  # noqa: PLC0415
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -234,12 +259,22 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-def wait_healthy(endpoint: str, timeout_s: float = 120.0) -> dict[str, Any]:
+def wait_healthy(
+    endpoint: str, timeout_s: float = 120.0, pid: int | None = None, log: Any = None
+) -> dict[str, Any]:
+    """Wait for /health; a server process that exits first fails at once with its log's tail."""
+    from pathlib import Path  # noqa: PLC0415
+
     import httpx  # noqa: PLC0415
 
     deadline = time.time() + timeout_s
     last = ""
     while time.time() < deadline:
+        if pid is not None and (_is_zombie(pid) or not _exists(pid)):
+            tail = ""
+            if log is not None and Path(log).exists():
+                tail = ": " + " | ".join(Path(log).read_text(errors="replace").strip().splitlines()[-5:])
+            raise RuntimeError(f"the model server for {endpoint} exited before answering{tail}")
         try:
             r = httpx.get(f"{endpoint}/health", timeout=2)
             if r.status_code == 200:

@@ -211,11 +211,12 @@ def owner_tags() -> dict[str, str]:
     return {
         "slimflow.host": socket.gethostname(),
         "slimflow.pid": str(pid),
-        "slimflow.pid_start": _start(pid),
+        "slimflow.pid_start": process_start(pid),
     }
 
 
-def _start(pid: int) -> str:
+def process_start(pid: int) -> str:
+    """The process's start time (clock ticks since boot): with the pid, it names one process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
@@ -238,7 +239,12 @@ def reap_dead_runs(client: Any, experiment_id: str) -> list[str]:
     for run in running:
         tags = run.data.tags
         pid = int(tags.get("slimflow.pid") or 0)
-        if pid and pid != os.getpid() and _alive(pid) and _start(pid) == tags.get("slimflow.pid_start", ""):
+        if (
+            pid
+            and pid != os.getpid()
+            and _alive(pid)
+            and process_start(pid) == tags.get("slimflow.pid_start", "")
+        ):
             continue
         if pid == os.getpid():
             continue

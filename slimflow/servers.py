@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import SlimflowError
-from models.tracking import enable_wal
+from models.tracking import enable_wal, process_start
 
 LOOPBACK = "127.0.0.1"
 ORDER = ("worker", "prefect", "mlflow", "postgres")  # stop order: clients before servers
@@ -51,20 +51,12 @@ class ServerPlan:
 
 
 # ------------------------------------------------------------------------------- process records
-def _proc_start(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
 def _records_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "procs"
 
 
 def _record(state_dir: Path, name: str, pid: int, **extra: Any) -> dict[str, Any]:
-    rec = {"name": name, "pid": pid, "start": _proc_start(pid), **extra}
+    rec = {"name": name, "pid": pid, "start": process_start(pid), **extra}
     d = _records_dir(state_dir)
     d.mkdir(parents=True, exist_ok=True)
     (d / f"{name}.json").write_text(json.dumps(rec, indent=2), encoding="utf-8")
@@ -85,7 +77,7 @@ def records(state_dir: Path) -> dict[str, dict[str, Any]]:
 def _is_ours(rec: dict[str, Any]) -> bool:
     """The recorded process is still running and is the one we started (same start time)."""
     pid = int(rec.get("pid") or 0)
-    return pid > 0 and bool(rec.get("start")) and _proc_start(pid) == rec["start"]
+    return pid > 0 and bool(rec.get("start")) and process_start(pid) == rec["start"]
 
 
 def _spawn(

@@ -24,8 +24,8 @@ def start_server(
     serve.stop(workdir, model_name)  # the previous deployment of this model, if any
     info = serve.start(f"models:/{model_name}/{version}", tracking_uri, workdir, model_name, host, port)
     try:
-        info["health"] = serve.wait_healthy(info["endpoint"])
-    except TimeoutError:
+        info["health"] = serve.wait_healthy(info["endpoint"], pid=info["pid"], log=info["log"])
+    except (TimeoutError, RuntimeError):
         serve.stop(workdir, model_name)
         raise
     return info

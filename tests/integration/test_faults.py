@@ -13,38 +13,21 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from models import tracking
 from slimflow import servers
-from tests.conftest import make_reviews
-from tests.integration.test_promotion import BENCH, free_port
+from tests.integration.test_promotion import free_port
+from tests.integration.test_servers import pipeline_yaml
 
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
 
 
-def _config(tmp_path: Path, model: Path, epochs: int, **tracking_cfg) -> Path:
-    data = tmp_path / "reviews.csv"
-    make_reviews(320).to_csv(data, index=False)
+def _config(tmp_path: Path, model: Path, epochs: int) -> Path:
     train = {"epochs": epochs, "batch_size": 16, "max_length": 32, "learning_rate": 5e-3,
              "early_stopping_patience": None}  # fmt: skip
-    doc = {
-        "name": "it-faults",
-        "workdir": str(tmp_path / "work"),
-        "data": {"source": str(data), "text_column": "review", "label_column": "sentiment",
-                 "labels": ["neg", "pos"], "validation": {"min_per_class": 10}},
-        "finetune": {"model": str(model), "method": {"kind": "full"}, "train": train},
-        "optimize": {"quantize": [{"kind": "ort_int8_dynamic"}], "agreement": {"min_agreement": 0.9},
-                     "accuracy_bar": {"min_retention": 0.9}, "bench": BENCH},
-        "promote": {"model_name": "faults-clf", "gates": {"min_retention": 0.9}, "deploy": None},
-    }  # fmt: skip
-    if tracking_cfg:
-        doc["tracking"] = tracking_cfg
-    path = tmp_path / "faults.yaml"
-    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
-    return path
+    return pipeline_yaml(tmp_path, model, "work", finetune__train=train, promote__model_name="faults-clf")
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -105,7 +105,7 @@ def stack():
     assert not left, f"processes still running after servers.stop: {left}"
 
 
-def _pipeline_yaml(tmp_path: Path, model: Path, name: str, **extra) -> Path:
+def pipeline_yaml(tmp_path: Path, model: Path, name: str, **extra) -> Path:
     data = tmp_path / f"{name}.csv"
     make_reviews(320).to_csv(data, index=False)
     train = {"epochs": 3, "batch_size": 16, "max_length": 32, "learning_rate": 5e-3}
@@ -170,7 +170,7 @@ def test_deployment_round_trip_schedule_worker_approval_champion_endpoint(stack,
     from models import serve
 
     port = free_port()
-    cfg = _pipeline_yaml(
+    cfg = pipeline_yaml(
         tmp_path, tiny_model_dir, "it-deployed",
         promote__approval={"required": True, "timeout_s": 900}, promote__deploy={"port": port},
     )  # fmt: skip
@@ -241,9 +241,9 @@ def test_three_pipelines_at_once_on_postgres_lose_nothing(stack, tmp_path, tiny_
     one with another seed (its own candidates)."""
     train = {"epochs": 3, "batch_size": 16, "max_length": 32, "learning_rate": 5e-3, "seed": 7}
     cfgs = [
-        _pipeline_yaml(tmp_path, tiny_model_dir, "conc-a", promote__model_name="conc-clf"),
-        _pipeline_yaml(tmp_path, tiny_model_dir, "conc-b", promote__model_name="conc-clf"),
-        _pipeline_yaml(
+        pipeline_yaml(tmp_path, tiny_model_dir, "conc-a", promote__model_name="conc-clf"),
+        pipeline_yaml(tmp_path, tiny_model_dir, "conc-b", promote__model_name="conc-clf"),
+        pipeline_yaml(
             tmp_path, tiny_model_dir, "conc-c", promote__model_name="conc-clf", finetune__train=train
         ),
     ]

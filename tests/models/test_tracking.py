@@ -81,7 +81,7 @@ def test_runs_of_dead_processes_are_closed_failed_and_live_ones_left_alone(tmp_p
 
         crashed = run(dead.pid, "123")
         child = client.create_run(exp, tags={"mlflow.parentRunId": crashed}).info.run_id
-        alive = run(live.pid, tracking._start(live.pid))
+        alive = run(live.pid, tracking.process_start(live.pid))
         reused_pid = run(live.pid, "1")  # same pid number, another process start: the owner is gone
         elsewhere = run(dead.pid, "123", host="another-host")
         closed = tracking.reap_dead_runs(client, exp)
