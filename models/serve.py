@@ -239,18 +239,6 @@ def stop(workdir: Any, name: str, timeout_s: float = 10.0) -> bool:
     return True
 
 
-def _exists(pid: int) -> bool:
-    import os  # noqa: PLC0415
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -267,10 +255,12 @@ def wait_healthy(
 
     import httpx  # noqa: PLC0415
 
+    from models.tracking import alive  # noqa: PLC0415
+
     deadline = time.time() + timeout_s
     last = ""
     while time.time() < deadline:
-        if pid is not None and (_is_zombie(pid) or not _exists(pid)):
+        if pid is not None and (_is_zombie(pid) or not alive(pid)):
             tail = ""
             if log is not None and Path(log).exists():
                 tail = ": " + " | ".join(Path(log).read_text(errors="replace").strip().splitlines()[-5:])

@@ -242,7 +242,7 @@ def reap_dead_runs(client: Any, experiment_id: str) -> list[str]:
         if (
             pid
             and pid != os.getpid()
-            and _alive(pid)
+            and alive(pid)
             and process_start(pid) == tags.get("slimflow.pid_start", "")
         ):
             continue
@@ -260,7 +260,8 @@ def reap_dead_runs(client: Any, experiment_id: str) -> list[str]:
     return closed
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
