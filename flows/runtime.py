@@ -206,29 +206,23 @@ class PipelineRun:
             )
             self.summary["decision"] = {"outcome": "stopped", "promoted": False, "reason": reason}
         down = tracking.unreachable(exc, self.ctx.tracking_uri) if exc is not None else None
-        if down:
-            self.summary["status"] = "tracking_unavailable"
-            self.summary["error"] = down
+        if down:  # the MLflow run stays RUNNING on the server; the next pipeline on this host closes it
+            self.summary.update(status="tracking_unavailable", error=down)
             self.summary["decision"]["reason"] = down
-        else:
-            try:
-                self.client.set_tag(self.run_id, "slimflow.status", self.summary["status"])
-                self.client.log_text(
-                    self.run_id, json.dumps(self.summary, indent=2, default=str), "summary.json"
-                )
-                self.client.set_terminated(self.run_id, status=status)
-            except Exception as e:
-                # closing the MLflow run failed: keep the local summary, say why, and let the
-                # original exception (if any) be the one reported
-                self.summary["tracking_error"] = f"{type(e).__name__}: {str(e)[:500]}"
-                self._write_summary()
-                if exc is None:
-                    raise
-                return
-        self._write_summary()
-        if down:
-            # (the MLflow run stays RUNNING on the server; the next pipeline on this host closes it)
+            self._write_summary()
             raise TrackingUnavailable(down) from exc
+        try:
+            self.client.set_tag(self.run_id, "slimflow.status", self.summary["status"])
+            self.client.log_text(self.run_id, json.dumps(self.summary, indent=2, default=str), "summary.json")
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as e:
+            # closing the MLflow run failed: keep the local summary and say why; the run's own
+            # exception, if it had one, stays the one reported
+            self.summary["tracking_error"] = f"{type(e).__name__}: {str(e)[:500]}"
+            if exc is None:
+                raise
+        finally:
+            self._write_summary()
 
     def _write_summary(self) -> None:
         text = json.dumps(self.summary, indent=2, default=str)

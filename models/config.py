@@ -241,15 +241,15 @@ class FinetuneConfig(Strict):
     )
     method: FinetuneMethod = Field(default_factory=LoraMethod, description="How the teacher is adapted.")
 
+    few_shot: FewShotConfig | None = Field(None, description="Train on k examples per class only.")
+    train: TrainConfig = TrainConfig()
+
     @field_validator("hub_token")
     @classmethod
     def _secret_reference(cls, v: str | None) -> str | None:
         from models.names import check_secret_ref  # noqa: PLC0415
 
         return None if v is None else check_secret_ref(v)
-
-    few_shot: FewShotConfig | None = Field(None, description="Train on k examples per class only.")
-    train: TrainConfig = TrainConfig()
 
 
 # ------------------------------------------------------------------------------------- distillation

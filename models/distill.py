@@ -345,10 +345,15 @@ def distill(
     on_epoch: Callable[[T.EpochRecord], None] | None = None,
     progress: bool | None = None,
 ) -> DistillResult:
-    """Train a student on the teacher's soft targets (cached) mixed with the hard labels."""
+    """Train a student on the teacher's soft targets (cached) mixed with the hard labels.
+    ``train.data_parallel > 1`` runs it in that many processes, as ``finetune`` does."""
     from models.finetune import load_base, save_classifier  # noqa: PLC0415
 
     tc = cfg.train
+    if tc.data_parallel > 1 and T.world()[1] == 1:
+        from models.distributed import launch_distill  # noqa: PLC0415
+
+        return launch_distill(cfg, data, teacher_dir, teacher_sha256, out_dir, cache_dir, on_epoch=on_epoch)
     T.set_seed(tc.seed)
     targets, teacher, t_tok = teacher_targets(data, teacher_dir, teacher_sha256, tc, cache_dir)
     teacher_test = teacher_test_metrics(teacher, t_tok, teacher_dir, data, tc)

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,15 +37,22 @@ def launch_finetune(
     cache_dir: str | Path,
     *,
     hub_token: str | None = None,
+    on_epoch: Callable[[Any], None] | None = None,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
     timeout_s: float | None = None,
 ) -> Any:
-    """``finetune`` on ``cfg.train.data_parallel`` local processes; returns rank 0's result."""
+    """``finetune`` on ``cfg.train.data_parallel`` local processes; returns rank 0's result. The
+    workers do not report as they go: ``on_ready`` and ``on_epoch`` are called afterwards."""
     from models.finetune import FinetuneResult  # noqa: PLC0415
 
     args = {"cfg": cfg.model_dump(mode="json"), "data": data.model_dump(mode="json"),
             "out_dir": str(out_dir), "cache_dir": str(cache_dir)}  # fmt: skip
     secret = {"SLIMFLOW_HUB_TOKEN": hub_token} if hub_token else {}
-    return FinetuneResult(**_run("finetune", args, cfg.train.data_parallel, timeout_s, secret))
+    result = FinetuneResult(**_run("finetune", args, cfg.train.data_parallel, timeout_s, secret))
+    if on_ready is not None:
+        keys = ("trainable_params", "total_params", "trainable_share", "train_examples")
+        on_ready({k: getattr(result, k) for k in keys})
+    return _replay(result, on_epoch)
 
 
 def launch_distill(
@@ -55,15 +63,26 @@ def launch_distill(
     out_dir: str | Path,
     cache_dir: str | Path,
     *,
+    on_epoch: Callable[[Any], None] | None = None,
     timeout_s: float | None = None,
 ) -> Any:
-    """``distill`` on ``cfg.train.data_parallel`` local processes; returns rank 0's result."""
+    """``distill`` on ``cfg.train.data_parallel`` local processes; returns rank 0's result
+    (``on_epoch`` is called afterwards for each epoch)."""
     from models.distill import DistillResult  # noqa: PLC0415
 
     args = {"cfg": cfg.model_dump(mode="json"), "data": data.model_dump(mode="json"),
             "teacher_dir": str(teacher_dir), "teacher_sha256": teacher_sha256,
             "out_dir": str(out_dir), "cache_dir": str(cache_dir)}  # fmt: skip
-    return DistillResult(**_run("distill", args, cfg.train.data_parallel, timeout_s, {}))
+    return _replay(DistillResult(**_run("distill", args, cfg.train.data_parallel, timeout_s, {})), on_epoch)
+
+
+def _replay(result: Any, on_epoch: Callable[[Any], None] | None) -> Any:
+    if on_epoch is not None:
+        from models.training import EpochRecord  # noqa: PLC0415
+
+        for rec in result.history:
+            on_epoch(EpochRecord(**rec))
+    return result
 
 
 def _run(kind: str, args: dict[str, Any], n: int, timeout_s: float | None, secret: dict[str, str]) -> dict:

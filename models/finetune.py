@@ -230,8 +230,17 @@ def finetune(
     progress: bool | None = None,
     hub_token: str | None = None,
 ) -> FinetuneResult:
-    """Fine-tune the teacher on ``data`` and save the merged model to ``out_dir``."""
+    """Fine-tune the teacher on ``data`` and save the merged model to ``out_dir``.
+
+    With ``train.data_parallel > 1`` (and not already inside a torchrun job) the work runs in that
+    many processes (``models.distributed``); ``on_epoch``/``on_ready`` then see the figures after."""
     tc = cfg.train
+    if tc.data_parallel > 1 and T.world()[1] == 1:
+        from models.distributed import launch_finetune  # noqa: PLC0415
+
+        return launch_finetune(
+            cfg, data, out_dir, cache_dir, hub_token=hub_token, on_epoch=on_epoch, on_ready=on_ready
+        )
     T.set_seed(tc.seed)
     device = T.device_for()
     labels = data.labels

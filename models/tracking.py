@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +69,11 @@ def configure(cfg: TrackingConfig, workdir: Path) -> tuple[str, str]:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     uri = tracking_uri(cfg, workdir)
     use(uri)
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :])
-        # a fresh store is created by schema migrations, which fail when two processes run them at once
-        with file_lock(db.with_name(f".{db.name}.init.lock"), timeout_s=300):
+    db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    # a fresh sqlite store is created by schema migrations, which fail when two processes run them at once
+    with file_lock(db.with_name(f".{db.name}.init.lock"), timeout_s=300) if db else nullcontext():
+        if db:
             enable_wal(db)
-            exp = mlflow.get_experiment_by_name(cfg.experiment)
-    else:
         exp = mlflow.get_experiment_by_name(cfg.experiment)
     if exp is not None:
         return uri, exp.experiment_id

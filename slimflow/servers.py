@@ -226,10 +226,9 @@ def start_postgres(plan: ServerPlan) -> dict[str, Any]:
     _check_port_free(plan.host, plan.postgres_port, "postgres")
     log = Path(plan.state_dir) / "logs" / "postgres.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    if user and not log.exists():
-        log.touch()
+    log.touch()
     if user:
-        os.chown(log, *user)
+        os.chown(log, *user)  # pg_ctl, running as 'postgres', appends to it
     opts = f"-h {plan.host} -p {plan.postgres_port} -k {sock}"
     _pg_run(bindir, ["pg_ctl", "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60", "start"], user)
     pid = int((data / "postmaster.pid").read_text().splitlines()[0])

@@ -43,28 +43,16 @@ def distill_student(
             }
         )
         with atomic_dir(final) as tmp:
-            if cfg.train.data_parallel > 1:
-                from models.distributed import launch_distill  # noqa: PLC0415
-                from models.training import EpochRecord  # noqa: PLC0415
-
-                mlflow.set_tag("slimflow.data_parallel", str(cfg.train.data_parallel))
-                result = launch_distill(
-                    cfg, data, teacher.dir, teacher.sha256, tmp, Path(ctx.workdir) / "cache"
-                )
-                log_epoch = tracking.epoch_logger("student")
-                for rec in result.history:  # the workers do not talk to MLflow: log their epochs now
-                    log_epoch(EpochRecord(**rec))
-            else:
-                result = distill(
-                    cfg,
-                    data,
-                    teacher.dir,
-                    teacher.sha256,
-                    tmp,
-                    Path(ctx.workdir) / "cache",
-                    on_epoch=tracking.epoch_logger("student"),
-                    progress=ctx.progress,
-                )
+            result = distill(
+                cfg,
+                data,
+                teacher.dir,
+                teacher.sha256,
+                tmp,
+                Path(ctx.workdir) / "cache",
+                on_epoch=tracking.epoch_logger("student"),
+                progress=ctx.progress,
+            )
         mlflow.log_metrics(
             {
                 "student.test_accuracy": result.test["accuracy"],

@@ -30,30 +30,17 @@ def finetune_teacher(cfg: FinetuneConfig, data: PreparedData, code_version: str,
             mlflow.log_metrics({f"teacher.{k}": float(v) for k, v in info.items()})
 
         cache_dir = Path(ctx.workdir)
-        token = resolve_secret(cfg.hub_token) if cfg.hub_token else None
         with atomic_dir(final) as tmp:
-            if cfg.train.data_parallel > 1:
-                from models.distributed import launch_finetune  # noqa: PLC0415
-                from models.training import EpochRecord  # noqa: PLC0415
-
-                mlflow.set_tag("slimflow.data_parallel", str(cfg.train.data_parallel))
-                result = launch_finetune(cfg, data, tmp, cache_dir, hub_token=token)
-                log_epoch = tracking.epoch_logger("teacher")
-                for rec in result.history:  # the workers do not talk to MLflow: log their epochs now
-                    log_epoch(EpochRecord(**rec))
-                keys = ("trainable_params", "total_params", "trainable_share", "train_examples")
-                on_ready({k: getattr(result, k) for k in keys})
-            else:
-                result = finetune(
-                    cfg,
-                    data,
-                    tmp,
-                    cache_dir,
-                    on_epoch=tracking.epoch_logger("teacher"),
-                    on_ready=on_ready,
-                    progress=ctx.progress,
-                    hub_token=token,
-                )
+            result = finetune(
+                cfg,
+                data,
+                tmp,
+                cache_dir,
+                on_epoch=tracking.epoch_logger("teacher"),
+                on_ready=on_ready,
+                progress=ctx.progress,
+                hub_token=resolve_secret(cfg.hub_token) if cfg.hub_token else None,
+            )
         final_metrics = {
             "teacher.test_accuracy": result.test["accuracy"],
             "teacher.test_f1": result.test["f1"],

@@ -16,9 +16,8 @@ a pipeline therefore hold a lock named after the model:
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from models.filelock import LockTimeout, file_lock
@@ -47,12 +46,9 @@ def registry_lock(model_name: str, tracking_uri: str, timeout_s: float = 900.0) 
 
 
 def _prefect_server() -> bool:
-    url = os.environ.get("PREFECT_API_URL")
-    if not url:
-        from prefect.settings import get_current_settings  # noqa: PLC0415
+    from prefect.settings import get_current_settings  # noqa: PLC0415
 
-        url = get_current_settings().api.url
-    return bool(url)
+    return bool(get_current_settings().api.url)  # PREFECT_API_URL, a profile or a test server
 
 
 @contextmanager
@@ -70,8 +66,11 @@ def _prefect_lock(name: str, timeout_s: float) -> Iterator[None]:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
             except ObjectAlreadyExists:
                 pass  # another pipeline created it first
-    try:
-        with concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True):
-            yield
-    except TimeoutError:
-        raise LockTimeout(f"Prefect concurrency limit {name!r} still held after {timeout_s:.0f} s") from None
+    with ExitStack() as held:
+        try:
+            held.enter_context(concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True))
+        except TimeoutError:  # only waiting for the slot; the body's own errors pass through
+            raise LockTimeout(
+                f"Prefect concurrency limit {name!r} still held after {timeout_s:.0f} s"
+            ) from None
+        yield

@@ -123,4 +123,3 @@ def test_dockerfile_installs_torch_first_under_constraints_and_runs_unprivileged
         assert ins != "ADD", "use COPY (ADD fetches URLs and unpacks archives)"
     users = [v for ins, v in steps if ins == "USER"]
     assert users and users[-1] not in ("root", "0")
-    assert "constraints.txt" in (ROOT / "constraints.txt").name

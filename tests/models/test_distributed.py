@@ -36,10 +36,13 @@ def _weights(folder) -> dict[str, np.ndarray]:
 
 
 def test_two_gloo_processes_train_like_one(prepared, tiny_model_dir, tmp_path):
-    from models.distributed import launch_finetune as launch
-
     single = finetune(_cfg(tiny_model_dir), prepared, tmp_path / "one", tmp_path, progress=False)
-    ddp = launch(_cfg(tiny_model_dir, data_parallel=2), prepared, tmp_path / "two", tmp_path, timeout_s=600)
+    epochs, ready = [], []
+    ddp = finetune(  # finetune() itself hands data_parallel > 1 to torchrun
+        _cfg(tiny_model_dir, data_parallel=2), prepared, tmp_path / "two", tmp_path,
+        on_epoch=epochs.append, on_ready=ready.append,
+    )  # fmt: skip
+    assert [e.epoch for e in epochs] == [1, 2] and ready[0]["train_examples"] == single.train_examples
     assert ddp.train_examples == single.train_examples
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert set(a) == set(b)
@@ -69,7 +72,6 @@ def test_a_failing_worker_is_reported_with_its_log(prepared, tmp_path):
 def test_distillation_data_parallel_matches_one_process(prepared, tiny_model_dir, tmp_path):
     from models.config import DistillConfig
     from models.distill import distill
-    from models.distributed import launch_distill
     from tasks.common import file_sha256
 
     teacher = tmp_path / "teacher"
@@ -80,8 +82,10 @@ def test_distillation_data_parallel_matches_one_process(prepared, tiny_model_dir
     cfg = {"student": {"kind": "layer_drop", "keep_layers": [1]}, "train": train}
     one = distill(DistillConfig.model_validate(cfg), prepared, teacher, sha, tmp_path / "s1", tmp_path / "c1")
     cfg["train"] = {**train, "data_parallel": 2}
-    two = launch_distill(DistillConfig.model_validate(cfg), prepared, teacher, sha, tmp_path / "s2",
-                         tmp_path / "c2", timeout_s=600)  # fmt: skip
+    epochs = []
+    two = distill(DistillConfig.model_validate(cfg), prepared, teacher, sha, tmp_path / "s2", tmp_path / "c2",
+                  on_epoch=epochs.append)  # fmt: skip
+    assert len(epochs) == len(two.history) == 2
     a, b = _weights(tmp_path / "s1"), _weights(tmp_path / "s2")
     worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
     assert worst < 1e-4, f"student weights differ by up to {worst:.2e}"
