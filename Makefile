@@ -78,8 +78,9 @@ servers: install
 servers-stop:
 	$(BIN)/slimflow servers stop
 
+# ruff, then the import contracts of pyproject.toml (one direction, no cycles, no Prefect in the library).
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/python .ci/lint_imports.py
 
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

@@ -7,8 +7,9 @@ through Optimum's documented dynamic-INT8 recipe, and the pipeline's best candid
 Optimum's recipe, as its docs show it: ``ORTModelForSequenceClassification.from_pretrained(teacher,
 export=True)`` then ``ORTQuantizer.from_pretrained(...).quantize(AutoQuantizationConfig.<preset>(
 is_static=False, per_channel=False))`` with the preset matching this CPU. Every model is measured
-by models/bench.py in its own process with the same settings (threads pinned, warm-up, real test
-texts, tokenization not timed) and scored on the whole test split. Prints figures; asserts nothing.
+by slimflow.models.optimize.bench in its own process with the same settings (threads pinned,
+warm-up, real test texts, tokenization not timed) and scored on the whole test split. Prints
+figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from slimflow.env import apply_defaults  # noqa: E402
+from slimflow.models.core.env import apply_defaults
 
 apply_defaults()
 
@@ -31,7 +30,7 @@ def optimum_recipe(teacher: Path, out: Path, preset: str) -> Path:
     from optimum.onnxruntime import ORTModelForSequenceClassification, ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-    from models.finetune import META_FILE
+    from slimflow.models.core.modelfiles import META_FILE
 
     exported = out / "exported"
     ORTModelForSequenceClassification.from_pretrained(teacher, export=True).save_pretrained(exported)
@@ -63,11 +62,11 @@ def main() -> None:
 
     import pandas as pd
 
-    from models.bench import bench, setting
-    from models.candidates import score_on_test
-    from models.config import BenchConfig
-    from models.provenance import hardware_fingerprint
-    from models.targets import cpu_int8_preset
+    from slimflow.models.core.provenance import hardware_fingerprint
+    from slimflow.models.optimize.bench import bench, setting
+    from slimflow.models.optimize.candidates import score_on_test
+    from slimflow.models.optimize.config import BenchConfig
+    from slimflow.models.optimize.targets import cpu_int8_preset
 
     summary = json.loads(Path(args.summary).read_text()) if Path(args.summary).exists() else {}
     stages = summary.get("stages", {})

@@ -14,7 +14,7 @@ import argparse
 import json
 import time
 
-from slimflow.env import apply_defaults
+from slimflow.models.core.env import apply_defaults
 
 apply_defaults()
 
@@ -23,9 +23,9 @@ def measure(model_dir: str, texts: list[str], batch: int, iters: int, warmup: in
     import numpy as np
     import torch
 
-    from models.finetune import load_classifier
+    from slimflow.models.families import family_of
 
-    model, tok = load_classifier(model_dir)
+    model, tok = family_of(model_dir).load_trained(model_dir)
     rng = np.random.default_rng(0)
     times = []
     with torch.inference_mode():
@@ -67,9 +67,9 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from models.config import load_config
-    from models.data import source_digest
-    from models.prepare import prepare
+    from slimflow.models.data.prepare import prepare
+    from slimflow.models.data.tables import source_digest
+    from slimflow.models.pipeline_config import load_config
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.data)

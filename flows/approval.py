@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect.input import RunInput
 
-from models.config import ApprovalConfig
+from slimflow.models.release.config import ApprovalConfig
 
 
 class ApprovalInput(RunInput):
@@ -27,8 +27,8 @@ class ApprovalInput(RunInput):
 
 def wait_for_approval(cfg: ApprovalConfig, model_name: str, version: str, poll_s: int = 5) -> dict[str, str]:
     """Block the flow until a reviewer answers or the timeout passes; return the outcome as tags."""
-    from prefect.exceptions import FlowPauseTimeout  # noqa: PLC0415
-    from prefect.flow_runs import pause_flow_run  # noqa: PLC0415
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
 
     form = ApprovalInput.with_initial_data(
         description=f"Promote **{model_name}** version **{version}** (alias `challenger`) to `champion`?",
@@ -68,9 +68,9 @@ def _now() -> str:
 
 def resume(flow_run_id: str, approve: bool, reviewer: str, comment: str = "") -> None:
     """Answer a paused run (what `slimflow approve` calls)."""
-    from uuid import UUID  # noqa: PLC0415
+    from uuid import UUID
 
-    from prefect.flow_runs import resume_flow_run  # noqa: PLC0415
+    from prefect.flow_runs import resume_flow_run
 
     resume_flow_run(
         UUID(flow_run_id), run_input={"approve": approve, "reviewer": reviewer, "comment": comment}

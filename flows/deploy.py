@@ -9,7 +9,11 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.deploy import record_deployment, smoke_test, start_server
+from slimflow.models.core.errors import ConfigError
+from slimflow.models.core.names import check_name
+from slimflow.models.release import serving as serve
+from slimflow.models.release import tracking
+from slimflow.tasks.deploy import record_deployment, smoke_test, start_server
 
 DEFAULT_SAMPLE = [
     "A gripping, beautifully acted film.",
@@ -32,11 +36,7 @@ def deploy(
 ) -> dict[str, Any]:
     """Serve ``models:/model_name@alias``. ``tracking_uri`` defaults to $MLFLOW_TRACKING_URI (a
     worker's environment); ``workdir`` holds the server's log and state file."""
-    import os  # noqa: PLC0415
-
-    from models import serve, tracking  # noqa: PLC0415
-    from models.errors import ConfigError  # noqa: PLC0415
-    from models.names import check_name  # noqa: PLC0415
+    import os
 
     check_name(model_name, "model name")
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")

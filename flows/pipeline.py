@@ -7,19 +7,17 @@ from typing import Any
 
 from prefect import flow
 
-from flows.promotion import promotion
-from flows.runtime import PipelineRun, results_dir
-from flows.search import candidate_search, slim_summary
-from models.config import PipelineConfig, load_config
-from models.data import source_digest
-from models.prepare import PreparedData
-from tasks.common import ModelRef
-from tasks.compress import compress_model
-from tasks.data import prepare_data
-from tasks.distill import distill_student
-from tasks.finetune import finetune_teacher
-
-DATA_OUTPUTS = ("paths.train", "paths.test")
+from slimflow.flows.bookkeeping import PipelineRun, results_dir
+from slimflow.flows.promotion import promotion
+from slimflow.flows.search import candidate_search, slim_summary
+from slimflow.models.core.results import ModelResult
+from slimflow.models.data.tables import source_digest
+from slimflow.models.pipeline_config import PipelineConfig, load_config
+from slimflow.tasks.common import ModelRef
+from slimflow.tasks.compress import compress_model
+from slimflow.tasks.data import prepare_data
+from slimflow.tasks.distill import distill_student
+from slimflow.tasks.finetune import finetune_teacher
 
 
 @flow(name="slimflow-pipeline", log_prints=True)
@@ -32,10 +30,8 @@ def pipeline(
     """Run the pipeline for ``config`` (a YAML path or an already-validated dict)."""
     cfg = load_config(config, overrides) if isinstance(config, str) else PipelineConfig.model_validate(config)
     with PipelineRun(cfg, summary_path, progress) as run:
-        data = run.stage(
-            "validate-data", prepare_data, cfg.data, source_digest(cfg.data), outputs=DATA_OUTPUTS
-        )
-        prepared = PreparedData.model_validate(data)  # the extra mlflow_run_id key is ignored
+        data = run.stage("validate-data", prepare_data, cfg.data, cfg.task, source_digest(cfg.data))
+        prepared = data.data
         teacher = run.stage("finetune-teacher", finetune_teacher, cfg.finetune, prepared)
         student = compressed = None
         if cfg.distill:
@@ -51,19 +47,24 @@ def pipeline(
         if cfg.optimize:
             made = {"teacher": teacher, "student": student, "compressed": compressed}
             made = {k: v for k, v in made.items() if v is not None}
-            search = candidate_search(run, cfg.optimize, prepared, made, teacher["test"]["accuracy"])
+            search = candidate_search(run, cfg.optimize, prepared, made, teacher.test_score)
             run.summary["search"] = slim_summary(search)
         promoted = None
         if cfg.promote and search is not None:
-            acc = teacher["test"]["accuracy"]
-            promoted = promotion(run, cfg.promote, cfg, search, prepared, data.get("mlflow_run_id"), acc)
+            promoted = promotion(
+                run, cfg.promote, cfg, search, prepared, data.mlflow_run_id, teacher.test_score
+            )
             run.summary["promotion"] = promoted
         run.summary["decision"] = _decision(teacher, student, compressed, search, promoted)
     return run.summary
 
 
 def _decision(
-    teacher: dict, student: dict | None, compressed: dict | None, search: dict | None, promoted: dict | None
+    teacher: ModelResult,
+    student: ModelResult | None,
+    compressed: ModelResult | None,
+    search: dict | None,
+    promoted: dict | None,
 ) -> dict:
     """What this run produced and whether it reached users (the champion alias)."""
     if promoted is not None:
@@ -105,8 +106,8 @@ def _decision(
         "outcome": "compressed_ready" if compressed else "student_ready" if student else "teacher_ready",
         "promoted": False,
         "reason": "no candidate search configured (optimize: null)",
-        "model_dir": best["model_dir"],
-        "test_accuracy": best["test"]["accuracy"],
+        "model_dir": best.model_dir,
+        f"test_{best.primary_metric}": best.test_score,
     }
 
 
@@ -118,7 +119,7 @@ def run_pipeline(
     The flow's result store is fixed when the flow run starts, so the setting is scoped around the
     call. Deployments set PREFECT_LOCAL_STORAGE_PATH in their job environment instead (prefect.yaml).
     """
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings  # noqa: PLC0415
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
     with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(results_dir(cfg))}):
         return pipeline(config=cfg.model_dump(mode="json"), summary_path=summary_path, progress=progress)

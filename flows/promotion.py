@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.approval import _now, wait_for_approval
-from flows.runtime import PipelineRun
-from models.config import PipelineConfig, PromoteConfig
-from models.prepare import PreparedData
-from models.provenance import git_commit
-from tasks.promote import promote_champion, register_candidates
+from slimflow.flows.approval import _now, wait_for_approval
+from slimflow.flows.bookkeeping import PipelineRun
+from slimflow.flows.deploy import deploy
+from slimflow.models.core.provenance import git_commit
+from slimflow.models.data.prepare import PreparedData
+from slimflow.models.pipeline_config import PipelineConfig
+from slimflow.models.release import tracking
+from slimflow.models.release.config import PromoteConfig
+from slimflow.tasks.promote import promote_champion, register_candidates
 
 
 def _context(
@@ -41,26 +44,24 @@ def promotion(
     teacher_acc: float,
 ) -> dict[str, Any]:
     context = _context(pipeline_cfg, data, data_run_id, teacher_acc)
-    reg = run.stage(
-        "register", register_candidates, cfg, search["candidates"], teacher_acc, context, outputs=()
-    )
+    reg = run.stage("register", register_candidates, cfg, search["candidates"], teacher_acc, context)
     out: dict[str, Any] = {
         "model_name": cfg.model_name,
-        "registered": reg["versions"],
-        "challenger": reg["challenger"],
-        "winner": reg["winner"],
-        "reason": reg["decision"]["reason"],
-        "best_effort": reg["decision"]["best_effort"],
-        "failed_gates": reg["decision"]["best_effort_failed"],
+        "registered": reg.versions,
+        "challenger": reg.challenger,
+        "winner": reg.winner,
+        "reason": reg.decision["reason"],
+        "best_effort": reg.decision["best_effort"],
+        "failed_gates": reg.decision["best_effort_failed"],
         "approval": None,
         "champion": None,
     }
-    if not reg["challenger"]:
+    if not reg.challenger:
         return out
     if cfg.approval.required:
         run.summary["status"] = "awaiting_approval"
         run.client.set_tag(run.run_id, "slimflow.status", "awaiting_approval")
-        approval = wait_for_approval(cfg.approval, cfg.model_name, reg["challenger"])
+        approval = wait_for_approval(cfg.approval, cfg.model_name, reg.challenger)
         run.summary["status"] = "running"
     else:
         approval = {
@@ -70,19 +71,16 @@ def promotion(
             "time": _now(),
         }
     out["approval"] = approval
-    from models import tracking  # noqa: PLC0415
 
     client = tracking.client(run.ctx.tracking_uri)
     for k, v in approval.items():  # on the version whatever the answer (rejections too)
-        client.set_model_version_tag(cfg.model_name, reg["challenger"], f"slimflow.approval.{k}", v)
+        client.set_model_version_tag(cfg.model_name, reg.challenger, f"slimflow.approval.{k}", v)
     run.client.set_tag(run.run_id, "slimflow.approval", approval["decision"])
     if approval["decision"] in ("approved", "auto"):
-        prom = run.stage("promote", promote_champion, cfg, reg["challenger"], approval, outputs=())
-        out["champion"] = prom["champion"]
-        out["previous"] = prom["previous"]
+        prom = run.stage("promote", promote_champion, cfg, reg.challenger, approval)
+        out["champion"] = prom.champion
+        out["previous"] = prom.previous
         if cfg.deploy is not None:
-            from flows.deploy import deploy  # noqa: PLC0415
-
             out["deployment"] = deploy(
                 cfg.model_name,
                 run.ctx.tracking_uri,

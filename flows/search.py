@@ -12,13 +12,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flows.runtime import PipelineRun
-from models import candidates as C
-from models.config import DaskRunner, OptimizeConfig, ThreadsRunner, config_to_params
-from models.prepare import PreparedData
-from models.provenance import hardware_fingerprint
-from tasks.common import ModelRef
-from tasks.optimize import benchmark_candidate, build_candidate, evaluate_candidate, export_source
+from slimflow.flows.bookkeeping import PipelineRun
+from slimflow.models.config.loading import config_to_params
+from slimflow.models.core.provenance import hardware_fingerprint
+from slimflow.models.core.results import ModelResult
+from slimflow.models.data.prepare import PreparedData
+from slimflow.models.optimize import candidates as C
+from slimflow.models.optimize.bench import flat_metrics, setting
+from slimflow.models.optimize.config import DaskRunner, OptimizeConfig, ThreadsRunner
+from slimflow.models.release.tracking import log_params
+from slimflow.tasks.common import ModelRef
+from slimflow.tasks.optimize import benchmark_candidate, build_candidate, evaluate_candidate, export_source
 
 
 def _reason(exc: BaseException) -> str:
@@ -32,7 +36,7 @@ def candidate_runner(cfg: ThreadsRunner | DaskRunner) -> Iterator[Any | None]:
     if cfg.kind == "threads":
         yield None
         return
-    from prefect_dask import DaskTaskRunner  # noqa: PLC0415
+    from prefect_dask import DaskTaskRunner
 
     if cfg.address:
         runner = DaskTaskRunner(address=cfg.address)
@@ -48,10 +52,10 @@ def candidate_search(
     run: PipelineRun,
     cfg: OptimizeConfig,
     data: PreparedData,
-    made: dict[str, dict[str, Any]],
+    made: dict[str, ModelResult],
     teacher_accuracy: float,
 ) -> dict[str, Any]:
-    specs, skipped = C.plan(cfg, list(made))
+    specs, skipped = C.plan(cfg, list(made), data.task)
     refs = {name: ModelRef.of(result) for name, result in made.items()}
     quantizers = {q.kind: q for q in cfg.quantize}
     rows: dict[str, dict[str, Any]] = {
@@ -86,7 +90,8 @@ def candidate_search(
         if isinstance(export, BaseException):
             fail(s.name, f"export failed: {_reason(export)}")
             continue
-        spec = {"source": s.source, "variant": s.variant, "target": s.target, "runtime": s.runtime}
+        spec = {"source": s.source, "variant": s.variant, "target": s.target, "runtime": s.runtime,
+                "int8_preset": s.int8_preset}  # fmt: skip
         args = (spec, quantizers.get(s.variant), export, refs[s.source], data, cfg.agreement)
         jobs[s.name] = (build_candidate, args)
     with candidate_runner(cfg.runner) as runner:
@@ -110,7 +115,7 @@ def candidate_search(
         if isinstance(res, BaseException):
             fail(name, f"evaluation failed: {_reason(res)}")
         else:
-            rows[name]["test"] = {k: res[k] for k in ("accuracy", "f1", "rows")}
+            rows[name]["test"] = {k: v for k, v in res.items() if k not in ("name", "path")}
 
     # 4. latency, one at a time
     hw = hardware_fingerprint()
@@ -151,10 +156,7 @@ def candidate_search(
 
 def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result: dict[str, Any]) -> None:
     """One nested 'optimize' run (config, exports, table, plot) with a child run per candidate."""
-    import mlflow.entities as me  # noqa: PLC0415
-
-    from models.bench import flat_metrics  # noqa: PLC0415
-    from models.tracking import log_params  # noqa: PLC0415
+    import mlflow.entities as me
 
     client, exp = run.client, run.ctx.experiment_id
     now = int(time.time() * 1000)
@@ -217,8 +219,6 @@ def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result:
         client.log_artifact(run.run_id, result["pareto_png"])
     best = next((r for r in result["candidates"] if r["name"] == sel["best"]), None)
     if best:
-        from models.bench import setting  # noqa: PLC0415
-
         b = setting(best["bench"], sel["rank_batch_size"])
         best_metrics = {
             "best.test_accuracy": best["test"]["accuracy"],
@@ -236,8 +236,6 @@ def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result:
 
 def _markdown(result: dict[str, Any]) -> str:
     """The candidate table as Markdown, for reading in the MLflow UI."""
-    from models.bench import setting  # noqa: PLC0415
-
     sel = result["selection"]
     b = sel["rank_batch_size"]
     lines = [

@@ -1,36 +1,52 @@
 """Checks that need the model's shape but not its weights: run before any stage starts.
 
-Reads only ``config.json`` (instant), so a keep-list out of range or a head list that would empty
-a layer fails in a second, not after fine-tuning. Hub ids are checked when their files are local.
+Reads only ``config.json`` (instant), so an unsupported architecture, a keep-list out of range, a
+pruning step the architecture has no adapter for, or a head list that would empty a layer fails in
+a second, not after fine-tuning. Hub ids are checked when their files are local.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from models.config import LayerDropStudent, PipelineConfig
-from models.data import check_source
-from models.errors import ConfigError
-from models.sources import resolve_model
-from models.steps.prune_heads import PruneHeadsConfig
+from slimflow.models.archs import ArchAdapter, UnsupportedArchitecture, adapter_for
+from slimflow.models.assets import resolve_pretrained
+from slimflow.models.core.errors import ConfigError
+from slimflow.models.core.modelfiles import read_config
+from slimflow.models.data.tables import check_source
+from slimflow.models.pipeline_config import PipelineConfig
+from slimflow.models.train.steps.prune_heads import PruneHeadsConfig
+from slimflow.models.train.students import LayerDropStudent
+
+
+def model_arch(ref: str, cache_dir: Path, where: str) -> tuple[ArchAdapter, tuple[int, int]] | None:
+    """The model's architecture adapter and (layers, heads), or None when it is not on this machine."""
+    cfg = read_config(Path(resolve_pretrained(ref, cache_dir)))
+    if not cfg:
+        return None
+    try:
+        arch = adapter_for(str(cfg.get("model_type", "")))
+    except UnsupportedArchitecture as e:
+        raise ConfigError(f"{where}: {ref}: {e}") from None
+    return arch, arch.shape(cfg)
 
 
 def model_shape(ref: str, cache_dir: Path) -> tuple[int, int] | None:
     """(layers, heads) from the model's config.json, or None when it is not on this machine."""
-    src = Path(resolve_model(ref, cache_dir))
-    cfg_file = src / "config.json"
-    if not cfg_file.is_file():
-        return None
-    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    return int(cfg.get("num_hidden_layers", 0)), int(cfg.get("num_attention_heads", 0))
+    found = model_arch(ref, cache_dir, "model")
+    return found[1] if found else None
 
 
 def preflight(cfg: PipelineConfig) -> None:
     check_source(cfg.data)
-    shape = model_shape(cfg.finetune.model, cfg.workdir_path())
+    teacher = model_arch(cfg.finetune.model, cfg.workdir_path(), "finetune.model")
+    shape = teacher[1] if teacher else None
+    student_arch = teacher[0] if teacher else None
     if cfg.distill is not None and not isinstance(cfg.distill.student, LayerDropStudent):
-        student_shape = model_shape(cfg.distill.student.model, cfg.workdir_path())
+        found = model_arch(
+            getattr(cfg.distill.student, "model", ""), cfg.workdir_path(), "distill.student.model"
+        )
+        student_arch, student_shape = (found[0], found[1]) if found else (None, None)
     elif cfg.distill is not None and shape is not None:
         keep = cfg.distill.student.keep_layers
         bad = [i for i in keep if i >= shape[0]]
@@ -42,9 +58,18 @@ def preflight(cfg: PipelineConfig) -> None:
         student_shape = (len(keep), shape[1])
     else:
         student_shape = shape
-    if cfg.compress is not None and student_shape is not None:
+    if cfg.compress is not None:
         for i, step in enumerate(cfg.compress.steps):
-            if isinstance(step, PruneHeadsConfig):
+            if cfg.task not in type(step).families:
+                raise ConfigError(
+                    f"compress.steps.{i}: {step.kind} does not support the {cfg.task} task family"
+                )
+            if student_arch is not None and step.kind not in student_arch.pruning_steps:
+                raise ConfigError(
+                    f"compress.steps.{i}: {step.kind} does not apply to {student_arch.name} models "
+                    f"(it supports: {', '.join(student_arch.pruning_steps) or 'none'})"
+                )
+            if isinstance(step, PruneHeadsConfig) and student_shape is not None:
                 try:
                     step.check_against(*student_shape)
                 except ValueError as e:

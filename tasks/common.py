@@ -9,12 +9,17 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from pydantic import BaseModel, ConfigDict
 
-from models.errors import SlimflowError
+from slimflow.models.core.errors import SlimflowError
+from slimflow.models.core.modelfiles import file_sha256
+from slimflow.models.core.results import ModelResult
+from slimflow.models.release import tracking
+
+R = TypeVar("R", bound=ModelResult)
 
 
 class StageContext(BaseModel):
@@ -38,8 +43,8 @@ class ModelRef(BaseModel):
     sha256: str
 
     @classmethod
-    def of(cls, result: dict[str, Any]) -> ModelRef:
-        return cls(dir=result["model_dir"], sha256=result["weights_sha256"])
+    def of(cls, result: ModelResult) -> ModelRef:
+        return cls(dir=result.model_dir, sha256=result.weights_sha256)
 
 
 # Keyed on the task's inputs (config section, data fingerprint, code version) and its source text.
@@ -56,7 +61,7 @@ def transient_only(task: Any, task_run: Any, state: Any) -> bool:
         return False
     except (ConnectionError, TimeoutError, OSError):
         return True
-    except Exception:  # noqa: BLE001 - anything else is a real bug: do not retry
+    except Exception:  # anything else is a real bug: do not retry
         return False
     return False
 
@@ -87,14 +92,6 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp.rename(final)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # Options of every model-producing task: cached on inputs, results persisted, one retry for
 # network/IO hiccups only.
 MODEL_TASK = {
@@ -106,16 +103,16 @@ MODEL_TASK = {
 }
 
 
-def publish_model(result: Any, final: Path, run: Any, name: str) -> dict[str, Any]:
+def publish_model(result: R, final: Path, run: Any, name: str) -> R:
     """Record a stage's saved model: sha256 tag (checked after any download), the folder and the
-    result JSON as MLflow artifacts. Returns the task's (small, picklable) result record."""
-    import mlflow  # noqa: PLC0415
+    result JSON as MLflow artifacts. Returns the result pointing at ``final``, with its run id and
+    weights' sha256 (small and picklable: Prefect persists it)."""
+    import mlflow
 
-    from models import tracking  # noqa: PLC0415
-
-    result.model_dir = str(final)
     sha = file_sha256(next(final.glob("*.safetensors")))
+    update = {"model_dir": str(final), "mlflow_run_id": run.info.run_id, "weights_sha256": sha}
+    result = result.model_copy(update=update)
     mlflow.set_tag("slimflow.model.sha256", sha)
     mlflow.log_artifacts(str(final), f"{name}_model")
-    tracking.log_json(result.to_dict(), f"{name}_result.json")
-    return {**result.to_dict(), "mlflow_run_id": run.info.run_id, "weights_sha256": sha}
+    tracking.log_json(result.model_dump(mode="json"), f"{name}_result.json")
+    return result

@@ -6,18 +6,12 @@ from pathlib import Path
 
 from prefect import task
 
-from models import tracking
-from models.compress import compress
-from models.config import CompressConfig, config_to_params
-from models.prepare import PreparedData
-from tasks.common import (
-    MODEL_TASK,
-    ModelRef,
-    StageContext,
-    atomic_dir,
-    publish_model,
-    stage_key,
-)
+from slimflow.models.config.loading import config_to_params
+from slimflow.models.data.prepare import PreparedData
+from slimflow.models.release import tracking
+from slimflow.models.train.compress import CompressResult, compress
+from slimflow.models.train.config import CompressConfig
+from slimflow.tasks.common import MODEL_TASK, ModelRef, StageContext, atomic_dir, publish_model, stage_key
 
 
 @task(name="compress", tags=["compress"], **MODEL_TASK)
@@ -28,8 +22,8 @@ def compress_model(
     teacher: ModelRef,
     code_version: str,
     ctx: StageContext,
-) -> dict:
-    import mlflow  # noqa: PLC0415
+) -> CompressResult:
+    import mlflow
 
     key = stage_key(cfg, data.split_fingerprint, source.sha256, teacher.sha256, code_version)
     final = Path(ctx.workdir) / "models" / "compressed" / key
@@ -56,10 +50,9 @@ def compress_model(
             "compress.params_no_emb_after": result.after["params_no_embeddings"],
             "compress.file_bytes_before": result.file_bytes_before,
             "compress.file_bytes_after": result.file_bytes_after,
-            "compress.test_accuracy_before": result.test_before["accuracy"],
-            "compress.test_accuracy_pruned": result.test_pruned["accuracy"],
-            "compress.test_accuracy": result.test["accuracy"],
-            "compress.test_f1": result.test["f1"],
+            **{f"compress.test_{k}_before": v for k, v in result.test_before.items() if k != "loss"},
+            **{f"compress.test_{k}_pruned": v for k, v in result.test_pruned.items() if k != "loss"},
+            **{f"compress.test_{k}": v for k, v in result.test.items() if k != "loss"},
             "compress.recovery_seconds": result.recovery_seconds,
             "compress.recovery_epoch": result.recovery_epoch,
         }

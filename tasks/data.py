@@ -6,15 +6,16 @@ from pathlib import Path
 
 from prefect import task
 
-from models import tracking
-from models.config import DataConfig, config_to_params
-from models.errors import DataValidationError
-from models.prepare import PreparedData, prepare
-from tasks.common import STAGE_CACHE, StageContext, atomic_dir, stage_key
+from slimflow.models.config.loading import config_to_params
+from slimflow.models.core.errors import DataValidationError
+from slimflow.models.data.config import DataConfig
+from slimflow.models.data.prepare import DataResult, PreparedData, prepare
+from slimflow.models.release import tracking
+from slimflow.tasks.common import STAGE_CACHE, StageContext, atomic_dir, stage_key
 
 
 def _log_report(report_dir: Path) -> None:
-    import mlflow  # noqa: PLC0415
+    import mlflow
 
     if report_dir.is_dir():
         mlflow.log_artifacts(str(report_dir), "data_validation")
@@ -22,9 +23,9 @@ def _log_report(report_dir: Path) -> None:
 
 def log_dataset(prepared: PreparedData, run_id: str) -> None:
     """Record the training split as an MLflow dataset input, named by our content fingerprint."""
-    import mlflow  # noqa: PLC0415
-    import pandas as pd  # noqa: PLC0415
-    from mlflow.entities import DatasetInput, InputTag  # noqa: PLC0415
+    import mlflow
+    import pandas as pd
+    from mlflow.entities import DatasetInput, InputTag
 
     df = pd.read_parquet(prepared.path("train"))
     ds = mlflow.data.from_pandas(
@@ -40,11 +41,13 @@ def log_dataset(prepared: PreparedData, run_id: str) -> None:
 
 
 @task(name="validate-data", cache_policy=STAGE_CACHE, persist_result=True, tags=["data"])
-def prepare_data(cfg: DataConfig, source_sha256: str, code_version: str, ctx: StageContext) -> dict:
-    """Returns PreparedData as a dict plus 'mlflow_run_id'; raises DataValidationError."""
-    import mlflow  # noqa: PLC0415
+def prepare_data(
+    cfg: DataConfig, task: str, source_sha256: str, code_version: str, ctx: StageContext
+) -> DataResult:
+    """The prepared data (for the ``task`` family) and its figures; raises DataValidationError."""
+    import mlflow
 
-    key = stage_key(cfg, source_sha256, code_version)
+    key = stage_key(cfg, task, source_sha256, code_version)
     final = Path(ctx.workdir) / "data" / key
     report_dir = Path(ctx.workdir) / "data" / "reports" / key  # kept on failure too
     tracking.use(ctx.tracking_uri)
@@ -53,7 +56,7 @@ def prepare_data(cfg: DataConfig, source_sha256: str, code_version: str, ctx: St
         mlflow.set_tag("slimflow.data.source_sha256", source_sha256)
         try:
             with atomic_dir(final) as tmp:
-                prepared, report = prepare(cfg, tmp, source_sha256, report_dir)
+                prepared, report = prepare(cfg, tmp, source_sha256, report_dir, task=task)
         except DataValidationError as e:
             _log_report(report_dir)
             mlflow.set_tag("slimflow.data.valid", "false")
@@ -81,4 +84,4 @@ def prepare_data(cfg: DataConfig, source_sha256: str, code_version: str, ctx: St
             }
         )
         log_dataset(prepared, run.info.run_id)
-        return {**prepared.model_dump(), "mlflow_run_id": run.info.run_id}
+        return DataResult(data=prepared, expectations_met=len(report.outcomes), mlflow_run_id=run.info.run_id)

@@ -8,7 +8,10 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from models.errors import SlimflowError
+from slimflow.models.core.errors import SlimflowError
+from slimflow.models.release import serving as serve
+from slimflow.models.release import tracking
+from slimflow.models.release.serving import load_registered
 
 
 class SmokeTestFailed(SlimflowError):
@@ -19,8 +22,6 @@ class SmokeTestFailed(SlimflowError):
 def start_server(
     model_name: str, version: str, tracking_uri: str, workdir: str, host: str, port: int
 ) -> dict[str, Any]:
-    from models import serve  # noqa: PLC0415
-
     serve.stop(workdir, model_name)  # the previous deployment of this model, if any
     info = serve.start(f"models:/{model_name}/{version}", tracking_uri, workdir, model_name, host, port)
     try:
@@ -36,10 +37,8 @@ def smoke_test(
     endpoint: str, model_name: str, version: str, tracking_uri: str, texts: list[str]
 ) -> dict[str, Any]:
     """Real HTTP requests: predictions must equal the registered model's; bad requests get 4xx."""
-    import httpx  # noqa: PLC0415
-    import pandas as pd  # noqa: PLC0415
-
-    from models.serve import load_registered  # noqa: PLC0415
+    import httpx
+    import pandas as pd
 
     t0 = time.perf_counter()
     r = httpx.post(f"{endpoint}/predict", json={"texts": texts}, timeout=60)
@@ -76,9 +75,7 @@ def record_deployment(
     info: dict[str, Any],
     smoke: dict[str, Any],
 ) -> str:
-    import json  # noqa: PLC0415
-
-    from models import tracking  # noqa: PLC0415
+    import json
 
     client = tracking.client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)

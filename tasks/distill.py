@@ -6,18 +6,12 @@ from pathlib import Path
 
 from prefect import task
 
-from models import tracking
-from models.config import DistillConfig, config_to_params
-from models.distill import distill
-from models.prepare import PreparedData
-from tasks.common import (
-    MODEL_TASK,
-    ModelRef,
-    StageContext,
-    atomic_dir,
-    publish_model,
-    stage_key,
-)
+from slimflow.models.config.loading import config_to_params
+from slimflow.models.data.prepare import PreparedData
+from slimflow.models.release import tracking
+from slimflow.models.train.config import DistillConfig
+from slimflow.models.train.distill import DistillResult, distill
+from slimflow.tasks.common import MODEL_TASK, ModelRef, StageContext, atomic_dir, publish_model, stage_key
 
 
 @task(name="distill-student", tags=["train"], **MODEL_TASK)
@@ -27,9 +21,9 @@ def distill_student(
     teacher: ModelRef,
     code_version: str,
     ctx: StageContext,
-) -> dict:
-    """Returns the DistillResult as a dict plus 'mlflow_run_id' and the student's sha256."""
-    import mlflow  # noqa: PLC0415
+) -> DistillResult:
+    """The DistillResult, with its MLflow run id and the student's sha256."""
+    import mlflow
 
     key = stage_key(cfg, data.split_fingerprint, teacher.sha256, code_version)
     final = Path(ctx.workdir) / "models" / "student" / key
@@ -55,11 +49,9 @@ def distill_student(
             )
         mlflow.log_metrics(
             {
-                "student.test_accuracy": result.test["accuracy"],
-                "student.test_f1": result.test["f1"],
-                "student.teacher_test_accuracy": result.teacher_test["accuracy"],
-                "student.accuracy_retention": result.test["accuracy"]
-                / max(result.teacher_test["accuracy"], 1e-9),
+                **{f"student.test_{k}": v for k, v in result.test.items() if k != "loss"},
+                **{f"student.teacher_test_{k}": v for k, v in result.teacher_test.items() if k != "loss"},
+                f"student.{result.primary_metric}_retention": result.retention,
                 "student.params": result.student_params,
                 "student.teacher_params": result.teacher_params,
                 "student.best_epoch": result.best_epoch,

@@ -6,18 +6,21 @@ from pathlib import Path
 
 from prefect import task
 
-from models import tracking
-from models.config import FinetuneConfig, config_to_params
-from models.finetune import finetune
-from models.prepare import PreparedData
-from tasks.common import MODEL_TASK, StageContext, atomic_dir, publish_model, stage_key
-from tasks.secrets import resolve_secret
+from slimflow.models.config.loading import config_to_params
+from slimflow.models.data.prepare import PreparedData
+from slimflow.models.release import tracking
+from slimflow.models.train.config import FinetuneConfig
+from slimflow.models.train.finetune import FinetuneResult, finetune
+from slimflow.tasks.common import MODEL_TASK, StageContext, atomic_dir, publish_model, stage_key
+from slimflow.tasks.secrets import resolve_secret
 
 
 @task(name="finetune-teacher", tags=["train"], **MODEL_TASK)
-def finetune_teacher(cfg: FinetuneConfig, data: PreparedData, code_version: str, ctx: StageContext) -> dict:
-    """Returns the FinetuneResult as a dict plus 'mlflow_run_id' and the model's sha256."""
-    import mlflow  # noqa: PLC0415
+def finetune_teacher(
+    cfg: FinetuneConfig, data: PreparedData, code_version: str, ctx: StageContext
+) -> FinetuneResult:
+    """The FinetuneResult, with its MLflow run id and the model's sha256."""
+    import mlflow
 
     key = stage_key(cfg, data.split_fingerprint, code_version)
     final = Path(ctx.workdir) / "models" / "teacher" / key
@@ -42,10 +45,8 @@ def finetune_teacher(cfg: FinetuneConfig, data: PreparedData, code_version: str,
                 hub_token=resolve_secret(cfg.hub_token) if cfg.hub_token else None,
             )
         final_metrics = {
-            "teacher.test_accuracy": result.test["accuracy"],
-            "teacher.test_f1": result.test["f1"],
-            "teacher.val_accuracy_best": result.validation["accuracy"],
-            "teacher.val_f1_best": result.validation["f1"],
+            **{f"teacher.test_{k}": v for k, v in result.test.items() if k != "loss"},
+            **{f"teacher.val_{k}_best": v for k, v in result.validation.items() if k != "loss"},
             "teacher.best_epoch": result.best_epoch,
             "teacher.train_seconds": result.train_seconds,
         }

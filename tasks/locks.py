@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from models.filelock import LockTimeout, file_lock
-from models.names import check_name
+from slimflow.models.core.locks import LockTimeout, file_lock
+from slimflow.models.core.names import check_name
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,17 @@ def registry_lock(model_name: str, tracking_uri: str, timeout_s: float = 900.0) 
 
 
 def _prefect_server() -> bool:
-    from prefect.settings import get_current_settings  # noqa: PLC0415
+    from prefect.settings import get_current_settings
 
     return bool(get_current_settings().api.url)  # PREFECT_API_URL, a profile or a test server
 
 
 @contextmanager
 def _prefect_lock(name: str, timeout_s: float) -> Iterator[None]:
-    from prefect.client.orchestration import get_client  # noqa: PLC0415
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate  # noqa: PLC0415
-    from prefect.concurrency.sync import concurrency  # noqa: PLC0415
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound  # noqa: PLC0415
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:

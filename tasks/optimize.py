@@ -8,16 +8,24 @@ another machine measures again.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 
-from models.bench import bench, resolve_threads
-from models.config import AgreementConfig, BenchConfig, ExportConfig
-from models.data import read_split
-from models.prepare import PreparedData
-from tasks.common import MODEL_TASK, ModelRef, StageContext, atomic_dir, file_sha256, stage_key
+from slimflow.models.core.modelfiles import file_sha256
+from slimflow.models.data.prepare import PreparedData
+from slimflow.models.data.tables import read_split
+from slimflow.models.families.base import AgreementConfig
+from slimflow.models.optimize import candidates as C
+from slimflow.models.optimize.bench import bench, resolve_threads
+from slimflow.models.optimize.config import BenchConfig, ExportConfig
+from slimflow.models.optimize.export import export_onnx
+from slimflow.models.optimize.predictors import describe
+from slimflow.models.optimize.targets import get_target
+from slimflow.tasks.common import MODEL_TASK, ModelRef, StageContext, atomic_dir, stage_key
 
 PARITY_TEXTS = 64  # validation texts reused across the parity shapes
 AGREEMENT_ROWS = 1000  # validation rows for quantized-vs-FP32 agreement
@@ -42,9 +50,6 @@ def export_source(
     ctx: StageContext,
 ) -> dict[str, Any]:
     """ONNX export + fusions of one source model for one target; raises ParityError on mismatch."""
-    from models.export import export_onnx  # noqa: PLC0415
-    from models.targets import get_target  # noqa: PLC0415
-
     key = stage_key(cfg, target, source.sha256, code_version)
     final = Path(ctx.workdir) / "models" / "onnx" / key
     with atomic_dir(final) as tmp:
@@ -73,9 +78,6 @@ def build_candidate(
     ctx: StageContext,
 ) -> dict[str, Any]:
     """Make one candidate folder. Raises ParityError (the candidate fails) if its check fails."""
-    from models import candidates as C  # noqa: PLC0415
-    from models.runtime import describe  # noqa: PLC0415
-
     cs = C.CandidateSpec(**spec)
     key = stage_key(spec, quantizer, (export or {}).get("onnx_sha256"), source.sha256, code_version)
     final = Path(ctx.workdir) / "candidates" / key
@@ -83,10 +85,10 @@ def build_candidate(
     record: dict[str, Any] = {"name": cs.name}
     with atomic_dir(final) as tmp:
         if cs.variant == C.FP32_ONNX:
-            C.fp32_candidate(Path(export["export_dir"]), cs, tmp, info.max_length, info.labels)
+            C.fp32_candidate(Path(export["export_dir"]), cs, tmp, info.max_length, info.labels, info.task)
             record["parity"] = export["parity"]
         elif cs.variant == C.FP32_TORCH:
-            C.fp32_candidate(Path(source.dir), cs, tmp, info.max_length, info.labels)
+            C.fp32_candidate(Path(source.dir), cs, tmp, info.max_length, info.labels, info.task)
         else:
             built = C.build_quantized(
                 cs,
@@ -101,9 +103,6 @@ def build_candidate(
             )
             record.update(report=built.report, agreement=built.agreement)
     weights = final / "model.onnx" if cs.runtime == "onnxruntime" else next(final.glob("*.safetensors"))
-    import os  # noqa: PLC0415
-    import socket  # noqa: PLC0415
-
     record.update(
         path=str(final),
         file_bytes=weights.stat().st_size,
@@ -119,13 +118,11 @@ def evaluate_candidate(
     name: str, path: str, sha256: str, data: PreparedData, code_version: str, ctx: StageContext
 ) -> dict[str, Any]:
     """Test accuracy and macro F1 from raw test texts (tokenizer included)."""
-    from models.candidates import score_on_test  # noqa: PLC0415
-
     frame = read_split(data.path("test"))
     return {
         "name": name,
         "path": path,
-        **score_on_test(path, frame["text"].tolist(), data.labels, frame["label"].tolist(), _threads()),
+        **C.score_on_test(path, frame["text"].tolist(), data.labels, frame["label"].tolist(), _threads()),
     }
 
 

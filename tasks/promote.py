@@ -12,11 +12,28 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from models import tracking
-from models.config import PromoteConfig
-from models.registry import CHALLENGER, decide, model_card, promote, register_candidate, set_alias
-from tasks.common import StageContext, transient_only
-from tasks.locks import registry_lock
+from slimflow.models.core.results import StageResult
+from slimflow.models.release import tracking
+from slimflow.models.release.config import PromoteConfig
+from slimflow.models.release.gates import decide
+from slimflow.models.release.model_card import model_card
+from slimflow.models.release.registry import CHALLENGER, promote, register_candidate, set_alias
+from slimflow.tasks.common import StageContext, transient_only
+from slimflow.tasks.locks import registry_lock
+
+
+class RegisterResult(StageResult):
+    decision: dict[str, Any]  # release.gates.Decision, as a dict
+    versions: dict[str, str]  # candidate name -> registered version
+    challenger: str | None
+    winner: str | None
+
+
+class PromoteResult(StageResult):
+    champion: str
+    previous: str | None
+    model_name: str
+
 
 REGISTRY_TASK = {
     "cache_policy": NO_CACHE,
@@ -27,7 +44,7 @@ REGISTRY_TASK = {
 
 
 def _existing_version(client: Any, model_name: str, sha256: str) -> str | None:
-    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+    from mlflow.exceptions import MlflowException
 
     try:
         found = client.search_model_versions(
@@ -46,9 +63,9 @@ def register_candidates(
     context: dict[str, Any],
     code_version: str,
     ctx: StageContext,
-) -> dict[str, Any]:
+) -> RegisterResult:
     """Judge every measured candidate; register those that pass; point 'challenger' at the winner."""
-    import mlflow  # noqa: PLC0415
+    import mlflow
 
     decision = decide(candidates, cfg.gates, teacher_accuracy)
     client = tracking.client(ctx.tracking_uri)
@@ -104,19 +121,19 @@ def register_candidates(
             }
         )
         tracking.log_json(decision.to_dict(), "decision.json")
-        return {
-            "decision": decision.to_dict(),
-            "versions": versions,
-            "challenger": challenger,
-            "winner": decision.winner,
-            "mlflow_run_id": run_id,
-        }
+        return RegisterResult(
+            decision=decision.to_dict(),
+            versions=versions,
+            challenger=challenger,
+            winner=decision.winner,
+            mlflow_run_id=run_id,
+        )
 
 
 @task(name="promote-champion", tags=["registry"], **REGISTRY_TASK)
 def promote_champion(
     cfg: PromoteConfig, version: str, approval: dict[str, str], code_version: str, ctx: StageContext
-) -> dict[str, Any]:
+) -> PromoteResult:
     """'champion' -> ``version`` ('previous' -> the old champion). The approval is already on the
     version as tags (flows/promotion.py); it is an input here so the task run shows who approved."""
 
@@ -124,4 +141,4 @@ def promote_champion(
     with registry_lock(cfg.model_name, ctx.tracking_uri):  # read champion -> set previous -> set champion
         old = promote(client, cfg.model_name, version, {})
     client.set_tag(ctx.parent_run_id, "slimflow.champion", f"{cfg.model_name}/{version}")
-    return {"champion": version, "previous": old, "model_name": cfg.model_name}
+    return PromoteResult(champion=version, previous=old, model_name=cfg.model_name)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-from models.errors import ConfigError
-from models.names import check_secret_ref
+from slimflow.models.core.errors import ConfigError
+from slimflow.models.core.names import check_secret_ref
 
 
 def resolve_secret(ref: str) -> str:
@@ -20,7 +20,7 @@ def resolve_secret(ref: str) -> str:
         if not value:
             raise ConfigError(f"secret {ref}: environment variable {name} is not set (or empty)")
         return value
-    from prefect.blocks.system import Secret  # noqa: PLC0415
+    from prefect.blocks.system import Secret
 
     try:
         value = Secret.load(name).get()

@@ -11,9 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from slimflow.env import apply_defaults
+from slimflow.models.core.env import apply_defaults
+from slimflow.models.families import get_family
 
 apply_defaults()  # the CLI's offline/telemetry defaults, so tests run as users do
+
+FAMILY = get_family("sequence-classification")  # the family the tiny models here are built for
 
 POSITIVE = "good great fine superb lovely moving brilliant charming witty delightful".split()
 NEGATIVE = "bad awful dull boring clumsy tedious weak messy stale lifeless".split()
@@ -78,7 +81,7 @@ def reviews_csv(tmp_path: Path, reviews: pd.DataFrame) -> Path:
 
 
 def data_cfg(source: Path | str, **kw):
-    from models.config import DataConfig
+    from slimflow.models.data.config import DataConfig
 
     base = {
         "source": str(source),
@@ -92,9 +95,9 @@ def data_cfg(source: Path | str, **kw):
 
 def train_tiny_teacher(tmp_path: Path, model_dir: Path, rows: int, epochs: int):
     """Synthetic data prepared and split, and a tiny teacher fully fine-tuned on it."""
-    from models.config import FinetuneConfig
-    from models.finetune import finetune
-    from models.prepare import prepare
+    from slimflow.models.data.prepare import prepare
+    from slimflow.models.train.config import FinetuneConfig
+    from slimflow.models.train.finetune import finetune
 
     p = tmp_path / "d.csv"
     make_reviews(rows).to_csv(p, index=False)
@@ -109,3 +112,29 @@ def train_tiny_teacher(tmp_path: Path, model_dir: Path, rows: int, epochs: int):
         }
     )
     return prepared, finetune(ft, prepared, tmp_path / "teacher", tmp_path, progress=False)
+
+
+def build_tiny_mpnet(path: Path, layers: int = 2, hidden: int = 32) -> Path:
+    """A tiny MPNet and its tokenizer (same words as the tiny BERT, MPNet's special tokens)."""
+    from transformers import MPNetConfig, MPNetModel, MPNetTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    words = sorted(set(POSITIVE + NEGATIVE + FILLER))
+    vocab = ["<s>", "<pad>", "</s>", "<unk>", "[UNK]", "<mask>", *words]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = MPNetTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(path)
+    cfg = MPNetConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=66,
+        pad_token_id=1,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    MPNetModel(cfg).save_pretrained(path, safe_serialization=True)
+    return path

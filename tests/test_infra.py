@@ -115,6 +115,10 @@ def test_dockerfile_installs_torch_first_under_constraints_and_runs_unprivileged
     torch_at = next(i for i, r in enumerate(runs) if "torch==" in r)
     deps_at = next(i for i, r in enumerate(runs) if "-c constraints.txt" in r and "pip install" in r)
     assert torch_at < deps_at
+    # everything the package build reads is copied before it runs (setup.py maps the folders)
+    install = next(i for i, (ins, v) in enumerate(steps) if ins == "RUN" and "-c constraints.txt" in v)
+    copied = {src for ins, v in steps[:install] if ins == "COPY" for src in v.split()[:-1]}
+    assert {"pyproject.toml", "setup.py", "slimflow", "models", "tasks", "flows"} <= copied, copied
     for ins, value in steps:
         if ins == "COPY":
             *sources, _ = value.split()

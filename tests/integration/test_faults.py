@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from models import tracking
-from slimflow import servers
+from slimflow.cli import local_servers as servers
+from slimflow.models.release import tracking
 from tests.integration.test_promotion import free_port
 from tests.integration.test_servers import pipeline_yaml
 
@@ -54,7 +54,7 @@ def _wait_for_training(client, experiment: str, timeout_s: float = 300) -> str:
         try:
             exp = client.get_experiment_by_name(experiment)
             runs = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'") if exp else []
-        except Exception:  # noqa: BLE001 - the store may not exist yet
+        except Exception:  # the store may not exist yet
             runs = []
         for r in runs:
             if r.data.tags.get("slimflow.stage") == "finetune-teacher" and r.data.metrics.get(

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.pipeline import run_pipeline
-from models import tracking
-from models.config import PipelineConfig
+from slimflow.flows.pipeline import run_pipeline
+from slimflow.models.pipeline_config import PipelineConfig
+from slimflow.models.release import tracking
 from tests.conftest import make_reviews
 
 pytestmark = pytest.mark.integration
@@ -111,14 +111,14 @@ def test_real_model_and_data_slice_end_to_end(tmp_path):
     assert sm["student.params"] < 0.8 * sm["student.teacher_params"]  # 3 of 6 layers kept
     assert sm["student.teacher_test_accuracy"] == pytest.approx(m["teacher.test_accuracy"])
     student_dir = Path(s["stages"]["distill-student"]["outputs"]["model_dir"])
-    from models.finetune import load_classifier
+    from tests.conftest import FAMILY
 
-    assert load_classifier(student_dir)[0].config.num_hidden_layers == 3
+    assert FAMILY.load_trained(student_dir)[0].config.num_hidden_layers == 3
     cm = next(c for c in children if c.info.run_name == "compress").data.metrics
     assert cm["compress.params_no_emb_after"] <= 0.8 * cm["compress.params_no_emb_before"]
     assert cm["compress.params_before"] == sm["student.params"]  # it pruned the student
     assert cm["compress.step0.heads_removed"] == round(0.3 * 3 * 12)
-    compressed = load_classifier(s["stages"]["compress"]["outputs"]["model_dir"])[0]
+    compressed = FAMILY.load_trained(s["stages"]["compress"]["outputs"]["model_dir"])[0]
     assert compressed.config.intermediate_size == 1536 - round(0.3 * 1536)
     rows = {r["name"]: r for r in s["search"]["candidates"]}
     assert set(rows) == {"compressed/onnx_fp32/cpu", "compressed/ort_int8_dynamic/cpu"}

@@ -14,10 +14,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from flows.pipeline import run_pipeline
-from models import tracking
-from models.config import PipelineConfig
-from models.registry import alias_version
+from slimflow.flows.pipeline import run_pipeline
+from slimflow.models.pipeline_config import PipelineConfig
+from slimflow.models.release import tracking
+from slimflow.models.release.registry import alias_version
 from tests.conftest import make_reviews
 
 pytestmark = pytest.mark.integration
@@ -66,7 +66,7 @@ def free_port() -> int:
 def test_without_approval_a_passing_challenger_becomes_champion_and_is_served(setup):
     import httpx
 
-    from models import serve
+    from slimflow.models.release import serving as serve
 
     tmp_path, data, model = setup
     port = free_port()
@@ -135,7 +135,7 @@ def _run_in_thread(cfg: PipelineConfig) -> tuple[threading.Thread, dict]:
     def target() -> None:
         try:
             box["summary"] = ctx.run(run_pipeline, cfg, None, False)
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             box["error"] = e
 
     t = threading.Thread(target=target, daemon=True)
@@ -147,7 +147,7 @@ def _wait_paused(cfg: PipelineConfig, timeout: float = 300) -> str:
     """The flow-run id once the pipeline is paused for review."""
     from prefect.client.orchestration import get_client
 
-    from models import tracking
+    from slimflow.models.release import tracking
 
     uri = tracking.tracking_uri(cfg.tracking, cfg.workdir_path())
     deadline = time.time() + timeout

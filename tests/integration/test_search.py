@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.pipeline import run_pipeline
-from models import tracking
-from models.config import PipelineConfig
+from slimflow.flows.pipeline import run_pipeline
+from slimflow.models.pipeline_config import PipelineConfig
+from slimflow.models.release import tracking
 from tests.conftest import make_reviews
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.pipeline import run_pipeline
-from models import tracking
-from models.config import PipelineConfig
+from slimflow.flows.pipeline import run_pipeline
+from slimflow.models.pipeline_config import PipelineConfig
+from slimflow.models.release import tracking
 from tests.conftest import make_reviews
 from tests.integration.test_promotion import BENCH
 
@@ -33,7 +33,7 @@ def test_canary_secrets_never_reach_mlflow_files_or_logs(
 ):
     from prefect.blocks.system import Secret
 
-    import models.finetune as ft
+    from slimflow.models.families.classification.family import SequenceClassification
 
     block_value = "canary-block-" + secrets.token_hex(12)
     env_values = {
@@ -45,13 +45,13 @@ def test_canary_secrets_never_reach_mlflow_files_or_logs(
         monkeypatch.setenv(k, v)
     Secret(value=block_value).save("slimflow-canary", overwrite=True)
     seen_tokens: list[str | None] = []
-    real_load_base = ft.load_base
+    real_load = SequenceClassification.load_pretrained
 
-    def spy(*args, **kwargs):
+    def spy(self, *args, **kwargs):
         seen_tokens.append(kwargs.get("token"))
-        return real_load_base(*args, **kwargs)
+        return real_load(self, *args, **kwargs)
 
-    monkeypatch.setattr(ft, "load_base", spy)
+    monkeypatch.setattr(SequenceClassification, "load_pretrained", spy)
     data = tmp_path / "reviews.csv"
     make_reviews(320).to_csv(data, index=False)
     cfg = PipelineConfig.model_validate(
@@ -97,8 +97,8 @@ def test_canary_secrets_never_reach_mlflow_files_or_logs(
 
 
 def test_a_secret_written_into_the_config_is_refused_without_echoing_it(tmp_path):
-    from models.config import load_config
-    from models.errors import ConfigError
+    from slimflow.models.core.errors import ConfigError
+    from slimflow.models.pipeline_config import load_config
 
     p = tmp_path / "c.yaml"
     p.write_text("finetune:\n  hub_token: hf_abcdefghijklmnop\n")
@@ -108,8 +108,8 @@ def test_a_secret_written_into_the_config_is_refused_without_echoing_it(tmp_path
 
 
 def test_missing_secrets_name_the_reference_not_a_value(monkeypatch):
-    from models.errors import ConfigError
-    from tasks.secrets import resolve_secret
+    from slimflow.models.core.errors import ConfigError
+    from slimflow.tasks.secrets import resolve_secret
 
     monkeypatch.delenv("SLIMFLOW_NOPE", raising=False)
     with pytest.raises(ConfigError, match="env:SLIMFLOW_NOPE: environment variable SLIMFLOW_NOPE is not set"):

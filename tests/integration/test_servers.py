@@ -23,9 +23,9 @@ import httpx
 import pytest
 import yaml
 
-from models import tracking
-from models.registry import alias_version
-from slimflow import servers
+from slimflow.cli import local_servers as servers
+from slimflow.models.release import tracking
+from slimflow.models.release.registry import alias_version
 from tests.conftest import make_reviews
 from tests.integration.test_promotion import BENCH, free_port
 
@@ -167,7 +167,7 @@ def test_servers_bind_loopback_and_refuse_unauthenticated_or_rebound_requests(st
 def test_deployment_round_trip_schedule_worker_approval_champion_endpoint(stack, tmp_path, tiny_model_dir):
     """prefect.yaml deployed to the server; a run triggered through the API is picked up by the
     worker, pauses for review, is approved with `slimflow approve`, promotes and serves."""
-    from models import serve
+    from slimflow.models.release import serving as serve
 
     port = free_port()
     cfg = pipeline_yaml(

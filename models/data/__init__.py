@@ -1,0 +1,1 @@
+"""Data: load, validate (Great Expectations), clean, split and fingerprint."""

@@ -1,0 +1,125 @@
+"""The task-family interface: everything that depends on *what the model is for* (classify a
+text, generate text) rather than on its architecture or on the stage that uses it.
+
+Training, distillation, pruning, export, quantization checks, benchmarks, serving and the MLflow
+entry all ask the family: load a model for the task, encode a batch, the loss, evaluation and the
+primary metric, the distillation loss, the ONNX export task, how outputs become predictions, the
+agreement check of a quantized candidate against its FP32 source, the serving request/response
+schema, and the MLflow model entry. A new family is one folder that registers a ``TaskFamily``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from slimflow.models.config.base import Strict
+
+
+class AgreementConfig(Strict):
+    """How a quantized candidate is checked against its FP32 source on the validation split."""
+
+    min_agreement: float = Field(
+        0.97, gt=0, le=1, description="Share of validation rows on which it predicts what FP32 predicts."
+    )
+    min_class_ratio: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Collapse guard: every class FP32 predicts for at least 5% of rows must be "
+        "predicted at least this fraction as often by the quantized model.",
+    )
+
+
+@dataclass
+class AgreementReport:
+    passed: bool
+    agreement: float
+    rows: int
+    reference_share: dict[str, float]
+    candidate_share: dict[str, float]
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TaskFamily:
+    """One task family. Methods take plain inputs (models, tokenizers, arrays) and return results;
+    no MLflow, no Prefect, no files beyond the model folder they are given."""
+
+    name: ClassVar[str] = ""
+    onnx_task: ClassVar[str] = ""  # optimum's export task
+    peft_task_type: ClassVar[str] = ""  # peft.TaskType member
+    head_names: ClassVar[tuple[str, ...]] = ()  # task-head module names (peft wraps them itself)
+    metrics: ClassVar[tuple[str, ...]] = ()  # evaluation figures, higher is better
+    primary_metric: ClassVar[str] = ""  # the one gates, retention and the candidate choice use
+
+    # ---------------------------------------------------------------------------- models
+    def load_pretrained(
+        self, ref: str, labels: list[str], cache_dir: str | Path, dropout: float | None = None,
+        token: str | None = None,
+    ) -> tuple[Any, Any]:  # fmt: skip
+        """A pretrained model with a new task head for ``labels``, and its tokenizer."""
+        raise NotImplementedError
+
+    def load_trained(self, path: str | Path) -> tuple[Any, Any]:
+        """A model slimflow saved (``save``), in eval mode, and its tokenizer."""
+        raise NotImplementedError
+
+    def save(self, model: Any, tokenizer: Any, out_dir: Path, meta: dict[str, Any]) -> Path:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------- training
+    def encode(self, tokenizer: Any, frame: Any, labels: list[str], max_length: int) -> Any:
+        """A split's frame as ``Encoded`` examples."""
+        raise NotImplementedError
+
+    def loss(self, model: Any, inputs: Any, targets: Any) -> Any:
+        raise NotImplementedError
+
+    def evaluate(self, model: Any, data: Any, batch_size: int, pad_id: int) -> dict[str, float]:
+        """``loss`` plus every figure in ``metrics``."""
+        raise NotImplementedError
+
+    def kd_loss(
+        self, student_out: Any, teacher_out: Any, targets: Any, temperature: float, alpha: float
+    ) -> Any:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------- inference
+    def score(self, outputs: Any, gold: list[str], labels: list[str]) -> dict[str, float]:
+        """Test figures of raw model outputs against gold answers."""
+        raise NotImplementedError
+
+    def agreement(
+        self, reference: Any, candidate: Any, labels: list[str], cfg: AgreementConfig
+    ) -> AgreementReport:
+        raise NotImplementedError
+
+    def predictions(self, outputs: Any, labels: list[str]) -> list[dict[str, Any]]:
+        """Model outputs as the serving response's prediction records."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------ serving
+    def request_schema(self, max_batch: int, max_chars: int) -> type:
+        """The pydantic request body of ``POST /predict``."""
+        raise NotImplementedError
+
+    def response_schema(self) -> type:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------- MLflow model
+    # The registered pyfunc entry (slimflow/models/release/mlflow_entry.py) is one file for every
+    # family; it asks the family how to read its input and shape its output.
+    def input_example(self) -> Any:
+        raise NotImplementedError
+
+    def parse_input(self, model_input: Any) -> list[Any]:
+        raise NotImplementedError
+
+    def output_frame(self, records: list[dict[str, Any]]) -> Any:
+        raise NotImplementedError

@@ -1,0 +1,209 @@
+"""The ``sequence-classification`` family: ``AutoModelForSequenceClassification`` with a new head
+for the configured labels, cross-entropy, accuracy and macro F1, Hinton-style distillation on the
+logits, label agreement with a collapse guard for quantized candidates, label + score serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from slimflow.models.archs import adapter_for
+from slimflow.models.assets import resolve_pretrained
+from slimflow.models.core.modelfiles import write_meta
+from slimflow.models.families.base import AgreementConfig, AgreementReport, TaskFamily
+from slimflow.models.families.classification.schema import PredictResponse, request_model
+
+
+class SequenceClassification(TaskFamily):
+    name = "sequence-classification"
+    onnx_task = "text-classification"
+    peft_task_type = "SEQ_CLS"
+    head_names: ClassVar[tuple[str, ...]] = ("classifier", "score")  # BERT-like / decoder heads
+    metrics: ClassVar[tuple[str, ...]] = ("accuracy", "f1")
+    primary_metric = "accuracy"
+
+    # ---------------------------------------------------------------------------- models
+    def load_pretrained(
+        self, ref: str, labels: list[str], cache_dir: str | Path, dropout: float | None = None,
+        token: str | None = None,
+    ) -> tuple[Any, Any]:  # fmt: skip
+        """A sequence classifier with a new head for ``labels``, from safetensors, no remote code.
+        ``token`` authenticates hub downloads (private models); it is passed on, never stored."""
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        src = resolve_pretrained(ref, cache_dir)
+        config = AutoConfig.from_pretrained(
+            src,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={lab: i for i, lab in enumerate(labels)},
+            trust_remote_code=False,
+            token=token,
+        )
+        arch = adapter_for(config.model_type)
+        if dropout is not None:
+            for key in arch.dropout_keys:
+                if hasattr(config, key):
+                    setattr(config, key, dropout)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            src, config=config, use_safetensors=True, trust_remote_code=False, token=token
+        )
+        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False, token=token)
+        return model, tokenizer
+
+    def load_trained(self, path: str | Path) -> tuple[Any, Any]:
+        """A saved (merged) classifier, or an unmergeable adapter folder (prefix tuning)."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = Path(path)
+        if (path / "adapter_config.json").exists():
+            from peft import AutoPeftModelForSequenceClassification
+
+            model = AutoPeftModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, use_safetensors=True, trust_remote_code=False
+            )
+        return model.eval(), AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+
+    def save(self, model: Any, tokenizer: Any, out_dir: Path, meta: dict[str, Any]) -> Path:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+        write_meta(out_dir, {**meta, "task": self.name})
+        return out_dir
+
+    # ------------------------------------------------------------------------- training
+    def encode(self, tokenizer: Any, frame: Any, labels: list[str], max_length: int) -> Any:
+        """A split's ``text``/``label`` frame; label ids follow the order of ``labels``."""
+        from slimflow.models.families.batching import encode
+
+        label_id = {lab: i for i, lab in enumerate(labels)}
+        return encode(tokenizer, frame["text"].tolist(), [label_id[x] for x in frame["label"]], max_length)
+
+    def loss(self, model: Any, inputs: Any, targets: Any) -> Any:
+        return model(**inputs, labels=targets).loss
+
+    def evaluate(self, model: Any, data: Any, batch_size: int, pad_id: int) -> dict[str, float]:
+        import torch
+
+        from slimflow.models.families.batching import predict_logits
+
+        logits = predict_logits(model, data, batch_size, pad_id)
+        loss = float(
+            torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(data.labels))
+        )
+        return {"loss": loss, **self.metrics_of(logits.argmax(-1), data.labels, logits.shape[1])}
+
+    @staticmethod
+    def metrics_of(preds: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score, f1_score
+
+        return {
+            "accuracy": float(accuracy_score(labels, preds)),
+            "f1": float(
+                f1_score(labels, preds, average="macro", labels=list(range(num_labels)), zero_division=0)
+            ),
+        }
+
+    def kd_loss(
+        self, student_out: Any, teacher_out: Any, targets: Any, temperature: float, alpha: float
+    ) -> Any:
+        """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels) (Hinton et
+        al. 2015). The T^2 factor keeps the soft-target gradients on the scale of the hard-label ones."""
+        import torch.nn.functional as F
+
+        t = temperature
+        soft = F.kl_div(
+            F.log_softmax(student_out / t, dim=-1),
+            F.log_softmax(teacher_out / t, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        ) * (t * t)
+        if alpha >= 1.0:
+            return soft
+        hard = F.cross_entropy(student_out, targets)
+        return alpha * soft + (1.0 - alpha) * hard
+
+    # ---------------------------------------------------------------------- inference
+    def score(self, outputs: Any, gold: list[str], labels: list[str]) -> dict[str, float]:
+        """Test accuracy and macro F1 of logits against gold label names."""
+        label_id = {lab: i for i, lab in enumerate(labels)}
+        y = np.array([label_id[g] for g in gold])
+        return {**self.metrics_of(np.asarray(outputs).argmax(-1), y, len(labels)), "rows": len(y)}
+
+    def agreement(
+        self, reference: Any, candidate: Any, labels: list[str], cfg: AgreementConfig
+    ) -> AgreementReport:
+        """Does a quantized model still predict what its FP32 source predicts, without collapsing
+        onto a class? Checked on the validation split (never the test split, which reports the result)."""
+        ref = np.asarray(reference).argmax(-1)
+        got = np.asarray(candidate).argmax(-1)
+        n = len(ref)
+        if n == 0:
+            raise ValueError("agreement check needs at least one row")
+        agree = float(np.mean(ref == got))
+        k = len(labels)
+        ref_share = np.bincount(ref, minlength=k) / n
+        got_share = np.bincount(got, minlength=k) / n
+        problems = []
+        if agree < cfg.min_agreement:
+            problems.append(f"agrees with FP32 on {agree:.3f} of validation rows (< {cfg.min_agreement})")
+        for i, name in enumerate(labels):
+            if ref_share[i] >= 0.05 and got_share[i] < cfg.min_class_ratio * ref_share[i]:
+                problems.append(
+                    f"collapse: class {name!r} predicted for {got_share[i]:.1%} of rows "
+                    f"(FP32: {ref_share[i]:.1%})"
+                )
+        return AgreementReport(
+            not problems,
+            agree,
+            n,
+            {labels[i]: float(ref_share[i]) for i in range(k)},
+            {labels[i]: float(got_share[i]) for i in range(k)},
+            "; ".join(problems) if problems else f"agreement {agree:.3f}, no class collapse",
+        )
+
+    def predictions(self, outputs: Any, labels: list[str]) -> list[dict[str, Any]]:
+        """Softmax over the logits: the most likely label and its probability."""
+        logits = np.asarray(outputs)
+        if logits.size == 0:
+            return []
+        z = np.exp(logits - logits.max(-1, keepdims=True))
+        prob = z / z.sum(-1, keepdims=True)
+        return [
+            {"label": labels[i], "score": float(p)}
+            for i, p in zip(prob.argmax(-1), prob.max(-1), strict=True)
+        ]
+
+    # ------------------------------------------------------------------------ serving
+    def request_schema(self, max_batch: int, max_chars: int) -> type:
+        return request_model(max_batch, max_chars)
+
+    def response_schema(self) -> type:
+        return PredictResponse
+
+    # ------------------------------------------------------------------- MLflow model
+    def input_example(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame({"text": ["an example review"]})
+
+    def parse_input(self, model_input: Any) -> list[str]:
+        """The texts of a pyfunc ``predict`` input (a frame with a 'text' column, or a list)."""
+        import pandas as pd
+
+        if isinstance(model_input, pd.DataFrame):
+            if "text" not in model_input.columns:
+                raise ValueError(f"input needs a 'text' column, got {list(model_input.columns)}")
+            return model_input["text"].astype(str).tolist()
+        return [str(t) for t in model_input]
+
+    def output_frame(self, records: list[dict[str, Any]]) -> Any:
+        import pandas as pd
+
+        if not records:
+            return pd.DataFrame({"label": pd.Series([], dtype=str), "score": pd.Series([], dtype=float)})
+        return pd.DataFrame({"label": [r["label"] for r in records], "score": [r["score"] for r in records]})

@@ -1,0 +1,302 @@
+"""Latency and throughput of one model, measured so the numbers can be trusted.
+
+- Inputs are real test texts (lengths as they come, padded to the longest in the batch) and a fixed
+  length (e.g. 128 tokens); tokenization happens before timing and is not measured.
+- Warm-up calls first; then a fixed number of timed calls, cut short by a time budget (never below
+  ``min_iterations``).
+- Threads are set on the runtime and read back; the process can be pinned to as many cores.
+- By default each model runs in a fresh process: its own memory peak, no thread pools or caches
+  shared with the pipeline or the previous model.
+- Figures: p50/p90/p95/p99, mean, std, throughput (examples/s), bootstrap 95% CIs of p50 and p95,
+  model file size, peak RSS, and the hardware they were measured on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimflow.models.core.provenance import hardware, hardware_fingerprint
+from slimflow.models.optimize.config import BenchConfig
+from slimflow.models.optimize.predictors import load_predictor
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def visible_cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def resolve_threads(threads: int | None) -> int:
+    return threads or len(visible_cores())
+
+
+def pin(threads: int) -> list[int]:
+    """Pin this process to ``threads`` of the cores it may use; returns them ([] if unsupported)."""
+    cores = visible_cores()[:threads]
+    try:
+        os.sched_setaffinity(0, cores)
+    except (AttributeError, OSError):
+        return []
+    return cores
+
+
+def summarize(times_s: np.ndarray, batch_size: int, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Percentiles (ms), mean/std, throughput and bootstrap 95% CIs of p50 and p95."""
+    ms = np.asarray(times_s, dtype=np.float64) * 1e3
+    if ms.size == 0:
+        raise ValueError("no timings to summarize")
+    out: dict[str, float] = {f"p{q}_ms": float(np.percentile(ms, q)) for q in PERCENTILES}
+    out.update(
+        mean_ms=float(ms.mean()),
+        std_ms=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+        min_ms=float(ms.min()),
+        iterations=int(ms.size),
+        throughput_eps=float(batch_size * ms.size / (ms.sum() / 1e3)),
+    )
+    rng = np.random.default_rng(seed)
+    samples = rng.choice(ms, size=(n_boot, ms.size), replace=True)
+    for q in (50, 95):
+        stats = np.percentile(samples, q, axis=1)
+        out[f"p{q}_ci_low_ms"] = float(np.percentile(stats, 2.5))
+        out[f"p{q}_ci_high_ms"] = float(np.percentile(stats, 97.5))
+    return out
+
+
+def time_calls(
+    fn: Callable[[Any], Any],
+    inputs: list[Any],
+    warmup: int,
+    iterations: int,
+    budget_s: float | None,
+    min_iterations: int,
+) -> np.ndarray:
+    """Call ``fn`` on ``inputs`` (cycled): ``warmup`` untimed calls, then up to ``iterations`` timed ones."""
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    times = []
+    start = time.perf_counter()
+    for i in range(iterations):
+        t0 = time.perf_counter_ns()
+        fn(inputs[i % len(inputs)])
+        times.append((time.perf_counter_ns() - t0) / 1e9)
+        if budget_s is not None and i + 1 >= min_iterations and time.perf_counter() - start > budget_s:
+            break
+    return np.asarray(times)
+
+
+def make_inputs(
+    predictor: Any, texts: list[str], batch_size: int, length: str | int, count: int, seed: int
+) -> list[dict[str, np.ndarray]]:
+    """``count`` distinct batches of random test texts (cycled during timing)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        idx = rng.choice(len(texts), size=batch_size, replace=len(texts) < batch_size)
+        chunk = [texts[i] for i in idx]
+        out.append(predictor.encode(chunk, length=None if length == "data" else int(length)))
+    return out
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process image. Linux's getrusage ru_maxrss is inherited through fork+exec
+    (a child of a 4 GB pipeline would report 4 GB), so read VmHWM, which exec resets."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def effective_threads(predictor: Any) -> int:
+    """Intra-op threads the runtime reports it will use (read back, not what we asked for)."""
+    session = getattr(predictor, "session", None)
+    if session is not None:
+        return int(session.get_session_options().intra_op_num_threads)
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def bench_model(
+    path: str | Path, texts: list[str], cfg: BenchConfig, progress: bool = False
+) -> dict[str, Any]:
+    """Measure the model at ``path`` in this process (see ``bench`` for the isolated version)."""
+
+    threads = resolve_threads(cfg.threads)
+    before = visible_cores()
+    cores = pin(threads) if cfg.pin_cores else []
+    try:
+        return _measure(path, texts, cfg, threads, cores, progress)
+    finally:
+        if cores:  # in-process use (isolate: false) must not leave the caller pinned
+            os.sched_setaffinity(0, before)
+
+
+def _measure(
+    path: str | Path, texts: list[str], cfg: BenchConfig, threads: int, cores: list[int], progress: bool
+) -> dict[str, Any]:
+    rss0 = _rss_mb()
+    t0 = time.perf_counter()
+    predictor = load_predictor(path, threads)
+    load_s = time.perf_counter() - t0
+    settings = []
+    combos = [(b, n) for b in cfg.batch_sizes for n in cfg.lengths]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(combos), desc=f"bench {Path(path).name}", unit="setting", leave=False)
+    for b, n in combos:
+        used = n
+        if n != "data" and int(n) > predictor.position_limit:
+            used = predictor.position_limit  # the model has no positions beyond this; recorded below
+        inputs = make_inputs(predictor, texts, b, used, min(cfg.iterations, 50), cfg.seed)
+        times = time_calls(
+            predictor.logits, inputs, cfg.warmup, cfg.iterations, cfg.time_budget_s, cfg.min_iterations
+        )
+        tokens = float(np.mean([x["input_ids"].shape[1] for x in inputs]))
+        settings.append(
+            {
+                "batch_size": b,
+                "length": n,
+                "length_used": used,
+                "mean_tokens": tokens,
+                **summarize(times, b, cfg.bootstrap, cfg.seed),
+            }
+        )
+        if bar:
+            bar.update()
+    if bar:
+        bar.close()
+    hw = hardware()
+    return {
+        "model": str(path),
+        "runtime": predictor.info.runtime,
+        "target": predictor.info.target,
+        "variant": predictor.info.variant,
+        "threads": threads,
+        "threads_effective": effective_threads(predictor),
+        "pinned_cores": cores,
+        "isolated": False,
+        "file_bytes": predictor.file_bytes,
+        "load_seconds": load_s,
+        "rss_before_load_mb": rss0,
+        "peak_rss_mb": _peak_rss_mb(),
+        "hardware": hw,
+        "hardware_fingerprint": hardware_fingerprint(hw),
+        "settings": settings,
+    }
+
+
+def bench(path: str | Path, texts: list[str], cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
+    """Measure ``path``; in a fresh process when ``cfg.isolate`` (the default)."""
+    if not cfg.isolate:
+        return bench_model(path, texts, cfg, progress)
+    threads = resolve_threads(cfg.threads)
+    with tempfile.TemporaryDirectory(prefix="slimflow-bench-") as d:
+        tfile, cfile, ofile = (Path(d) / n for n in ("texts.json", "config.json", "out.json"))
+        tfile.write_text(json.dumps(texts), encoding="utf-8")
+        cfile.write_text(cfg.model_dump_json(), encoding="utf-8")
+        env = {
+            **os.environ,
+            # set before the child imports torch/onnxruntime, so their pools start at this size
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "slimflow.models.optimize.bench",
+            str(path),
+            str(tfile),
+            str(cfile),
+            str(ofile),
+        ]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not ofile.exists():
+            lines = (proc.stderr or proc.stdout or "").strip().splitlines() or ["(no output)"]
+            raise RuntimeError(
+                f"benchmark of {path} failed (exit {proc.returncode}): {lines[-1]}\n" + "\n".join(lines[-12:])
+            )
+        result = json.loads(ofile.read_text(encoding="utf-8"))
+    result["isolated"] = True
+    return result
+
+
+def setting(result: dict[str, Any], batch_size: int, length: str | int = "data") -> dict[str, Any]:
+    """The figures of one (batch size, length) setting of a bench result."""
+    for s in result["settings"]:
+        if s["batch_size"] == batch_size and s["length"] == length:
+            return s
+    raise KeyError(f"no setting batch={batch_size} length={length} in this benchmark")
+
+
+def flat_metrics(result: dict[str, Any], prefix: str = "bench.") -> dict[str, float]:
+    """MLflow metric names like ``bench.b1_data.p50_ms``."""
+    out = {f"{prefix}file_mb": result["file_bytes"] / 2**20, f"{prefix}peak_rss_mb": result["peak_rss_mb"]}
+    for s in result["settings"]:
+        key = f"{prefix}b{s['batch_size']}_{s['length']}."
+        out.update(
+            {key + k: float(v) for k, v in s.items() if k not in ("batch_size", "length", "length_used")}
+        )
+    return out
+
+
+def format_table(results: list[tuple[str, dict[str, Any]]]) -> str:
+    """A plain-text table of several bench results (one row per model and setting)."""
+    head = (
+        f"{'model':<28} {'setting':<12} {'p50 ms':>8} {'p50 95% CI':>17} "
+        f"{'p95 ms':>8} {'p99 ms':>8} {'ex/s':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for name, r in results:
+        for s in r["settings"]:
+            ci = f"[{s['p50_ci_low_ms']:.2f}, {s['p50_ci_high_ms']:.2f}]"
+            lines.append(
+                f"{name[:28]:<28} {'b' + str(s['batch_size']) + ' ' + str(s['length']):<12} "
+                f"{s['p50_ms']:>8.2f} {ci:>17} {s['p95_ms']:>8.2f} {s['p99_ms']:>8.2f} "
+                f"{s['throughput_eps']:>9.1f}"
+            )
+    return "\n".join(lines)
+
+
+def _child(argv: list[str]) -> None:
+    model, texts_file, cfg_file, out_file = argv
+    cfg = BenchConfig.model_validate_json(Path(cfg_file).read_text(encoding="utf-8"))
+    texts = json.loads(Path(texts_file).read_text(encoding="utf-8"))
+    result = bench_model(model, texts, cfg)
+    Path(out_file).write_text(json.dumps(result), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    from slimflow.models.core.env import apply_defaults
+
+    apply_defaults()
+    _child(sys.argv[1:])

@@ -1,0 +1,343 @@
+"""The candidate search: which (source model x variant x target) combinations to try, how each is
+built and checked, and which one wins.
+
+A candidate is a self-contained folder (see ``predictors.py``). Building one never raises for a
+candidate-specific problem the user should read about (parity, agreement, an unmatched keep_fp32
+pattern): the caller records it as failed with the message and the search goes on.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimflow.models.families import DEFAULT_TASK, get_family
+from slimflow.models.families.base import AgreementConfig
+from slimflow.models.optimize.bench import setting
+from slimflow.models.optimize.config import OptimizeConfig
+from slimflow.models.optimize.export import ParityError
+from slimflow.models.optimize.predictors import (
+    CANDIDATE_FILE,
+    MODEL_LOCK,
+    CandidateInfo,
+    describe,
+    load_predictor,
+)
+from slimflow.models.optimize.quantizers import QuantContext, apply_quantizer
+from slimflow.models.optimize.targets import get_target
+
+FP32_ONNX = "onnx_fp32"
+FP32_TORCH = "torch_fp32"
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    source: str  # teacher | student | compressed
+    variant: str  # onnx_fp32 | torch_fp32 | a quantizer kind
+    target: str
+    runtime: str
+    int8_preset: str | None = None  # the target's INT8 preset, resolved where the plan is made
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}/{self.variant}/{self.target}"
+
+    @property
+    def reference(self) -> str | None:
+        """The FP32 candidate this one is compared with (agreement, speed); None for FP32 ones."""
+        if self.variant in (FP32_ONNX, FP32_TORCH):
+            return None
+        ref = FP32_TORCH if self.runtime == "torch" else FP32_ONNX
+        return f"{self.source}/{ref}/{self.target}"
+
+
+@dataclass
+class Skipped:
+    name: str
+    reason: str
+
+
+def plan(
+    cfg: OptimizeConfig, sources: list[str], task: str = DEFAULT_TASK
+) -> tuple[list[CandidateSpec], list[Skipped]]:
+    """Every candidate to build, plus the combinations skipped and why (never silently dropped):
+    unavailable targets, runtimes a target cannot run, and quantizers made for other devices or
+    other task families."""
+    wanted = cfg.sources or sources
+    missing = [s for s in wanted if s not in sources]
+    specs: list[CandidateSpec] = []
+    skipped: list[Skipped] = [
+        Skipped(f"{s}/*/*", f"the pipeline made no {s} model (enable its stage)") for s in missing
+    ]
+    quant = [(q.kind, type(q)) for q in cfg.quantize]
+    quantizer_cls = dict(quant)
+    torch_needed = cfg.include_torch_fp32 or any(cls.runtime == "torch" for _, cls in quant)
+    for target_name in cfg.targets:
+        target = get_target(target_name).resolved()
+        ok, why = target.availability()
+        for source in (s for s in wanted if s in sources):
+            variants: list[tuple[str, str]] = []
+            if cfg.include_onnx_fp32 or any(cls.runtime == "onnxruntime" for _, cls in quant):
+                variants.append((FP32_ONNX, "onnxruntime"))
+            if torch_needed:
+                variants.append((FP32_TORCH, "torch"))
+            variants += [(kind, cls.runtime) for kind, cls in quant]
+            for variant, runtime in variants:
+                spec = CandidateSpec(source, variant, target_name, runtime, target.int8_preset)
+                if not ok:
+                    skipped.append(Skipped(spec.name, f"target {target_name} unavailable: {why}"))
+                    continue
+                if runtime == "torch" and target.device != "cpu":
+                    skipped.append(
+                        Skipped(spec.name, "PyTorch candidates are measured on the cpu target only")
+                    )
+                    continue
+                qcls = quantizer_cls.get(variant)
+                if qcls is not None and target.device not in qcls.devices:
+                    devices = "/".join(qcls.devices)
+                    skipped.append(
+                        Skipped(spec.name, f"{variant} is for {devices} targets, not {target.device}")
+                    )
+                    continue
+                if qcls is not None and task not in qcls.families:
+                    skipped.append(Skipped(spec.name, f"{variant} does not support the {task} task family"))
+                    continue
+                specs.append(spec)
+    return specs, skipped
+
+
+def fp32_candidate(
+    src: Path, spec: CandidateSpec, out: Path, max_length: int, labels: list[str], task: str = DEFAULT_TASK
+) -> None:
+    """An FP32 model as a candidate: the ONNX export (parity checked at export) or the PyTorch model."""
+    for f in src.iterdir():
+        if f.is_file():
+            shutil.copy2(f, out / f.name)
+    model_file = "model.onnx" if spec.runtime == "onnxruntime" else None
+    info = CandidateInfo(spec.runtime, spec.target, spec.variant, spec.source, model_file, max_length, labels)
+    info.task = task
+    info.save(out)
+
+
+@dataclass
+class BuildResult:
+    name: str
+    path: str
+    report: dict[str, Any] = field(default_factory=dict)
+    agreement: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_quantized(
+    spec: CandidateSpec,
+    quant_cfg: Any,
+    export_dir: Path,
+    model_dir: Path,
+    out: Path,
+    calibration_texts: list[str],
+    validation_texts: list[str],
+    agreement_cfg: AgreementConfig,
+    threads: int,
+) -> BuildResult:
+    """Quantize, then check the result agrees with its FP32 reference on the validation split.
+
+    Raises ParityError (with the reason) when the quantized model disagrees or collapses.
+    """
+    src = describe(model_dir)
+    family = get_family(src.task)
+    reference = load_predictor(export_dir if spec.runtime == "onnxruntime" else model_dir, threads)
+    if spec.runtime == "onnxruntime":
+        for f in export_dir.iterdir():  # tokenizer + config
+            if f.is_file() and f.suffix != ".onnx":
+                shutil.copy2(f, out / f.name)
+    ctx = QuantContext(
+        onnx_fp32=export_dir / "model.onnx",
+        onnx_unfused=export_dir / "unfused" / "model.onnx",
+        torch_dir=model_dir,
+        tokenizer=reference.tokenizer,
+        calibration_texts=calibration_texts,
+        max_length=src.max_length,
+        target=get_target(spec.target).with_preset(spec.int8_preset),
+        family=family,
+    )
+    try:
+        with MODEL_LOCK:
+            report = apply_quantizer(quant_cfg, ctx, out)
+    except ValueError as e:  # a config problem specific to this candidate (e.g. keep_fp32 typo)
+        raise ParityError(f"{spec.name}: {e}") from None
+    info = CandidateInfo(
+        spec.runtime,
+        spec.target,
+        spec.variant,
+        spec.source,
+        "model.onnx" if spec.runtime == "onnxruntime" else None,
+        src.max_length,
+        src.labels,
+        report.recipe or None if spec.runtime == "torch" else None,
+        src.task,
+    )
+    info.save(out)
+    cand = load_predictor(out, threads)
+    ref_logits = reference.predict(validation_texts)
+    got_logits = cand.predict(validation_texts)
+    check = family.agreement(ref_logits, got_logits, src.labels, agreement_cfg)
+    if not check.passed:
+        raise ParityError(f"{spec.name}: {check.message}")
+    return BuildResult(spec.name, str(out), asdict(report), check.to_dict())
+
+
+def score_on_test(
+    path: str | Path, texts: list[str], labels: list[str], gold: list[str], threads: int
+) -> dict[str, float]:
+    """The family's test figures of a candidate (classification: accuracy, macro F1), on raw test texts."""
+    predictor = load_predictor(path, threads)
+    return predictor.family.score(predictor.predict(texts), gold, predictor.info.labels or labels)
+
+
+def identity(folder: str | Path) -> str:
+    """What makes a candidate this candidate: its weights and how they are run (candidate.json holds
+    the runtime, target and any load-time quantization recipe). Two candidates sharing FP32 weights
+    (PyTorch FP32 and torchao INT8) therefore differ; the registry keys idempotency on this."""
+    import hashlib
+
+    folder = Path(folder)
+    h = hashlib.sha256()
+    weights = sorted(folder.glob("*.onnx")) or sorted(folder.glob("*.safetensors"))
+    for f in [*weights, folder / CANDIDATE_FILE]:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- choosing
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names of the points (accuracy, latency) that no other point beats on both (>= acc, <= latency,
+    strictly better on one)."""
+    front = []
+    for name, (acc, lat) in points.items():
+        dominated = any(
+            (a >= acc and t <= lat) and (a > acc or t < lat)
+            for other, (a, t) in points.items()
+            if other != name
+        )
+        if not dominated:
+            front.append(name)
+    return sorted(front, key=lambda n: points[n][1])
+
+
+def select(rows: list[dict[str, Any]], teacher_accuracy: float, cfg: OptimizeConfig) -> dict[str, Any]:
+    """Mark each measured candidate: meets the accuracy bar?, on the Pareto front?, slower than its
+    FP32 reference?; and name the best (lowest p50 at ``rank_batch_size`` among those meeting the bar).
+
+    ``rows`` are candidate records with 'name', 'status', 'reference', 'test' and 'bench' keys.
+    """
+    bar = cfg.accuracy_bar
+    floor = 0.0
+    if bar.min_retention is not None:
+        floor = max(floor, bar.min_retention * teacher_accuracy)
+    if bar.min_accuracy is not None:
+        floor = max(floor, bar.min_accuracy)
+    measured = [r for r in rows if r["status"] == "ok"]
+    by_name = {r["name"]: r for r in measured}
+
+    def p50(r: dict[str, Any], b: int) -> float:
+        return setting(r["bench"], b)["p50_ms"]
+
+    rank_b = cfg.rank_batch_size
+    for r in measured:
+        r["retention"] = r["test"]["accuracy"] / teacher_accuracy if teacher_accuracy else None
+        r["meets_bar"] = r["test"]["accuracy"] >= floor
+        r["speedup_vs_reference"] = None
+        r["slower_than_reference"] = False
+        ref = by_name.get(r.get("reference") or "")
+        if ref is not None:
+            slower = [b for b in cfg.bench.batch_sizes if p50(r, b) > p50(ref, b)]
+            r["slower_than_reference"] = bool(slower)
+            r["slower_at_batch_sizes"] = slower
+            r["speedup_vs_reference"] = p50(ref, rank_b) / p50(r, rank_b)
+    points = {r["name"]: (r["test"]["accuracy"], p50(r, rank_b)) for r in measured}
+    front = pareto_front(points)
+    for r in measured:
+        r["pareto"] = r["name"] in front
+    eligible = sorted(
+        (r for r in measured if r["meets_bar"]), key=lambda r: (p50(r, rank_b), -r["test"]["accuracy"])
+    )
+    best = eligible[0]["name"] if eligible else None
+    reason = (
+        f"lowest p50 at batch {rank_b} among {len(eligible)} candidate(s) with test accuracy >= {floor:.4f}"
+        if best
+        else f"no candidate reaches test accuracy {floor:.4f} (bar: {bar.model_dump()})"
+    )
+    return {
+        "best": best,
+        "reason": reason,
+        "accuracy_floor": floor,
+        "teacher_accuracy": teacher_accuracy,
+        "pareto_front": front,
+        "slower_than_reference": [r["name"] for r in measured if r["slower_than_reference"]],
+        "rank_batch_size": rank_b,
+    }
+
+
+def plot_pareto(rows: list[dict[str, Any]], selection: dict[str, Any], path: Path) -> Path:
+    """Test accuracy vs p50 latency of every measured candidate; front joined, best circled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b = selection["rank_batch_size"]
+    measured = [r for r in rows if r["status"] == "ok"]
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    markers = {"teacher": "s", "student": "o", "compressed": "D"}
+    for r in measured:
+        x, y = setting(r["bench"], b)["p50_ms"], r["test"]["accuracy"]
+        lo, hi = setting(r["bench"], b)["p50_ci_low_ms"], setting(r["bench"], b)["p50_ci_high_ms"]
+        color = "tab:green" if r.get("meets_bar") else "tab:gray"
+        ax.errorbar(
+            x, y, xerr=[[x - lo], [hi - x]], fmt=markers.get(r["source"], "o"), color=color, capsize=3, ms=7
+        )
+        ax.annotate(
+            r["name"].rsplit("/", 1)[0], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7
+        )
+    front = [r for r in measured if r.get("pareto")]
+    front.sort(key=lambda r: setting(r["bench"], b)["p50_ms"])
+    if front:
+        ax.plot(
+            [setting(r["bench"], b)["p50_ms"] for r in front],
+            [r["test"]["accuracy"] for r in front],
+            "--",
+            color="tab:blue",
+            lw=1,
+            label="Pareto front",
+        )
+    if selection.get("best"):
+        r = next(r for r in measured if r["name"] == selection["best"])
+        ax.scatter(
+            [setting(r["bench"], b)["p50_ms"]],
+            [r["test"]["accuracy"]],
+            s=260,
+            facecolors="none",
+            edgecolors="tab:red",
+            linewidths=2,
+            label=f"best: {r['name']}",
+        )
+    ax.axhline(selection["accuracy_floor"], color="tab:red", lw=0.8, ls=":", label="accuracy bar")
+    ax.axhline(selection["teacher_accuracy"], color="black", lw=0.8, ls="-.", label="teacher (PyTorch)")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"p50 latency at batch {b}, test-text lengths (ms, log scale; bars = 95% CI)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Candidates: accuracy vs latency (green = meets the bar)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,190 @@
+"""The ``optimize:`` section: export, quantizers, agreement checks, benchmarks and the choice."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from slimflow.models.config.base import Strict, plugin_field
+from slimflow.models.families.base import AgreementConfig
+from slimflow.models.optimize.quantizers import QUANTIZERS
+from slimflow.models.optimize.targets import TARGETS
+
+QuantizerField = plugin_field(QUANTIZERS)
+
+
+class ExportConfig(Strict):
+    opset: int = Field(17, ge=14, le=23, description="ONNX opset of the export.")
+    optimize: bool = Field(
+        True, description="Run ONNX Runtime's transformer optimizer (Attention/LayerNorm/GELU fusions)."
+    )
+    optimization_level: Literal[0, 1, 2, 99] = Field(
+        2,
+        description="ORT graph optimisation applied before the fusions: 0 none, 1 basic, 2 extended, "
+        "99 all (99 adds layout changes tied to this machine's CPU).",
+    )
+    atol: float = Field(
+        1e-4, gt=0, le=1, description="Largest |logit difference| allowed between ONNX FP32 and PyTorch."
+    )
+    parity_batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 8, 32], min_length=1, description="Batch sizes of the parity check."
+    )
+    parity_lengths: list[int] = Field(
+        default_factory=lambda: [8, 64, 128],
+        min_length=1,
+        description="Sequence lengths (tokens, padded or truncated) of the parity check.",
+    )
+
+    @field_validator("parity_batch_sizes", "parity_lengths")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v):
+            raise ValueError(f"must be positive integers, got {v}")
+        return v
+
+
+class BenchConfig(Strict):
+    batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 32], min_length=1, description="Batch sizes measured."
+    )
+    lengths: list[Literal["data"] | int] = Field(
+        default_factory=lambda: ["data", 128],
+        min_length=1,
+        description="'data' = test texts as they come (padded to the longest in the batch), or a fixed "
+        "token count every input is padded/truncated to.",
+    )
+    warmup: int = Field(10, ge=0, le=10_000, description="Untimed calls before measuring.")
+    iterations: int = Field(200, ge=5, le=1_000_000, description="Timed calls per setting (at most).")
+    time_budget_s: float | None = Field(
+        8.0, gt=0, description="Stop a setting early after this many seconds (>= min_iterations); None = off."
+    )
+    min_iterations: int = Field(20, ge=5, description="Timed calls per setting even when over budget.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Intra-op threads (ORT and torch); None = every CPU this process may use.",
+    )
+    pin_cores: bool = Field(True, description="Pin the benchmark process to as many cores as threads.")
+    isolate: bool = Field(
+        True, description="Measure each model in a fresh process (own memory peak, no shared thread pools)."
+    )
+    bootstrap: int = Field(
+        1000, ge=100, le=100_000, description="Resamples for the 95% confidence intervals."
+    )
+    seed: int = Field(0, description="Seed of the text sampling and the bootstrap.")
+
+    @field_validator("lengths")
+    @classmethod
+    def _lengths(cls, v: list[Any]) -> list[Any]:
+        if any(isinstance(x, int) and not 1 <= x <= 8192 for x in v):
+            raise ValueError(f"fixed lengths must be between 1 and 8192 tokens, got {v}")
+        return v
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batches(cls, v: list[int]) -> list[int]:
+        if any(x < 1 or x > 4096 for x in v):
+            raise ValueError(f"batch sizes must be between 1 and 4096, got {v}")
+        return v
+
+
+class AccuracyBar(Strict):
+    min_retention: float | None = Field(
+        0.98, gt=0, le=1.5, description="Test accuracy at least this share of the teacher's; None = off."
+    )
+    min_accuracy: float | None = Field(
+        None, ge=0, le=1, description="Absolute test accuracy floor; None = off."
+    )
+
+
+class ThreadsRunner(Strict):
+    kind: Literal["threads"] = "threads"
+
+
+class DaskRunner(Strict):
+    kind: Literal["dask"] = "dask"
+    address: str | None = Field(
+        None,
+        pattern=r"^(tcp|tls|inproc|ucx)://[^\s]+$",
+        description="Scheduler of an existing Dask cluster (tcp://HOST:8786); None = start a local one.",
+    )
+    n_workers: int = Field(2, ge=1, le=1024, description="Worker processes of a local cluster.")
+    threads_per_worker: int = Field(1, ge=1, le=64, description="Threads per local worker.")
+
+    @model_validator(mode="after")
+    def _installed(self) -> DaskRunner:
+        import importlib.util
+
+        if importlib.util.find_spec("prefect_dask") is None:
+            raise ValueError("the dask runner needs prefect-dask: pip install 'slimflow[dask]'")
+        return self
+
+
+class OptimizeConfig(Strict):
+    sources: list[Literal["teacher", "student", "compressed"]] | None = Field(
+        None, description="Pipeline models turned into candidates; None = every model this run made."
+    )
+    targets: list[str] = Field(
+        default_factory=lambda: ["cpu"],
+        min_length=1,
+        description="Hardware targets (slimflow/models/optimize/targets.py).",
+    )
+    quantize: list[QuantizerField] = Field(
+        default_factory=list,
+        description="Registered quantizers (slimflow/models/optimize/quantizers/) tried on every source "
+        "and target.",
+    )
+    include_onnx_fp32: bool = Field(True, description="Keep the ONNX FP32 export itself as a candidate.")
+    include_torch_fp32: bool = Field(
+        False, description="Add each source in PyTorch FP32 eager as a (baseline) candidate."
+    )
+    export: ExportConfig = ExportConfig()
+    agreement: AgreementConfig = AgreementConfig()
+    bench: BenchConfig = BenchConfig()
+    accuracy_bar: AccuracyBar = AccuracyBar()
+    rank_batch_size: int = Field(
+        1,
+        ge=1,
+        description="The best candidate is the one with the lowest p50 at this batch size "
+        "(test-data lengths) among those that meet the accuracy bar.",
+    )
+    max_parallel: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Candidate builds/accuracy evaluations run at once. Latency is always "
+        "measured one candidate at a time.",
+    )
+    runner: ThreadsRunner | DaskRunner = Field(
+        default_factory=lambda: ThreadsRunner(),
+        discriminator="kind",
+        description="Where candidate builds and accuracy evaluations run: 'threads' in the pipeline "
+        "process, or 'dask' (a local Dask cluster, or an existing one by address) through Prefect's "
+        "Dask integration. Exports and latency stay in the pipeline process.",
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, v: list[str]) -> list[str]:
+        unknown = [t for t in v if t not in TARGETS]
+        if unknown:
+            raise ValueError(f"unknown target(s) {unknown}; known: {', '.join(TARGETS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"targets repeat: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _rank_measured(self) -> OptimizeConfig:
+        if self.rank_batch_size not in self.bench.batch_sizes:
+            raise ValueError(
+                f"rank_batch_size {self.rank_batch_size} is not among "
+                f"bench.batch_sizes {self.bench.batch_sizes}"
+            )
+        if "data" not in self.bench.lengths:
+            raise ValueError("bench.lengths must include 'data' (the ranking uses test-data lengths)")
+        kinds = [q.kind for q in self.quantize]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"each quantization kind may appear once, got {kinds}")
+        return self

@@ -1,0 +1,129 @@
+"""Promotion gates and the decision: a pure function of the measured candidates and the gates.
+
+``decide(candidates, gates, teacher_accuracy)`` says, for every measured candidate, which gates it
+passes (with the measured value and the threshold), which candidate wins (the fastest passing one,
+ties broken by size), and, when none passes, the best-effort candidate and the gates it failed.
+No I/O here: the registry writes are in ``registry.py``, called by the promotion tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from slimflow.models.release.config import GatesConfig
+
+
+@dataclass
+class GateResult:
+    gate: str
+    value: float | None
+    threshold: float
+    passed: bool
+
+    def describe(self) -> str:
+        shown = "missing" if self.value is None else f"{self.value:.4g}"
+        op = ">=" if self.gate.startswith("min_") else "<="
+        return f"{self.gate}: {shown} {op} {self.threshold:.4g} {'ok' if self.passed else 'FAILED'}"
+
+
+@dataclass
+class Verdict:
+    name: str
+    passed: bool
+    gates: list[GateResult]
+    p95_upper_ms: float | None
+    p50_ms: float | None
+    size_mb: float
+
+    @property
+    def failed(self) -> list[str]:
+        return [g.gate for g in self.gates if not g.passed]
+
+
+@dataclass
+class Decision:
+    winner: str | None
+    reason: str
+    verdicts: list[Verdict] = field(default_factory=list)
+    best_effort: str | None = None
+    best_effort_failed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def verdict(self, name: str) -> Verdict:
+        return next(v for v in self.verdicts if v.name == name)
+
+
+def _latency(row: dict[str, Any], batch: int) -> tuple[float | None, float | None]:
+    for s in (row.get("bench") or {}).get("settings", []):
+        if s["batch_size"] == batch and s["length"] == "data":
+            return s["p95_ci_high_ms"], s["p50_ms"]
+    return None, None
+
+
+def judge(row: dict[str, Any], gates: GatesConfig, teacher_accuracy: float) -> Verdict:
+    """Every configured gate for one measured candidate (a row of the candidate search)."""
+    acc = row["test"]["accuracy"]
+    p95_hi, p50 = _latency(row, gates.latency_batch_size)
+    size = row["file_bytes"] / 2**20
+    results = []
+    if gates.min_test_accuracy is not None:
+        results.append(
+            GateResult("min_test_accuracy", acc, gates.min_test_accuracy, acc >= gates.min_test_accuracy)
+        )
+    if gates.min_retention is not None:
+        ret = acc / teacher_accuracy if teacher_accuracy > 0 else 0.0
+        results.append(GateResult("min_retention", ret, gates.min_retention, ret >= gates.min_retention))
+    if gates.max_p95_ms is not None:
+        ok = p95_hi is not None and p95_hi <= gates.max_p95_ms
+        results.append(GateResult("max_p95_ms", p95_hi, gates.max_p95_ms, ok))
+    if gates.max_size_mb is not None:
+        results.append(GateResult("max_size_mb", size, gates.max_size_mb, size <= gates.max_size_mb))
+    return Verdict(row["name"], all(g.passed for g in results), results, p95_hi, p50, size)
+
+
+def decide(candidates: list[dict[str, Any]], gates: GatesConfig, teacher_accuracy: float) -> Decision:
+    """The winner is the passing candidate with the lowest p50 (then p95 upper bound, then size).
+
+    Only measured candidates (status ok, on ``gates.target`` if set) compete. With no passing
+    candidate, nothing wins; the best effort is the one failing the fewest gates (then fastest).
+    """
+    rows = [
+        r
+        for r in candidates
+        if r.get("status") == "ok" and (gates.target is None or r["target"] == gates.target)
+    ]
+    if not rows:
+        return Decision(
+            None, "no measured candidate to judge" + (f" on target {gates.target}" if gates.target else "")
+        )
+    verdicts = [judge(r, gates, teacher_accuracy) for r in rows]
+
+    def speed(v: Verdict) -> tuple[float, float, float]:
+        inf = float("inf")
+        return (
+            v.p50_ms if v.p50_ms is not None else inf,
+            v.p95_upper_ms if v.p95_upper_ms is not None else inf,
+            v.size_mb,
+        )
+
+    passing = sorted((v for v in verdicts if v.passed), key=speed)
+    if passing:
+        w = passing[0]
+        return Decision(
+            w.name,
+            f"{w.name} passes every gate ({len(passing)} of {len(verdicts)} candidates pass); fastest at "
+            f"batch {gates.latency_batch_size}",
+            verdicts,
+        )
+    best = min(verdicts, key=lambda v: (len(v.failed), *speed(v)))
+    detail = "; ".join(g.describe() for g in best.gates if not g.passed)
+    return Decision(
+        None,
+        f"no candidate passes the gates; best effort {best.name} fails {detail}",
+        verdicts,
+        best.name,
+        best.failed,
+    )

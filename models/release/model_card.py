@@ -1,0 +1,59 @@
+"""The model card: a short Markdown page on each registered version (what it is, what it was
+trained on, its figures and gates, who approved it), shown in the MLflow UI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slimflow.models.release.gates import Verdict
+
+
+def model_card(
+    row: dict[str, Any],
+    verdict: Verdict,
+    context: dict[str, Any],
+    approval: dict[str, str] | None = None,
+) -> str:
+    """A short Markdown card for a registered version: what it is, what it was trained on, its
+    figures and the gates it passed, so a reviewer in the MLflow UI sees why it may be promoted."""
+    ctx = {"data_fingerprint": "?", "teacher_accuracy": float("nan"), **context}
+    test = {"f1": float("nan"), "rows": "?", **row["test"]}
+    lines = [
+        f"# {ctx.get('model_name', 'slimflow model')}: {row['name']}",
+        "",
+        f"- **Candidate**: source `{row['source']}`, variant `{row['variant']}`, target `{row['target']}`, "
+        f"runtime `{row['runtime']}`",
+        f"- **Data**: `{ctx.get('data_source', '?')}`, fingerprint `{str(ctx['data_fingerprint'])[:16]}`, "
+        f"splits {ctx.get('counts', {})}; Great Expectations: {ctx.get('gx', '?')}",
+        f"- **Teacher**: `{ctx.get('teacher_model', '?')}`, test accuracy {ctx['teacher_accuracy']:.4f}",
+    ]
+    if context.get("student"):
+        lines.append(f"- **Student**: {context['student']}")
+    if context.get("steps"):
+        lines.append(f"- **Compression steps**: {context['steps']}")
+    lines += [
+        f"- **Test accuracy**: {test['accuracy']:.4f} (macro F1 {test['f1']:.4f}, {test['rows']} rows)",
+    ]
+    for s in row.get("bench", {}).get("settings", []):
+        lines.append(
+            f"- **Latency** batch {s['batch_size']}, {s['length']} tokens: p50 {s['p50_ms']:.2f} ms "
+            f"[95% CI {s['p50_ci_low_ms']:.2f}, {s['p50_ci_high_ms']:.2f}], p95 {s['p95_ms']:.2f} ms "
+            f"(upper {s['p95_ci_high_ms']:.2f}), {s['throughput_eps']:.0f} examples/s"
+        )
+    hw = row.get("bench", {}).get("hardware_fingerprint")
+    if hw:
+        lines.append(f"- **Measured on**: {hw}, {row['bench'].get('threads')} threads")
+    lines.append(f"- **Size**: {row['file_bytes'] / 2**20:.1f} MiB")
+    lines += ["", "## Gates", ""]
+    lines += [f"- {g.describe()}" for g in verdict.gates]
+    lines += ["", "## Approval", ""]
+    if approval:
+        a = {"decision": "?", "reviewer": "?", "time": "?", "comment": "", **approval}
+        lines.append(f"- {a['decision']} by **{a['reviewer']}** at {a['time']}: {a['comment']}")
+    else:
+        lines.append("- not reviewed yet")
+    lines += [
+        "",
+        f"Pipeline run: `{context.get('run_id', '?')}`, git commit `{context.get('git_commit', '?')}`",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,28 @@
+"""The registered model's behaviour, for every task family: load the candidate with slimflow's own
+loader (safetensors or ONNX, nothing unpickled) and answer raw inputs as the family says."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow.pyfunc import PythonModel
+
+from slimflow.models.optimize.predictors import load_predictor
+
+
+class SlimflowModel(PythonModel):
+    def load_context(self, context: Any) -> None:
+        self.predictor = load_predictor(context.artifacts["candidate"], None)
+
+    # No type hints here: MLflow reads them as an input schema and warns about Any.
+    def predict(self, context, model_input, params=None):
+        family = self.predictor.family
+        inputs = family.parse_input(model_input)
+        if not inputs:
+            return family.output_frame([])
+        outputs = self.predictor.predict(inputs)
+        return family.output_frame(family.predictions(outputs, self.predictor.info.labels))
+
+
+# The name versions registered before task families existed used.
+SlimflowClassifier = SlimflowModel

@@ -1,0 +1,184 @@
+"""The MLflow model registry, with aliases (never the deprecated stages): register candidates as
+pyfunc models loaded from code (no pickles), move and read back aliases, roll back, resolve
+``models:/`` references, refuse downloads that could run code when loaded.
+
+Every alias move is read back, because alias lookups have been missing from search results in past
+MLflow versions. ``promote`` writes two aliases; the promotion task holds the model's registry lock
+around it (``slimflow.tasks.locks``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from slimflow.models.core.errors import SlimflowError
+from slimflow.models.core.names import parse_model_uri
+from slimflow.models.families import get_family
+from slimflow.models.optimize.predictors import CANDIDATE_FILE, describe
+from slimflow.models.optimize.targets import get_target
+from slimflow.models.release import tracking
+
+CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
+ENTRY = Path(__file__).with_name("mlflow_entry.py")
+
+
+class RegistryError(SlimflowError, RuntimeError):
+    """An alias did not land, or the registry refused a write."""
+
+
+def register_candidate(
+    client: Any,
+    run_id: str,
+    model_name: str,
+    candidate_dir: str | Path,
+    tags: dict[str, str],
+    card: str,
+) -> str:
+    """Log ``candidate_dir`` as an MLflow pyfunc model in ``run_id`` (loads from raw text, no pickles)
+    and register it as a new version of ``model_name``; returns the version."""
+    import mlflow
+
+    tracking.use(client.tracking_uri)
+    with mlflow.start_run(run_id=run_id, nested=True):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(ENTRY),
+            artifacts={"candidate": str(candidate_dir)},
+            registered_model_name=model_name,
+            pip_requirements=_requirements(candidate_dir),
+            input_example=get_family(describe(candidate_dir).task).input_example(),
+        )
+    version = str(info.registered_model_version)
+    for k, v in tags.items():
+        client.set_model_version_tag(model_name, version, k, str(v)[:5000])
+    client.log_text(run_id, card, f"model_card_v{version}.md")
+    client.set_model_version_tag(
+        model_name, version, "slimflow.model_card", f"runs:/{run_id}/model_card_v{version}.md"
+    )
+    return version
+
+
+def _requirements(candidate_dir: str | Path) -> list[str]:
+    """What the registered model needs to run, pinned to the versions it was checked with. ONNX
+    candidates for a GPU target need onnxruntime-gpu (same release as the onnxruntime used here)."""
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    info = describe(candidate_dir)
+    if info.runtime == "onnxruntime":
+        ort = version("onnxruntime-gpu") or version("onnxruntime")
+        gpu = get_target(info.target).device == "gpu" or version("onnxruntime-gpu") is not None
+        dists = [("onnxruntime-gpu" if gpu else "onnxruntime", ort), ("tokenizers", None), ("numpy", None),
+                 ("pandas", None)]  # fmt: skip
+    else:
+        dists = [(d, None) for d in ("torch", "transformers", "torchao", "pandas")]
+    out = []
+    for dist, pinned in dists:
+        v = pinned or version(dist)
+        if v:
+            out.append(f"{dist}=={v}")
+    return out
+
+
+PICKLE_SUFFIXES = {".pkl", ".pickle", ".bin", ".pt", ".pth", ".joblib", ".ckpt", ".cloudpickle"}
+
+
+def check_artifacts(root: str | Path) -> None:
+    """Refuse a downloaded model that could run code when loaded: pickle-type files anywhere, or an
+    MLmodel whose pyfunc flavor is not slimflow's models-from-code entry. Nothing is loaded here."""
+    import yaml
+
+    root = Path(root)
+    bad = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    if bad:
+        raise RegistryError(
+            f"{root}: refusing to load a model holding pickle-type files ({', '.join(bad[:5])}): unpickling"
+            " runs arbitrary code; slimflow models carry safetensors or ONNX weights only"
+        )
+    mlmodel = next(iter(sorted(root.rglob("MLmodel"), key=lambda q: len(q.parts))), None)
+    if mlmodel is not None:
+        flavors = (yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}).get("flavors", {})
+        pyfunc = flavors.get("python_function", {})
+        if set(flavors) != {"python_function"} or not str(pyfunc.get("model_code_path", "")).endswith(
+            ENTRY.name
+        ):
+            raise RegistryError(
+                f"{mlmodel}: not a slimflow model (flavors {sorted(flavors)}, loader"
+                f" {pyfunc.get('loader_module')}); refusing to load it"
+            )
+
+
+def set_alias(client: Any, model_name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version`` and read it back."""
+    client.set_registered_model_alias(model_name, alias, version)
+    got = client.get_model_version_by_alias(model_name, alias).version
+    if str(got) != str(version):
+        raise RegistryError(f"alias {model_name}@{alias} reads back version {got}, expected {version}")
+
+
+def alias_version(client: Any, model_name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def promote(client: Any, model_name: str, version: str, tags: dict[str, str]) -> str | None:
+    """Make ``version`` the champion; the old champion becomes ``previous``. Returns the old one."""
+    old = alias_version(client, model_name, CHAMPION)
+    if old == str(version):
+        return old
+    if old is not None:
+        set_alias(client, model_name, PREVIOUS, old)
+    set_alias(client, model_name, CHAMPION, version)
+    for k, v in tags.items():
+        client.set_model_version_tag(model_name, version, k, str(v)[:5000])
+    return old
+
+
+def rollback(client: Any, model_name: str) -> tuple[str, str]:
+    """Swap ``champion`` and ``previous`` (so a rollback can itself be undone). Returns (from, to)."""
+    champ, prev = alias_version(client, model_name, CHAMPION), alias_version(client, model_name, PREVIOUS)
+    if prev is None:
+        raise RegistryError(f"{model_name} has no '{PREVIOUS}' version to roll back to (champion: {champ})")
+    set_alias(client, model_name, CHAMPION, prev)
+    if champ is not None:
+        set_alias(client, model_name, PREVIOUS, champ)
+    client.set_model_version_tag(model_name, prev, "slimflow.rolled_back_from", str(champ))
+    return str(champ), prev
+
+
+def resolve_candidate(ref: str, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
+    """A local path for ``ref``: a folder/.onnx file as is, or ``models:/NAME@ALIAS`` (also
+    ``models:/NAME/VERSION``) downloaded from the MLflow registry. Registered artifacts are
+    searched for a candidate folder (candidate.json), else an .onnx file or safetensors weights."""
+    if not ref.startswith("models:/"):
+        p = Path(ref).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"model not found: {p}")
+        return p
+    import mlflow
+
+    parse_model_uri(ref)  # a traversal-shaped name is refused before anything is downloaded
+    if tracking_uri:
+        tracking.use(tracking_uri)
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(dst) if dst else None)
+        )
+    except mlflow.exceptions.MlflowException as e:
+        raise FileNotFoundError(f"{ref}: {str(e).splitlines()[0]}") from None
+    for pattern in (CANDIDATE_FILE, "*.onnx", "*.safetensors"):
+        hits = sorted(local.rglob(pattern), key=lambda q: len(q.parts))
+        if hits:
+            found = hits[0]
+            return found if pattern == "*.onnx" and found.name != "model.onnx" else found.parent
+    raise FileNotFoundError(f"{ref}: downloaded to {local}, but it holds no model slimflow can run")

@@ -1,0 +1,248 @@
+"""MLflow plumbing: where the store is, the parent run of a pipeline, a nested run per stage.
+
+Nothing here runs at import time. The default store is a sqlite file plus an artifact folder in
+the workdir (``.slimflow/``), not the repo root; ``tracking.uri`` or ``$MLFLOW_TRACKING_URI``
+point elsewhere (config wins over the environment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from slimflow.models.core import provenance
+from slimflow.models.core.locks import file_lock
+from slimflow.models.core.processes import alive, process_start
+from slimflow.models.release.config import TrackingConfig
+
+PARAM_LIMIT = 6000  # MLflow 3 param value limit (chars)
+
+
+def tracking_uri(cfg: TrackingConfig, workdir: Path) -> str:
+    if cfg.uri:
+        return cfg.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+def use(uri: str) -> None:
+    """Point MLflow (tracking and registry) at ``uri`` without leaking it into the environment.
+
+    ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI, which ``tracking_uri`` reads as a
+    user override: a second pipeline in the same process (a worker, ``serve``, tests) would then
+    log into the first one's store.
+    """
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def client(uri: str) -> Any:
+    """An MlflowClient whose registry is the same store: ``MlflowClient(uri)`` alone takes the
+    process-wide registry URI when one was set, which in a long-lived worker may be another store."""
+    import mlflow
+
+    return mlflow.MlflowClient(uri, registry_uri=uri)
+
+
+def artifact_root(workdir: Path) -> str:
+    return (workdir / "mlartifacts").resolve().as_uri()
+
+
+def configure(cfg: TrackingConfig, workdir: Path) -> tuple[str, str]:
+    """Point MLflow at the store and make sure the experiment exists. Returns (uri, experiment_id)."""
+    import mlflow
+
+    # Bounded client retries: a dead server must fail a run in seconds, not minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    uri = tracking_uri(cfg, workdir)
+    use(uri)
+    db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    # a fresh sqlite store is created by schema migrations, which fail when two processes run them at once
+    with file_lock(db.with_name(f".{db.name}.init.lock"), timeout_s=300) if db else nullcontext():
+        if db:
+            enable_wal(db)
+        exp = mlflow.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        return uri, exp.experiment_id
+    location = artifact_root(workdir) if uri.startswith("sqlite:") else None
+    try:
+        return uri, mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    except mlflow.exceptions.MlflowException as e:
+        # pipelines started together race to create it: the loser uses the winner's
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        exp = mlflow.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            raise
+        return uri, exp.experiment_id
+
+
+def enable_wal(db: Path) -> None:
+    """Write-ahead logging on a sqlite store (a setting kept in the file): readers no longer block
+    the writer, and concurrent pipelines queue on MLflow's 20 s busy timeout instead of failing
+    with 'database is locked'. Several machines or heavy concurrency belong on PostgreSQL."""
+    import sqlite3
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    finally:
+        con.close()
+    if str(mode).lower() != "wal":
+        raise RuntimeError(f"{db}: sqlite refused write-ahead logging (journal_mode={mode})")
+
+
+_UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
+                "Read timed out", "RemoteDisconnected", "Connection aborted")  # fmt: skip
+
+
+def unreachable(exc: BaseException, uri: str) -> str | None:
+    """If ``exc`` (or what caused it) is the tracking server not answering, say so in one line."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            break
+        text = f"{type(seen).__name__}: {seen}"
+        if any(s in text for s in _UNREACHABLE):
+            retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
+            return (
+                f"MLflow tracking server {uri} stopped answering ({retries} retries, then gave up): the run"
+                " stopped here and nothing was registered or promoted; restart the server and run again"
+                " (finished stages are reused from the cache)"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def provenance_tags() -> dict[str, str]:
+    hw = provenance.hardware()
+    tags = {
+        "slimflow.git_commit": provenance.git_commit(),
+        "slimflow.code_version": provenance.code_version(),
+        "slimflow.hardware": provenance.hardware_fingerprint(hw),
+    }
+    tags.update({f"hw.{k}": v for k, v in hw.items()})
+    tags.update({f"version.{k}": v for k, v in provenance.package_versions().items()})
+    return tags
+
+
+def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
+    """Log params to ``run_id`` (default: the active run), in batches of MLflow's 100-param limit."""
+    import mlflow
+    from mlflow.entities import Param
+
+    run_id = run_id or mlflow.active_run().info.run_id
+    items = [Param(k, str(v)[:PARAM_LIMIT]) for k, v in params.items()]
+    client = mlflow.MlflowClient()
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def log_json(obj: Any, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_text(json.dumps(obj, indent=2, default=str), artifact_file)
+
+
+def epoch_logger(prefix: str) -> Any:
+    """A training-loop ``on_epoch`` callback that logs the epoch's figures under ``prefix``."""
+    import mlflow
+
+    def log(rec: Any) -> None:
+        mlflow.log_metrics(
+            {
+                f"{prefix}.train_loss": rec.train_loss,
+                **{f"{prefix}.val_{k}": v for k, v in rec.val.items()},
+                f"{prefix}.learning_rate": rec.learning_rate,
+                f"{prefix}.epoch_seconds": rec.seconds,
+            },
+            step=rec.epoch,
+        )
+
+    return log
+
+
+@contextmanager
+def stage_run(parent_run_id: str, stage: str, experiment_id: str) -> Iterator[Any]:
+    """A nested MLflow run for one stage, closed FAILED if the stage raises."""
+    import mlflow
+
+    run = mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=stage,
+        nested=True,
+        parent_run_id=parent_run_id,
+        tags={"slimflow.stage": stage},
+    )
+    try:
+        yield run
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def owner_tags() -> dict[str, str]:
+    """Who runs this pipeline: host, pid and the process's start time (pids are reused)."""
+    import socket
+
+    pid = os.getpid()
+    return {
+        "slimflow.host": socket.gethostname(),
+        "slimflow.pid": str(pid),
+        "slimflow.pid_start": process_start(pid),
+    }
+
+
+def reap_dead_runs(client: Any, experiment_id: str) -> list[str]:
+    """Mark FAILED the RUNNING pipeline runs (and their RUNNING children) whose process on this host
+    is gone (killed, crashed, machine restarted). Runs owned by another host or by a live process are
+    left alone. Returns the run ids closed."""
+    import socket
+
+    host = socket.gethostname()
+    closed: list[str] = []
+    running = client.search_runs(
+        [experiment_id],
+        "attributes.status = 'RUNNING' and tags.`slimflow.host` = '" + host.replace("'", "") + "'",
+    )
+    for run in running:
+        tags = run.data.tags
+        pid = int(tags.get("slimflow.pid") or 0)
+        if (
+            pid
+            and pid != os.getpid()
+            and alive(pid)
+            and process_start(pid) == tags.get("slimflow.pid_start", "")
+        ):
+            continue
+        if pid == os.getpid():
+            continue
+        children = client.search_runs(
+            [experiment_id],
+            f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'RUNNING'",
+        )
+        for child in children:
+            client.set_terminated(child.info.run_id, status="FAILED")
+        client.set_tag(run.info.run_id, "slimflow.status", "crashed")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        closed.append(run.info.run_id)
+    return closed

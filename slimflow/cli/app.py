@@ -1,0 +1,66 @@
+"""The Typer application, the consoles, the options every command shares and the error exit."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from slimflow.models.core.errors import SlimflowError
+
+app = typer.Typer(
+    name="slimflow",
+    help="Fine-tune a teacher, shrink it, validate it and promote it only when it meets its gates.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+# Piped output (logs, CI) is not cut to 80 columns: tables keep one line per row.
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+ConfigOpt = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="Pipeline YAML (e.g. configs/quickstart.yaml).", show_default=False),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a field: KEY.PATH=VALUE (VALUE is YAML). Repeatable.",
+        show_default=False,
+    ),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+
+
+def fail(exc: BaseException, debug: bool) -> NoReturn:
+    """Print an expected failure as one message (a traceback with --debug) and exit with its code."""
+    if debug:
+        err.print_exception(show_locals=False)
+    if isinstance(exc, SlimflowError):
+        report = getattr(exc, "report", None)
+        detail = report.summary() if report is not None and report.outcomes else str(exc)
+        if report is not None and getattr(exc, "hint", None):
+            detail += f"\n  {exc.hint}"
+        err.print(f"[bold red]error:[/] {escape(detail)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code)
+    err.print(
+        f"[bold red]unexpected error:[/] {type(exc).__name__}: {escape(str(exc))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if not debug:
+        err.print("(run again with --debug for the traceback)")
+    raise typer.Exit(1)
+
+
+def load(config: Path, overrides: list[str] | None) -> Any:
+    from slimflow.models.pipeline_config import load_config
+
+    return load_config(config, overrides or [])

@@ -1,0 +1,117 @@
+"""``slimflow bench``: one model's latency and throughput, measured as the pipeline measures candidates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slimflow.cli.app import DebugOpt, app, err, fail, out
+from slimflow.models.core.env import apply_defaults
+from slimflow.models.core.errors import ConfigError
+
+
+@app.command()
+def bench(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A candidate or model folder, an .onnx file, or models:/NAME@ALIAS (MLflow registry).",
+            show_default=False,
+        ),
+    ],
+    texts: Annotated[
+        Path | None,
+        typer.Option(
+            "--texts",
+            help="CSV/JSONL/Parquet file of inputs (column --text-column); default: the packaged reviews.",
+        ),
+    ] = None,
+    text_column: Annotated[str, typer.Option(help="Column of --texts holding the text.")] = "text",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
+    lengths: Annotated[
+        str, typer.Option(help="Comma-separated: 'data' (texts as they come) and/or fixed token counts.")
+    ] = "data,128",
+    threads: Annotated[
+        int | None, typer.Option(help="Intra-op threads (default: every core this process may use).")
+    ] = None,
+    iterations: Annotated[int, typer.Option(help="Timed calls per setting (at most).")] = 200,
+    warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 10,
+    time_budget: Annotated[float, typer.Option(help="Seconds per setting before stopping early.")] = 8.0,
+    isolate: Annotated[bool, typer.Option(help="Measure in a fresh process.")] = True,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow store for models:/ references (default: $MLFLOW_TRACKING_URI).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full result here.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Measure one model's latency and throughput (p50/p90/p95/p99 with 95% CIs, examples/s)."""
+    apply_defaults()
+    try:
+        from slimflow.models.optimize.config import BenchConfig
+
+        cfg = BenchConfig(
+            batch_sizes=[int(x) for x in batch_sizes.split(",") if x.strip()],
+            lengths=[x.strip() if x.strip() == "data" else int(x) for x in lengths.split(",") if x.strip()],
+            threads=threads,
+            iterations=iterations,
+            warmup=warmup,
+            time_budget_s=time_budget,
+            min_iterations=min(20, iterations),
+            isolate=isolate,
+        )
+    except ValueError as e:
+        from pydantic import ValidationError
+
+        from slimflow.models.config.loading import format_validation_error
+
+        if isinstance(e, ValidationError):
+            fail(ConfigError(format_validation_error(e, "bench options")), debug)
+        fail(ConfigError(f"bench options: {e}"), debug)
+    try:
+        import json
+
+        from slimflow.models.optimize.bench import bench as run_bench
+        from slimflow.models.optimize.bench import format_table
+        from slimflow.models.optimize.predictors import describe
+        from slimflow.models.release.registry import resolve_candidate as resolve_model
+
+        inputs = _bench_texts(texts, text_column)
+        path = resolve_model(model, tracking_uri)
+        describe(path)  # a clear error now rather than from the benchmark process
+        err.print(f"measuring {path} on {len(inputs)} texts, threads={cfg.threads or 'all'}")
+        result = run_bench(path, inputs, cfg, progress=not isolate)
+    except FileNotFoundError as e:
+        fail(ConfigError(str(e)), debug)
+    except Exception as e:
+        fail(e, debug)
+    typer.echo(format_table([(Path(str(path)).name, result)]))
+    out.print(
+        f"threads {result['threads']} (runtime reports {result['threads_effective']}), "
+        f"pinned cores {result['pinned_cores'] or 'none'}, file {result['file_bytes'] / 2**20:.1f} MB, "
+        f"peak RSS {result['peak_rss_mb']:.0f} MB, {result['hardware_fingerprint']}",
+        highlight=False,
+    )
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        err.print(f"written to {json_out}")
+
+
+def _bench_texts(path: Path | None, column: str) -> list[str]:
+    from slimflow.models.data.config import DataConfig
+    from slimflow.models.data.tables import load_raw
+
+    cfg = DataConfig(source=str(path)) if path else DataConfig()
+    if path and not path.is_file():
+        raise ConfigError(f"--texts: file not found: {path}")
+    frame = load_raw(cfg)
+    if column not in frame.columns:
+        raise ConfigError(f"--texts: no column {column!r} (columns: {', '.join(map(str, frame.columns))})")
+    texts = [t for t in frame[column].astype(str).tolist() if t.strip()]
+    if not texts:
+        raise ConfigError(f"--texts: column {column!r} holds no text")
+    return texts[-2000:]

@@ -1,0 +1,200 @@
+"""Commands on the model registry and the served model: approve, rollback, deploy, predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from slimflow.cli.app import DebugOpt, app, fail, load, out
+from slimflow.models.core.env import apply_defaults
+from slimflow.models.core.errors import ConfigError, SlimflowError
+
+
+@app.command()
+def approve(
+    flow_run_id: Annotated[
+        str, typer.Argument(help="The paused pipeline's Prefect flow-run id.", show_default=False)
+    ],
+    reviewer: Annotated[
+        str, typer.Option(help="Who decides (stored on the model version).", show_default=False)
+    ],
+    reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approving.")] = False,
+    comment: Annotated[str, typer.Option(help="Why (stored on the model version).")] = "",
+    debug: DebugOpt = False,
+) -> None:
+    """Approve (or --reject) a run waiting for review; it then promotes (or not) and finishes.
+
+    Talks to the Prefect API in PREFECT_API_URL, the server the paused run uses.
+    """
+    apply_defaults()
+    from uuid import UUID
+
+    try:
+        UUID(flow_run_id)
+    except ValueError:
+        fail(ConfigError(f"not a flow-run id: {flow_run_id!r} (expected a UUID, see the Prefect UI)"), debug)
+    if not reviewer.strip():
+        fail(ConfigError("--reviewer must name someone"), debug)
+    try:
+        from slimflow.flows.approval import resume
+
+        resume(flow_run_id, not reject, reviewer.strip(), comment)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        fail(SlimflowError(f"could not answer flow run {flow_run_id}: {reason}"), debug)
+    out.print(f"flow run {flow_run_id}: {'rejected' if reject else 'approved'} by {escape(reviewer)}")
+
+
+@app.command()
+def rollback(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Take the model name and MLflow store from this config."),
+    ] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="Registered model name (default: the config's).")
+    ] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default: the config's).")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Move the 'champion' alias back to the 'previous' version (and 'previous' to the one rolled back)."""
+    apply_defaults()
+    try:
+        _, name, uri = _registry_target(config, model_name, tracking_uri)
+
+        from slimflow.models.release import registry, tracking
+
+        tracking.use(uri)
+        try:
+            old, new = registry.rollback(tracking.client(uri), name)
+        except registry.RegistryError as e:
+            raise SlimflowError(str(e)) from None
+    except Exception as e:
+        fail(e, debug)
+    out.print(f"{name}: champion moved from version {old} back to version {new} (previous is now {old})")
+
+
+def _registry_target(config: Path | None, model_name: str | None, tracking_uri: str | None):
+    from slimflow.models.pipeline_config import PipelineConfig
+    from slimflow.models.release.tracking import tracking_uri as resolve_uri
+
+    cfg = load(config, []) if config else PipelineConfig()
+    name = model_name or (cfg.promote.model_name if cfg.promote else None)
+    if not name:
+        raise ConfigError("no model name: pass --model-name or a --config with a promote: section")
+    from slimflow.models.core.names import check_name
+
+    return cfg, check_name(name, "model name"), tracking_uri or resolve_uri(cfg.tracking, cfg.workdir_path())
+
+
+@app.command()
+def deploy(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Model name, MLflow store and port from this config."),
+    ] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="Registered model name (default: the config's).")
+    ] = None,
+    alias: Annotated[str, typer.Option(help="Which alias to serve.")] = "champion",
+    port: Annotated[
+        int | None, typer.Option(help="Port on 127.0.0.1 (default: the config's, else 8088).")
+    ] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default: the config's).")] = None,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop this model's server instead.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Serve models:/NAME@champion on 127.0.0.1 (/predict, /health), smoke-test it, record it in MLflow."""
+    apply_defaults()
+    try:
+        cfg, name, uri = _registry_target(config, model_name, tracking_uri)
+        from slimflow.models.release import serving as serve
+
+        if stop:
+            stopped = serve.stop(cfg.workdir_path(), name)
+            out.print(f"{name}: {'server stopped' if stopped else 'no server was running'}")
+            return
+        from slimflow.flows.deploy import deploy as deploy_flow
+
+        dcfg = cfg.promote.deploy if cfg.promote and cfg.promote.deploy else None
+        result = deploy_flow(
+            name,
+            uri,
+            str(cfg.workdir_path()),
+            cfg.tracking.experiment,
+            alias=alias,
+            host=dcfg.host if dcfg else "127.0.0.1",
+            port=port or (dcfg.port if dcfg else 8088),
+        )
+    except Exception as e:
+        fail(e, debug)
+    out.print(
+        f"{name} v{result['version']} serving at {result['endpoint']} (pid {result['pid']}); "
+        "smoke test passed"
+    )
+
+
+@app.command()
+def predict(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="models:/NAME@ALIAS or a model folder.", show_default=False)
+    ],
+    input_file: Annotated[
+        Path, typer.Option("--input", "-i", help="CSV, JSONL or Parquet file.", show_default=False)
+    ],
+    output_file: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Where to write (.csv/.jsonl/.parquet).", show_default=False),
+    ],
+    text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    batch_size: Annotated[int, typer.Option(help="Texts per model call.", min=1, max=4096)] = 256,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow store for models:/ (default: $MLFLOW_TRACKING_URI).")
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Offline batch inference: adds 'label' and 'score' columns to every row of --input."""
+    apply_defaults()
+    try:
+        if output_file.suffix not in (".csv", ".jsonl", ".parquet"):
+            raise ConfigError(f"--output must end in .csv, .jsonl or .parquet, got {output_file.name!r}")
+        if not input_file.is_file():
+            raise ConfigError(f"--input: file not found: {input_file}")
+        from slimflow.models.data.config import DataConfig
+        from slimflow.models.data.tables import load_raw
+
+        frame = load_raw(DataConfig(source=str(input_file)))
+        if text_column not in frame.columns:
+            raise ConfigError(
+                f"--input has no column {text_column!r} (columns: {', '.join(map(str, frame.columns))})"
+            )
+        import pandas as pd
+        from tqdm.auto import tqdm
+
+        from slimflow.models.release.serving import load_registered
+
+        if not model.startswith("models:/") and not Path(model).exists():
+            raise ConfigError(f"model not found: {model}")
+        pyfunc, version = load_registered(model, tracking_uri)
+        texts = frame[text_column].fillna("").astype(str).tolist()
+        parts = []
+        for i in tqdm(range(0, len(texts), batch_size), desc="predict", unit="batch", disable=None):
+            parts.append(pyfunc.predict(pd.DataFrame({"text": texts[i : i + batch_size]})))
+        preds = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"label": [], "score": []})
+        result = frame.reset_index(drop=True).assign(label=preds["label"], score=preds["score"])
+        output_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output_file.with_name(f".{output_file.name}.tmp")
+        if output_file.suffix == ".csv":
+            result.to_csv(tmp, index=False)
+        elif output_file.suffix == ".jsonl":
+            result.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        else:
+            result.to_parquet(tmp, index=False)
+        tmp.replace(output_file)
+    except Exception as e:
+        fail(e, debug)
+    counts = result["label"].value_counts().to_dict()
+    out.print(f"{len(result)} rows -> {output_file} (model {model}, version {version}); labels: {counts}")

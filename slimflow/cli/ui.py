@@ -1,0 +1,49 @@
+"""``slimflow ui``: the MLflow UI on the configured store, bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slimflow.cli.app import DebugOpt, app, err, fail, load
+
+
+@app.command()
+def ui(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Use this config's tracking store (default: ./.slimflow)."),
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    debug: DebugOpt = False,
+) -> None:
+    """Open the MLflow UI on the configured store, bound to 127.0.0.1."""
+    try:
+        from slimflow.models.pipeline_config import PipelineConfig
+        from slimflow.models.release.tracking import artifact_root, tracking_uri
+
+        cfg = load(config, []) if config else PipelineConfig()
+        workdir = cfg.workdir_path()
+        uri = tracking_uri(cfg.tracking, workdir)
+    except Exception as e:
+        fail(e, debug)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    if uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", artifact_root(workdir)]
+    err.print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
+    os.execv(sys.executable, cmd)

@@ -1,0 +1,113 @@
+from pathlib import Path
+
+import pytest
+
+from slimflow.models.config.loading import apply_overrides, config_to_params
+from slimflow.models.core.errors import ConfigError
+from slimflow.models.pipeline_config import PipelineConfig, load_config
+from slimflow.models.train.methods import AdaLoraMethod, FreezeMethod, LoraMethod
+
+CONFIGS = sorted((Path(__file__).resolve().parents[3] / "configs").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    names = {p.name for p in CONFIGS}
+    assert {"quickstart.yaml", "mpnet-minilm.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_file_loads(path: Path):
+    cfg = load_config(path)
+    assert isinstance(cfg, PipelineConfig)
+    # a config must round-trip through its own dump (what the flow receives)
+    assert PipelineConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_unknown_key_names_file_field_and_valid_keys(tmp_path):
+    p = write(tmp_path, "finetune:\n  trian:\n    epochs: 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "finetune.trian" in msg and "train" in msg and "unknown key" in msg
+
+
+def test_unknown_key_inside_a_method(tmp_path):
+    p = write(tmp_path, "finetune:\n  method:\n    kind: lora\n    rank: 4\n")
+    with pytest.raises(ConfigError, match=r"finetune\.method\.rank: unknown key; valid keys here: .*\br\b"):
+        load_config(p)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "field"),
+    [
+        ("data:\n  split:\n    test: 0.7\n", "data.split.test"),
+        ("data:\n  split:\n    validation: 0.4\n    test: 0.45\n", "data.split"),
+        ("finetune:\n  train:\n    epochs: 0\n", "finetune.train.epochs"),
+        ("finetune:\n  train:\n    learning_rate: -1\n", "finetune.train.learning_rate"),
+        ("finetune:\n  method:\n    kind: adalora\n    init_r: 4\n    target_r: 8\n", "finetune.method"),
+        ("finetune:\n  method:\n    kind: nope\n", "finetune.method"),
+        ("data:\n  labels: [a]\n", "data.labels"),
+        ("data:\n  labels: [a, a]\n", "data.labels"),
+        ("name: '../etc'\n", "name"),
+        ("data:\n  validation:\n    min_chars: 10\n    max_chars: 5\n", "data.validation"),
+    ],
+)
+def test_bad_values_are_refused_with_the_field_named(tmp_path, yaml_text, field):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, yaml_text))
+    assert f"  - {field}" in str(e.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "data: [unclosed\n"))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(p)
+
+
+def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
+    p = write(tmp_path, "finetune:\n  train:\n    epochs: 3\n")
+    cfg = load_config(
+        p, ["finetune.train.epochs=1", "data.labels=[x, y]", "data.max_rows=null", "finetune.method.kind=ia3"]
+    )
+    assert cfg.finetune.train.epochs == 1
+    assert cfg.data.labels == ["x", "y"]
+    assert cfg.finetune.method.kind == "ia3"
+    with pytest.raises(ConfigError, match="finetune.train.epochs"):
+        load_config(p, ["finetune.train.epochs=-2"])
+    with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
+        load_config(p, ["epochs"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+
+
+def test_method_defaults_to_lora_and_each_kind_is_typed():
+    assert isinstance(PipelineConfig().finetune.method, LoraMethod)
+    cfg = PipelineConfig.model_validate({"finetune": {"method": {"r": 4}}})
+    assert isinstance(cfg.finetune.method, LoraMethod) and cfg.finetune.method.r == 4
+    cfg = PipelineConfig.model_validate({"finetune": {"method": {"kind": "freeze", "train_top_layers": 1}}})
+    assert isinstance(cfg.finetune.method, FreezeMethod)
+    cfg = PipelineConfig.model_validate({"finetune": {"method": {"kind": "adalora"}}})
+    assert isinstance(cfg.finetune.method, AdaLoraMethod)
+
+
+def test_config_is_frozen_and_flattens_to_params():
+    cfg = PipelineConfig()
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen models
+        cfg.name = "other"
+    params = config_to_params(cfg)
+    assert params["finetune.train.epochs"] == str(cfg.finetune.train.epochs)
+    assert params["data.split.seed"] == "42"
+    assert all(isinstance(v, str) for v in params.values())

@@ -1,0 +1,98 @@
+"""decide(): the promotion decision, table-driven at, just below and just above every threshold."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from slimflow.models.release.config import GatesConfig
+from slimflow.models.release.gates import decide, judge
+
+EPS = 1e-9
+
+
+def cand(name="c", acc=0.84, p50=2.0, p95_hi=3.0, mb=10.0, target="cpu", status="ok") -> dict:
+    st = {"batch_size": 1, "length": "data", "p50_ms": p50, "p95_ms": p95_hi * 0.9, "p95_ci_high_ms": p95_hi}
+    return {"name": name, "status": status, "target": target, "test": {"accuracy": acc},
+            "file_bytes": int(mb * 2**20), "bench": {"settings": [st]}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("gates", "row", "passed"),
+    [
+        # min_test_accuracy: at, just below, just above
+        ({"min_test_accuracy": 0.80, "min_retention": None}, {"acc": 0.80}, True),
+        ({"min_test_accuracy": 0.80, "min_retention": None}, {"acc": 0.80 - EPS}, False),
+        ({"min_test_accuracy": 0.80, "min_retention": None}, {"acc": 0.80 + EPS}, True),
+        # min_retention vs a teacher at 0.85: 0.98 * 0.85 = 0.833
+        ({"min_retention": 0.98}, {"acc": 0.833}, True),
+        ({"min_retention": 0.98}, {"acc": 0.833 - 1e-6}, False),
+        ({"min_retention": 0.98}, {"acc": 0.833 + 1e-6}, True),
+        # max_p95_ms judged on the CI's upper bound
+        ({"max_p95_ms": 3.0}, {"p95_hi": 3.0}, True),
+        ({"max_p95_ms": 3.0}, {"p95_hi": 3.0 + EPS}, False),
+        ({"max_p95_ms": 3.0}, {"p95_hi": 3.0 - EPS}, True),
+        # max_size_mb
+        ({"max_size_mb": 10.0}, {"mb": 10.0}, True),
+        ({"max_size_mb": 10.0}, {"mb": 10.001}, False),
+        ({"max_size_mb": 10.0}, {"mb": 9.999}, True),
+    ],
+)
+def test_each_gate_at_and_around_its_threshold(gates, row, passed):
+    g = GatesConfig(**gates)
+    v = judge(cand(**row), g, teacher_accuracy=0.85)
+    assert v.passed is passed, [x.describe() for x in v.gates]
+    d = decide([cand(**row)], g, 0.85)
+    assert (d.winner == "c") is passed
+
+
+def test_latency_gate_uses_the_upper_confidence_bound_not_the_point_estimate():
+    row = cand(p95_hi=3.5)
+    row["bench"]["settings"][0]["p95_ms"] = 2.5  # the point estimate alone would pass
+    assert not judge(row, GatesConfig(max_p95_ms=3.0), 0.85).passed
+
+
+def test_latency_gate_fails_when_the_batch_size_was_not_measured():
+    v = judge(cand(), GatesConfig(max_p95_ms=100.0, latency_batch_size=32), 0.85)
+    assert not v.passed and v.gates[-1].value is None and "missing" in v.gates[-1].describe()
+
+
+def test_ties_prefer_the_faster_then_the_smaller():
+    g = GatesConfig(min_retention=0.9)
+    rows = [
+        cand("slow", p50=3.0, mb=1.0),
+        cand("fast", p50=2.0, mb=20.0),
+        cand("fast-small", p50=2.0, mb=5.0),
+    ]
+    assert decide(rows, g, 0.85).winner == "fast-small"
+    rows = [cand("a", p50=2.0, p95_hi=4.0), cand("b", p50=2.0, p95_hi=3.0)]
+    assert decide(rows, g, 0.85).winner == "b"
+
+
+def test_no_winner_names_the_best_effort_and_its_failed_gates():
+    g = GatesConfig(min_retention=0.98, max_p95_ms=1.0, max_size_mb=5.0)
+    rows = [
+        cand("accurate-slow-big", acc=0.85, p95_hi=4.0, mb=20.0),  # fails 2
+        cand("fast-small-weak", acc=0.70, p95_hi=0.5, mb=2.0),  # fails 1
+    ]
+    d = decide(rows, g, 0.85)
+    assert d.winner is None and d.best_effort == "fast-small-weak"
+    assert d.best_effort_failed == ["min_retention"]
+    assert "no candidate passes" in d.reason and "min_retention" in d.reason
+    assert d.verdict("accurate-slow-big").failed == ["max_p95_ms", "max_size_mb"]
+
+
+def test_only_measured_candidates_on_the_target_compete():
+    g = GatesConfig(min_retention=0.5, target="cpu")
+    rows = [
+        cand("gpu-fast", p50=0.1, target="cuda"),
+        cand("failed", p50=0.1, status="failed"),
+        cand("cpu", p50=5.0),
+    ]
+    assert decide(rows, g, 0.85).winner == "cpu"
+    assert decide([], g, 0.85).reason == "no measured candidate to judge on target cpu"
+
+
+def test_gates_config_needs_at_least_one_gate():
+    with pytest.raises(ValidationError, match="at least one gate"):
+        GatesConfig(min_retention=None)

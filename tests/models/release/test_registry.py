@@ -1,0 +1,192 @@
+"""The MLflow registry on a real sqlite store: register, aliases, promote, rollback, model cards,
+loading a registered model (from code, or as data), and refusing pickle payloads."""
+
+from __future__ import annotations
+
+import pytest
+
+
+# ------------------------------------------------------------------------------ registry on sqlite
+@pytest.fixture(scope="module")
+def candidate(tmp_path_factory):
+    """A tiny trained classifier exported as an ONNX candidate folder."""
+    from slimflow.models.optimize.candidates import CandidateSpec, fp32_candidate
+    from slimflow.models.optimize.config import ExportConfig
+    from slimflow.models.optimize.export import export_onnx
+    from slimflow.models.optimize.targets import get_target
+    from tests.conftest import build_tiny_model, make_reviews, train_tiny_teacher
+
+    tmp = tmp_path_factory.mktemp("reg")
+    _, res = train_tiny_teacher(tmp, build_tiny_model(tmp / "base"), rows=160, epochs=2)
+    texts = make_reviews(8)["review"].tolist()
+    export_onnx(res.model_dir, tmp / "onnx", ExportConfig(), get_target("cpu"), texts, threads=1)
+    out = tmp / "cand"
+    out.mkdir()
+    spec = CandidateSpec("teacher", "onnx_fp32", "cpu", "onnxruntime")
+    fp32_candidate(tmp / "onnx", spec, out, 32, ["neg", "pos"])
+    return out
+
+
+@pytest.fixture
+def store(tmp_path):
+
+    from slimflow.models.release import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.use(uri)
+    client = tracking.client(uri)
+    exp = client.create_experiment("reg", artifact_location=(tmp_path / "art").as_uri())
+    return client, exp
+
+
+def test_register_alias_promote_and_rollback_on_a_real_store(candidate, store):
+    from slimflow.models.release.registry import (
+        CHALLENGER,
+        CHAMPION,
+        PREVIOUS,
+        alias_version,
+        promote,
+        register_candidate,
+        rollback,
+        set_alias,
+    )
+
+    client, exp = store
+    versions = []
+    for i in range(3):
+        run = client.create_run(exp).info.run_id
+        v = register_candidate(client, run, "clf", candidate, {"slimflow.n": str(i)}, f"# card {i}\n")
+        versions.append(v)
+    assert versions == ["1", "2", "3"]
+    mv = client.get_model_version("clf", "2")
+    assert mv.tags["slimflow.n"] == "1" and mv.tags["slimflow.model_card"].endswith("model_card_v2.md")
+
+    set_alias(client, "clf", CHALLENGER, "1")
+    assert alias_version(client, "clf", CHALLENGER) == "1" and alias_version(client, "clf", CHAMPION) is None
+    assert promote(client, "clf", "1", {"slimflow.approved_by": "ana"}) is None
+    assert promote(client, "clf", "2", {}) == "1"
+    assert (alias_version(client, "clf", CHAMPION), alias_version(client, "clf", PREVIOUS)) == ("2", "1")
+    assert client.get_model_version("clf", "1").tags["slimflow.approved_by"] == "ana"
+    assert promote(client, "clf", "2", {}) == "2"  # idempotent: previous untouched
+    assert alias_version(client, "clf", PREVIOUS) == "1"
+
+    assert rollback(client, "clf") == ("2", "1")
+    assert (alias_version(client, "clf", CHAMPION), alias_version(client, "clf", PREVIOUS)) == ("1", "2")
+    assert rollback(client, "clf") == ("1", "2")  # a rollback can be undone
+
+    from slimflow.models.release.registry import RegistryError
+
+    run = client.create_run(exp).info.run_id
+    register_candidate(client, run, "solo", candidate, {}, "card")
+    with pytest.raises(RegistryError, match="no 'previous' version"):
+        rollback(client, "solo")
+
+
+def test_registered_model_loads_by_alias_in_a_fresh_process_and_predicts_from_raw_text(
+    candidate, store, tmp_path
+):
+    import json
+    import subprocess
+    import sys
+
+    from slimflow.models.optimize.predictors import load_predictor
+    from slimflow.models.release.registry import set_alias
+
+    client, exp = store
+    run = client.create_run(exp).info.run_id
+    v = __import__("slimflow.models.release.registry", fromlist=["x"]).register_candidate(
+        client, run, "clf", candidate, {}, "card"
+    )
+    set_alias(client, "clf", "champion", v)
+    texts = ["good great film", "bad awful dull plot", "the cast was lovely and witty"]
+    code = (
+        "import json, sys, mlflow, pandas as pd; mlflow.set_tracking_uri(sys.argv[1]); "
+        "m = mlflow.pyfunc.load_model('models:/clf@champion'); "
+        "out = m.predict(pd.DataFrame({'text': json.loads(sys.argv[2])})); "
+        "print(json.dumps({'labels': out['label'].tolist(), 'torch': 'torch' in sys.modules}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, client.tracking_uri, json.dumps(texts)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    p = load_predictor(candidate, 1)
+    assert got["labels"] == [p.info.labels[i] for i in p.predict(texts).argmax(-1)]
+    assert got["torch"] is False  # an ONNX model serves without torch
+
+
+class _Payload:
+    """Unpickling this creates the marker file: proof that something executed it."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _evil_model(marker: str):
+    import mlflow
+
+    class EvilModel(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+        def __reduce__(self):
+            return (open, (marker, "w"))
+
+    return EvilModel()
+
+
+def test_served_models_load_as_data_and_pickle_payloads_are_refused_unexecuted(candidate, store, tmp_path):
+    import pickle
+
+    import mlflow
+
+    from slimflow.models.optimize.predictors import load_predictor
+    from slimflow.models.release import serving as serve
+    from slimflow.models.release.registry import RegistryError, register_candidate, set_alias
+
+    client, exp = store
+    run = client.create_run(exp).info.run_id
+    v = register_candidate(client, run, "clf", candidate, {}, "card")
+    set_alias(client, "clf", "champion", v)
+    model, version = serve.load_registered("models:/clf@champion", client.tracking_uri)
+    assert version == v
+    texts = ["good great film", "bad awful dull", "the cast was lovely"]
+    out = model.predict(__import__("pandas").DataFrame({"text": texts}))
+    p = load_predictor(candidate, 1)
+    assert out["label"].tolist() == [p.info.labels[i] for i in p.predict(texts).argmax(-1)]
+
+    # 1. a registered version whose artifacts carry a pickle (a classic "model.pkl")
+    marker = tmp_path / "executed"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "model.pkl").write_bytes(pickle.dumps(_Payload(str(marker))))
+    with mlflow.start_run(experiment_id=exp):
+        mlflow.log_artifacts(str(evil), "model")
+        uri = f"runs:/{mlflow.active_run().info.run_id}/model"
+    client.create_registered_model("evil")
+    mv = client.create_model_version("evil", uri, None)
+    with pytest.raises(RegistryError, match="pickle-type files.*model.pkl"):
+        serve.load_registered(f"models:/evil/{mv.version}", client.tracking_uri)
+    # 2. a cloudpickled MLflow pyfunc (python_model.pkl) - the usual way pyfunc models are logged
+    with mlflow.start_run(experiment_id=exp):
+        info = mlflow.pyfunc.log_model(
+            name="m", python_model=_evil_model(str(marker)), registered_model_name="evil2",
+            pip_requirements=["mlflow"],
+        )  # fmt: skip
+    with pytest.raises(RegistryError, match="pickle-type files"):
+        serve.load_registered(f"models:/evil2/{info.registered_model_version}", client.tracking_uri)
+    # 3. and through the CLI commands that take a model
+    from tests.cli.test_cli import slimflow
+
+    (tmp_path / "x.csv").write_text("text\ngood film\n")
+    r = slimflow("predict", "--model", f"models:/evil2/{info.registered_model_version}", "--input",
+                 str(tmp_path / "x.csv"), "--output", str(tmp_path / "y.csv"), "--tracking-uri",
+                 client.tracking_uri, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 1 and "pickle-type files" in r.stderr, r.stderr[-2000:]
+    assert not marker.exists(), "a pickle payload was executed"
