@@ -9,15 +9,17 @@ from prefect import flow
 
 from slimflow.flows.bookkeeping import PipelineRun, results_dir
 from slimflow.flows.promotion import promotion
-from slimflow.flows.search import candidate_search, slim_summary
+from slimflow.flows.search import candidate_search
 from slimflow.models.core.results import ModelResult
 from slimflow.models.data.tables import source_digest
+from slimflow.models.optimize.candidates import SearchResult
 from slimflow.models.pipeline_config import PipelineConfig, load_config
 from slimflow.tasks.common import ModelRef
 from slimflow.tasks.compress import compress_model
 from slimflow.tasks.data import prepare_data
 from slimflow.tasks.distill import distill_student
 from slimflow.tasks.finetune import finetune_teacher
+from slimflow.tasks.promote import PromotionResult
 
 
 @flow(name="slimflow-pipeline", log_prints=True)
@@ -48,13 +50,13 @@ def pipeline(
             made = {"teacher": teacher, "student": student, "compressed": compressed}
             made = {k: v for k, v in made.items() if v is not None}
             search = candidate_search(run, cfg.optimize, prepared, made, teacher.test_score)
-            run.summary["search"] = slim_summary(search)
+            run.summary["search"] = search.summary()
         promoted = None
         if cfg.promote and search is not None:
             promoted = promotion(
                 run, cfg.promote, cfg, search, prepared, data.mlflow_run_id, teacher.test_score
             )
-            run.summary["promotion"] = promoted
+            run.summary["promotion"] = promoted.model_dump(exclude={"mlflow_run_id"})
         run.summary["decision"] = _decision(teacher, student, compressed, search, promoted)
     return run.summary
 
@@ -63,43 +65,42 @@ def _decision(
     teacher: ModelResult,
     student: ModelResult | None,
     compressed: ModelResult | None,
-    search: dict | None,
-    promoted: dict | None,
+    search: SearchResult | None,
+    promoted: PromotionResult | None,
 ) -> dict:
     """What this run produced and whether it reached users (the champion alias)."""
     if promoted is not None:
-        approval = (promoted.get("approval") or {}).get("decision")
-        review = promoted.get("approval") or {}
-        if promoted["champion"]:
+        review = promoted.approval or {}
+        approval = review.get("decision")
+        if promoted.champion:
             who = f"approved by {review['reviewer']}" if approval == "approved" else "no approval required"
             outcome = "promoted"
-            reason = f"{promoted['model_name']} version {promoted['champion']} is champion ({who})"
-        elif promoted["challenger"]:
+            reason = f"{promoted.model_name} version {promoted.champion} is champion ({who})"
+        elif promoted.challenger:
             outcome = {"rejected": "rejected", "timeout": "approval_timed_out"}.get(approval, "not_promoted")
             why = review.get("comment") or approval
-            reason = f"challenger version {promoted['challenger']} not promoted: {why}"
+            reason = f"challenger version {promoted.challenger} not promoted: {why}"
         else:
-            outcome, reason = "no_candidate_passes", promoted["reason"]
+            outcome, reason = "no_candidate_passes", promoted.reason
         return {
             "outcome": outcome,
-            "promoted": bool(promoted["champion"]),
+            "promoted": bool(promoted.champion),
             "reason": reason,
-            "model_name": promoted["model_name"],
-            "challenger": promoted["challenger"],
-            "champion": promoted["champion"],
-            "failed_gates": promoted["failed_gates"],
-            "best_effort": promoted["best_effort"],
+            "model_name": promoted.model_name,
+            "challenger": promoted.challenger,
+            "champion": promoted.champion,
+            "failed_gates": promoted.failed_gates,
+            "best_effort": promoted.best_effort,
         }
     if search is not None:
-        sel = search["selection"]
-        best = next((r for r in search["candidates"] if r["name"] == sel["best"]), None)
+        best = search.best
         return {
             "outcome": "candidate_selected" if best else "no_candidate_meets_bar",
             "promoted": False,
-            "reason": sel["reason"],
-            "candidate": sel["best"],
+            "reason": search.selection["reason"],
+            "candidate": search.selection["best"],
             "model_dir": best["path"] if best else None,
-            "test_accuracy": best["test"]["accuracy"] if best else None,
+            f"test_{teacher.primary_metric}": best["test"][teacher.primary_metric] if best else None,
         }
     best = compressed or student or teacher
     return {

@@ -10,10 +10,11 @@ from slimflow.flows.bookkeeping import PipelineRun
 from slimflow.flows.deploy import deploy
 from slimflow.models.core.provenance import git_commit
 from slimflow.models.data.prepare import PreparedData
+from slimflow.models.optimize.candidates import SearchResult
 from slimflow.models.pipeline_config import PipelineConfig
 from slimflow.models.release import tracking
 from slimflow.models.release.config import PromoteConfig
-from slimflow.tasks.promote import promote_champion, register_candidates
+from slimflow.tasks.promote import PromotionResult, promote_champion, register_candidates
 
 
 def _context(
@@ -38,24 +39,22 @@ def promotion(
     run: PipelineRun,
     cfg: PromoteConfig,
     pipeline_cfg: PipelineConfig,
-    search: dict[str, Any],
+    search: SearchResult,
     data: PreparedData,
     data_run_id: str | None,
     teacher_acc: float,
-) -> dict[str, Any]:
+) -> PromotionResult:
     context = _context(pipeline_cfg, data, data_run_id, teacher_acc)
-    reg = run.stage("register", register_candidates, cfg, search["candidates"], teacher_acc, context)
-    out: dict[str, Any] = {
-        "model_name": cfg.model_name,
-        "registered": reg.versions,
-        "challenger": reg.challenger,
-        "winner": reg.winner,
-        "reason": reg.decision["reason"],
-        "best_effort": reg.decision["best_effort"],
-        "failed_gates": reg.decision["best_effort_failed"],
-        "approval": None,
-        "champion": None,
-    }
+    reg = run.stage("register", register_candidates, cfg, search.candidates, teacher_acc, context)
+    out = PromotionResult(
+        model_name=cfg.model_name,
+        registered=reg.versions,
+        challenger=reg.challenger,
+        winner=reg.winner,
+        reason=reg.decision["reason"],
+        best_effort=reg.decision["best_effort"],
+        failed_gates=reg.decision["best_effort_failed"],
+    )
     if not reg.challenger:
         return out
     if cfg.approval.required:
@@ -70,7 +69,7 @@ def promotion(
             "comment": "approval.required is false",
             "time": _now(),
         }
-    out["approval"] = approval
+    out.approval = approval
 
     client = tracking.client(run.ctx.tracking_uri)
     for k, v in approval.items():  # on the version whatever the answer (rejections too)
@@ -78,10 +77,10 @@ def promotion(
     run.client.set_tag(run.run_id, "slimflow.approval", approval["decision"])
     if approval["decision"] in ("approved", "auto"):
         prom = run.stage("promote", promote_champion, cfg, reg.challenger, approval)
-        out["champion"] = prom.champion
-        out["previous"] = prom.previous
+        out.champion = prom.champion
+        out.previous = prom.previous
         if cfg.deploy is not None:
-            out["deployment"] = deploy(
+            out.deployment = deploy(
                 cfg.model_name,
                 run.ctx.tracking_uri,
                 str(run.workdir),

@@ -54,7 +54,7 @@ def candidate_search(
     data: PreparedData,
     made: dict[str, ModelResult],
     teacher_accuracy: float,
-) -> dict[str, Any]:
+) -> C.SearchResult:
     specs, skipped = C.plan(cfg, list(made), data.task)
     refs = {name: ModelRef.of(result) for name, result in made.items()}
     quantizers = {q.kind: q for q in cfg.quantize}
@@ -144,17 +144,17 @@ def candidate_search(
         if any(r["status"] == "ok" for r in table)
         else None
     )
-    result = {
-        "candidates": table,
-        "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
-        "selection": selection,
-        "pareto_png": str(png) if png else None,
-    }
+    result = C.SearchResult(
+        candidates=table,
+        skipped=[{"name": s.name, "reason": s.reason} for s in skipped],
+        selection=selection,
+        pareto_png=str(png) if png else None,
+    )
     _log(run, cfg, exports, result)
     return result
 
 
-def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result: dict[str, Any]) -> None:
+def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result: C.SearchResult) -> None:
     """One nested 'optimize' run (config, exports, table, plot) with a child run per candidate."""
     import mlflow.entities as me
 
@@ -176,8 +176,8 @@ def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result:
             me.Metric(f"export.{tag}.file_mb", exp_res["file_bytes"] / 2**20, now, 0),
         ]
         client.log_text(parent, json.dumps(exp_res, indent=2, default=str), f"exports/{tag}.json")
-    sel = result["selection"]
-    for r in result["candidates"]:
+    sel = result.selection
+    for r in result.candidates:
         child = client.create_run(
             exp,
             run_name=r["name"],
@@ -212,12 +212,12 @@ def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result:
             client.log_batch(child, metrics=[me.Metric(k, float(v), now, 0) for k, v in m.items()])
         client.log_text(child, json.dumps(r, indent=2, default=str), "candidate.json")
         client.set_terminated(child, "FINISHED" if r["status"] == "ok" else "FAILED")
-    client.log_text(parent, json.dumps(result, indent=2, default=str), "candidates.json")
+    client.log_text(parent, json.dumps(result.model_dump(), indent=2, default=str), "candidates.json")
     client.log_text(parent, _markdown(result), "candidates.md")
-    if result["pareto_png"]:
-        client.log_artifact(parent, result["pareto_png"])
-        client.log_artifact(run.run_id, result["pareto_png"])
-    best = next((r for r in result["candidates"] if r["name"] == sel["best"]), None)
+    if result.pareto_png:
+        client.log_artifact(parent, result.pareto_png)
+        client.log_artifact(run.run_id, result.pareto_png)
+    best = result.best
     if best:
         b = setting(best["bench"], sel["rank_batch_size"])
         best_metrics = {
@@ -234,9 +234,9 @@ def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result:
     client.set_terminated(parent, "FINISHED")
 
 
-def _markdown(result: dict[str, Any]) -> str:
+def _markdown(result: C.SearchResult) -> str:
     """The candidate table as Markdown, for reading in the MLflow UI."""
-    sel = result["selection"]
+    sel = result.selection
     b = sel["rank_batch_size"]
     lines = [
         f"Best: **{sel['best'] or 'none'}** — {sel['reason']}",
@@ -244,7 +244,7 @@ def _markdown(result: dict[str, Any]) -> str:
         f"| candidate | status | test acc | p50 b{b} ms (95% CI) | p95 b{b} ms | MB | Pareto | note |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in result["candidates"]:
+    for r in result.candidates:
         if r["status"] == "ok":
             s = setting(r["bench"], b)
             note = "slower than FP32" if r.get("slower_than_reference") else ""
@@ -255,17 +255,6 @@ def _markdown(result: dict[str, Any]) -> str:
             )
         else:
             lines.append(f"| {r['name']} | {r['status']} | | | | | | {r.get('reason', '')} |")
-    for s in result["skipped"]:
+    for s in result.skipped:
         lines.append(f"| {s['name']} | skipped | | | | | | {s['reason']} |")
     return "\n".join(lines) + "\n"
-
-
-def slim_summary(result: dict[str, Any]) -> dict[str, Any]:
-    """The search result for the run summary, without per-candidate hardware blocks (logged once)."""
-    rows = []
-    for r in result["candidates"]:
-        r = dict(r)
-        if "bench" in r:
-            r["bench"] = {k: v for k, v in r["bench"].items() if k != "hardware"}
-        rows.append(r)
-    return {**result, "candidates": rows}

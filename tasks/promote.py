@@ -35,6 +35,22 @@ class PromoteResult(StageResult):
     model_name: str
 
 
+class PromotionResult(StageResult):
+    """What the promotion stage did: versions registered, the challenger, the review, the champion."""
+
+    model_name: str
+    registered: dict[str, str]
+    challenger: str | None
+    winner: str | None
+    reason: str
+    best_effort: str | None
+    failed_gates: list[str]
+    approval: dict[str, str] | None = None
+    champion: str | None = None
+    previous: str | None = None
+    deployment: dict[str, Any] | None = None
+
+
 REGISTRY_TASK = {
     "cache_policy": NO_CACHE,
     "retries": 1,

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slimflow.models.core.results import StageResult
 from slimflow.models.families import DEFAULT_TASK, get_family
 from slimflow.models.families.base import AgreementConfig
 from slimflow.models.optimize.bench import setting
@@ -27,6 +28,35 @@ from slimflow.models.optimize.predictors import (
 )
 from slimflow.models.optimize.quantizers import QuantContext, apply_quantizer
 from slimflow.models.optimize.targets import get_target
+
+
+class SearchResult(StageResult):
+    """The candidate search: every candidate's record (build, checks, test figures, benchmark), the
+    combinations skipped and why, the choice and the Pareto plot."""
+
+    candidates: list[dict[str, Any]]
+    skipped: list[dict[str, str]]
+    selection: dict[str, Any]
+    pareto_png: str | None = None
+
+    def row(self, name: str | None) -> dict[str, Any] | None:
+        return next((r for r in self.candidates if r["name"] == name), None)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The chosen candidate's record (None when none meets the accuracy bar)."""
+        return self.row(self.selection.get("best"))
+
+    def summary(self) -> dict[str, Any]:
+        """For the run summary: without per-candidate hardware blocks (logged once)."""
+        rows = []
+        for r in self.candidates:
+            r = dict(r)
+            if "bench" in r:
+                r["bench"] = {k: v for k, v in r["bench"].items() if k != "hardware"}
+            rows.append(r)
+        return {**self.model_dump(exclude={"candidates", "mlflow_run_id"}), "candidates": rows}
+
 
 FP32_ONNX = "onnx_fp32"
 FP32_TORCH = "torch_fp32"

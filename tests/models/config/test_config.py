@@ -111,3 +111,40 @@ def test_config_is_frozen_and_flattens_to_params():
     assert params["finetune.train.epochs"] == str(cfg.finetune.train.epochs)
     assert params["data.split.seed"] == "42"
     assert all(isinstance(v, str) for v in params.values())
+
+
+def test_plug_in_fields_name_the_registered_kinds_and_their_keys(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"compress\.steps\.0: .*unknown compression step kind 'prune_all'; known: "
+    ):
+        load_config(write(tmp_path, "compress:\n  steps:\n    - {kind: prune_all}\n"))
+    with pytest.raises(
+        ConfigError, match=r"optimize\.quantize\.0\.bits: unknown key; valid keys here: .*keep_fp32"
+    ):
+        load_config(write(tmp_path, "optimize:\n  quantize:\n    - {kind: ort_int8_dynamic, bits: 4}\n"))
+    with pytest.raises(
+        ConfigError, match=r"distill\.student\.keep: unknown key; valid keys here: keep_layers, kind"
+    ):
+        load_config(write(tmp_path, "distill:\n  student: {keep: [0]}\n"))
+    with pytest.raises(
+        ConfigError, match=r"  - task: .*unknown task family 'translation'; known: sequence-classification"
+    ):
+        load_config(write(tmp_path, "task: translation\n"))
+
+
+def test_a_plug_in_registered_later_is_accepted_without_touching_the_config_classes(tmp_path):
+    """Plug-in fields look the kind up in the registry when a value is validated: nothing is
+    frozen at import, so a step registered after the config classes were built is accepted."""
+    from typing import Literal
+
+    from slimflow.models.train.steps import STEPS, StepConfig, StepReport, register_step
+
+    class PruneNothing(StepConfig):
+        kind: Literal["prune_nothing_test"] = "prune_nothing_test"
+
+    register_step(PruneNothing)(lambda model, cfg, ctx: StepReport("prune_nothing_test"))
+    try:
+        cfg = load_config(write(tmp_path, "compress:\n  steps:\n    - {kind: prune_nothing_test}\n"))
+        assert isinstance(cfg.compress.steps[0], PruneNothing)
+    finally:
+        STEPS._items.pop("prune_nothing_test")

@@ -121,3 +121,21 @@ def test_preflight_refuses_model_dependent_mistakes_before_training(tiny_model_d
             compress={"steps": [{"kind": "prune_heads", "ratio": 0.5}]},
         )
     )  # a valid one passes
+
+
+def test_preflight_asks_the_architecture_adapter(tmp_path):
+    """An architecture without an adapter, or a pruning step the architecture cannot take, fails
+    in the preflight (config.json only) instead of minutes into a run."""
+    import json
+
+    from tests.conftest import build_tiny_mpnet
+
+    mpnet = build_tiny_mpnet(tmp_path / "mpnet")
+    with pytest.raises(ConfigError, match="compress.steps.0: prune_heads does not apply to mpnet models"):
+        preflight(_cfg(tmp_path, mpnet, compress={"steps": [{"kind": "prune_heads", "ratio": 0.5}]}))
+    preflight(_cfg(tmp_path, mpnet, compress={"steps": [{"kind": "prune_ffn", "ratio": 0.5}]}))
+    odd = build_tiny_model(tmp_path / "odd")
+    cfg = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
+    with pytest.raises(ConfigError, match="finetune.model: .*no architecture adapter for model type 'gpt2'"):
+        preflight(_cfg(tmp_path, odd))
