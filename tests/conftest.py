@@ -43,16 +43,24 @@ def reviews() -> pd.DataFrame:
     return make_reviews()
 
 
+def _save_tiny(path: Path, vocab: list[str], tokenizer_cls, config, model_cls) -> Path:
+    """A tiny model of ``model_cls`` with random weights (seed 0) and a WordPiece tokenizer."""
+    import torch
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer_cls(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(path)
+    torch.manual_seed(0)
+    model_cls(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
 def build_tiny_model(path: Path, layers: int = 2, hidden: int = 32, reverse_vocab: bool = False) -> Path:
     """A tiny BERT and its WordPiece tokenizer; ``reverse_vocab`` gives it different token ids."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    path.mkdir(parents=True, exist_ok=True)
     words = sorted(set(POSITIVE + NEGATIVE + FILLER), reverse=reverse_vocab)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
-    tok.save_pretrained(path)
     cfg = BertConfig(
         vocab_size=len(vocab),
         hidden_size=hidden,
@@ -61,11 +69,7 @@ def build_tiny_model(path: Path, layers: int = 2, hidden: int = 32, reverse_voca
         intermediate_size=2 * hidden,
         max_position_embeddings=64,
     )
-    import torch
-
-    torch.manual_seed(0)
-    BertModel(cfg).save_pretrained(path, safe_serialization=True)
-    return path
+    return _save_tiny(path, vocab, BertTokenizerFast, cfg, BertModel)
 
 
 @pytest.fixture(scope="session")
@@ -118,12 +122,7 @@ def build_tiny_mpnet(path: Path, layers: int = 2, hidden: int = 32) -> Path:
     """A tiny MPNet and its tokenizer (same words as the tiny BERT, MPNet's special tokens)."""
     from transformers import MPNetConfig, MPNetModel, MPNetTokenizerFast
 
-    path.mkdir(parents=True, exist_ok=True)
-    words = sorted(set(POSITIVE + NEGATIVE + FILLER))
-    vocab = ["<s>", "<pad>", "</s>", "<unk>", "[UNK]", "<mask>", *words]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tok = MPNetTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
-    tok.save_pretrained(path)
+    vocab = ["<s>", "<pad>", "</s>", "<unk>", "[UNK]", "<mask>", *sorted(set(POSITIVE + NEGATIVE + FILLER))]
     cfg = MPNetConfig(
         vocab_size=len(vocab),
         hidden_size=hidden,
@@ -133,8 +132,4 @@ def build_tiny_mpnet(path: Path, layers: int = 2, hidden: int = 32) -> Path:
         max_position_embeddings=66,
         pad_token_id=1,
     )
-    import torch
-
-    torch.manual_seed(0)
-    MPNetModel(cfg).save_pretrained(path, safe_serialization=True)
-    return path
+    return _save_tiny(path, vocab, MPNetTokenizerFast, cfg, MPNetModel)

@@ -28,6 +28,11 @@ class PluginConfig(Strict):
 
     kind: str
 
+    @classmethod
+    def plugin_kind(cls) -> str:
+        """The kind this config class registers under (its ``kind`` default)."""
+        return cls.model_fields["kind"].default
+
 
 @dataclass(frozen=True)
 class PluginSlot:

@@ -78,7 +78,7 @@ def peft_method(
             _unfreeze(wrapped, set(keep), set(ctx.family.head_names))
         return wrapped
 
-    kind = config_cls.model_fields["kind"].default
+    kind = config_cls.plugin_kind()
     METHODS.add(kind, Method(config_cls, prepare, on_step, mergeable=not prompt_learning))
 
 

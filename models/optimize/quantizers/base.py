@@ -68,7 +68,7 @@ QUANTIZERS: Registry[Quantizer] = Registry("quantizer")
 
 def register_quantizer(config_cls: type[QuantizerConfig]) -> Callable[[QuantFn], QuantFn]:
     """Register ``fn(cfg, ctx, out_dir) -> QuantReport`` for the quantization step ``config_cls``."""
-    kind = config_cls.model_fields["kind"].default
+    kind = config_cls.plugin_kind()
 
     def deco(fn: QuantFn) -> QuantFn:
         QUANTIZERS.add(kind, Quantizer(config_cls, fn))

@@ -55,7 +55,7 @@ STEPS: Registry[Step] = Registry("compression step")
 
 def register_step(config_cls: type[StepConfig]) -> Callable[[StepFn], StepFn]:
     """Register ``fn(model, cfg, ctx) -> StepReport`` for the compression step ``config_cls``."""
-    kind = config_cls.model_fields["kind"].default
+    kind = config_cls.plugin_kind()
 
     def deco(fn: StepFn) -> StepFn:
         STEPS.add(kind, Step(config_cls, fn))
