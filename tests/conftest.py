@@ -133,3 +133,33 @@ def build_tiny_mpnet(path: Path, layers: int = 2, hidden: int = 32) -> Path:
         pad_token_id=1,
     )
     return _save_tiny(path, vocab, MPNetTokenizerFast, cfg, MPNetModel)
+
+
+def build_tiny_llama(path: Path, layers: int = 3, hidden: int = 32) -> Path:
+    """A tiny Llama (4 query heads sharing 2 key/value heads, head_dim 8) and a word-level fast
+    tokenizer without a pad token, as Llama tokenizers come."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["<unk>", "<s>", "</s>", *sorted(set(POSITIVE + NEGATIVE + FILLER))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(path)
+    cfg = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden // 4,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    LlamaModel(cfg).save_pretrained(path, safe_serialization=True)
+    return path

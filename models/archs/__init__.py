@@ -78,28 +78,50 @@ class ArchAdapter:
         """Tell a moved layer its new position (caches key on it)."""
 
     # ------------------------------------------------------------------------- head pruning
-    def head_mask_supported(self) -> bool:
-        """Whether the forward pass takes ``head_mask`` (importance scores need it)."""
-        return True
+    def head_mask_inputs(self, model: Any, mask: Any) -> tuple[dict[str, Any], list[Any]]:
+        """How to multiply every attention head's output by ``mask`` (layers x heads) in a forward
+        pass, so that d loss / d mask scores the heads: extra forward arguments and/or hook handles
+        (removed by the caller). BERT-like models take a ``head_mask`` argument."""
+        return {"head_mask": mask}, []
+
+    def choose_heads(self, model: Any, score: Any, ratio: float, min_keep: int) -> dict[int, list[int]]:
+        """Heads to remove, {layer: [head, ...]}: the lowest-scoring ``ratio`` of all heads, never
+        leaving a layer with fewer than ``min_keep`` (layers may end up with different counts)."""
+        n_layers, n_heads = score.shape
+        budget = int(round(ratio * n_layers * n_heads))
+        order = sorted((float(score[i, j]), i, j) for i in range(n_layers) for j in range(n_heads))
+        removed: dict[int, list[int]] = {}
+        for _score, i, j in order:
+            if budget == 0:
+                break
+            if n_heads - len(removed.get(i, [])) > min_keep:
+                removed.setdefault(i, []).append(j)
+                budget -= 1
+        return {i: sorted(hs) for i, hs in removed.items()}
 
     def prune_heads(self, model: Any, plan: dict[int, list[int]]) -> None:
         """Remove the listed heads from the weights (query/key/value rows, output columns)."""
         model.prune_heads(plan)
 
     # ------------------------------------------------------------------------- FFN pruning
-    def ffn(self, layer: Any) -> tuple[Any, Any]:
-        """(up projection, down projection) Linear layers of a block's feed-forward network."""
-        return layer.intermediate.dense, layer.output.dense
+    def ffn(self, layer: Any) -> tuple[list[Any], Any]:
+        """A block's feed-forward Linear layers: (the projections into the hidden width, the one out)."""
+        return [layer.intermediate.dense], layer.output.dense
 
-    def ffn_activation(self, layer: Any) -> Any:
-        """The module whose output is the FFN's hidden activation (hooked to score neurons)."""
-        return layer.intermediate
+    def mask_ffn(self, layer: Any, mask: Any) -> Any:
+        """Multiply the FFN's hidden activation by ``mask`` during forward passes; returns the hook
+        handle (the caller removes it)."""
+        return layer.intermediate.register_forward_hook(lambda _mod, _inp, out: out * mask)
 
-    def set_ffn(self, layer: Any, up: Any, down: Any) -> None:
-        layer.intermediate.dense, layer.output.dense = up, down
+    def set_ffn(self, layer: Any, ins: list[Any], out: Any) -> None:
+        (layer.intermediate.dense,), layer.output.dense = ins, out
 
     def set_ffn_width(self, model: Any, width: int) -> None:
         model.config.intermediate_size = width
+
+    # ------------------------------------------------------------------------- tokenizer
+    def prepare(self, model: Any, tokenizer: Any) -> None:
+        """Make a freshly loaded model and its tokenizer agree on padding (pad-token policy)."""
 
 
 ARCHS: Registry[ArchAdapter] = Registry("architecture")

@@ -51,6 +51,7 @@ class SequenceClassification(TaskFamily):
             src, config=config, use_safetensors=True, trust_remote_code=False, token=token
         )
         tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False, token=token)
+        arch.prepare(model, tokenizer)  # pad-token policy: the head must find the last real token
         return model, tokenizer
 
     def load_trained(self, path: str | Path) -> tuple[Any, Any]:

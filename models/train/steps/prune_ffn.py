@@ -1,7 +1,7 @@
-"""Structured feed-forward pruning: the least important intermediate neurons of every layer are
-sliced out of the FFN's up and down projections (the architecture adapter says which Linear layers
-those are); same width in every layer, so the saved config's ``intermediate_size`` still describes
-the model."""
+"""Structured feed-forward pruning: the least important hidden neurons of every layer are sliced
+out of the FFN's projections into the hidden width (BERT: one; Llama: gate and up) and out of it;
+the architecture adapter says which Linear layers those are. Same width in every layer, so the
+saved config's ``intermediate_size`` still describes the model."""
 
 from __future__ import annotations
 
@@ -29,15 +29,16 @@ def prune_ffn(model: Any, cfg: PruneFFNConfig, ctx: StepContext) -> StepReport:
 
     arch = ctx.arch
     layers = arch.layers(model)
-    width = arch.ffn(layers[0])[0].out_features
+    width = arch.ffn(layers[0])[1].in_features
     keep_n = width - int(round(cfg.ratio * width))
     before = sum(p.numel() for p in model.parameters())
     if keep_n < width:
         scores = ffn_importance(model, ctx, cfg.importance)
         for layer, score in zip(layers, scores, strict=True):
-            up, down = arch.ffn(layer)
-            keep = torch.sort(torch.topk(score, keep_n).indices).values.to(up.weight.device)
-            arch.set_ffn(layer, prune_linear_layer(up, keep, dim=0), prune_linear_layer(down, keep, dim=1))
+            ins, down = arch.ffn(layer)
+            keep = torch.sort(torch.topk(score, keep_n).indices).values.to(down.weight.device)
+            pruned_ins = [prune_linear_layer(up, keep, dim=0) for up in ins]
+            arch.set_ffn(layer, pruned_ins, prune_linear_layer(down, keep, dim=1))
         arch.set_ffn_width(model, keep_n)
     after = sum(p.numel() for p in model.parameters())
     return StepReport(

@@ -1,5 +1,6 @@
-"""Structured attention-head pruning: the least important heads are removed from the weights
-(through the architecture adapter), so the query/key/value and output matrices really shrink."""
+"""Structured attention-head pruning: the least important heads are removed from the weights, so the
+query/key/value and output matrices really shrink. Which heads may go together is the architecture
+adapter's business (BERT: any head; grouped-query attention: whole key/value groups)."""
 
 from __future__ import annotations
 
@@ -40,21 +41,6 @@ class PruneHeadsConfig(StepConfig):
             raise ValueError(f"prune_heads: min_heads_per_layer {self.min_heads_per_layer} > {n_heads} heads")
 
 
-def choose_heads(score: Any, ratio: float, min_keep: int) -> dict[int, list[int]]:
-    """Lowest-scoring heads first, never leaving a layer with fewer than ``min_keep`` heads."""
-    n_layers, n_heads = score.shape
-    budget = int(round(ratio * n_layers * n_heads))
-    order = sorted((float(score[i, j]), i, j) for i in range(n_layers) for j in range(n_heads))
-    removed: dict[int, list[int]] = {}
-    for _score, i, j in order:
-        if budget == 0:
-            break
-        if n_heads - len(removed.get(i, [])) > min_keep:
-            removed.setdefault(i, []).append(j)
-            budget -= 1
-    return {i: sorted(hs) for i, hs in removed.items()}
-
-
 @register_step(PruneHeadsConfig)
 def prune_heads(model: Any, cfg: PruneHeadsConfig, ctx: StepContext) -> StepReport:
     from slimflow.models.train.steps._importance import head_importance
@@ -68,7 +54,7 @@ def prune_heads(model: Any, cfg: PruneHeadsConfig, ctx: StepContext) -> StepRepo
     elif cfg.ratio == 0:
         plan = {}
     else:
-        plan = choose_heads(head_importance(model, ctx), cfg.ratio, cfg.min_heads_per_layer)
+        plan = arch.choose_heads(model, head_importance(model, ctx), cfg.ratio, cfg.min_heads_per_layer)
     if plan:
         arch.prune_heads(model, plan)
     after = sum(p.numel() for p in model.parameters())

@@ -4,10 +4,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from slimflow.models.archs import ARCHS
 from slimflow.models.families import batching as B
 from slimflow.models.train.steps import STEPS, StepContext, apply_step
 from slimflow.models.train.steps.prune_ffn import PruneFFNConfig
-from slimflow.models.train.steps.prune_heads import PruneHeadsConfig, choose_heads
+from slimflow.models.train.steps.prune_heads import PruneHeadsConfig
 from slimflow.models.train.steps.prune_magnitude import PruneMagnitudeConfig
 from tests.conftest import FAMILY, build_tiny_model, make_reviews
 
@@ -68,7 +69,7 @@ def test_head_pruning_shrinks_the_matrices_and_still_runs(model_and_ctx, tmp_pat
 
 def test_head_choice_is_global_but_keeps_a_head_per_layer():
     score = torch.tensor([[0.1, 0.2, 0.3], [5.0, 6.0, 7.0]])
-    assert choose_heads(score, ratio=0.5, min_keep=1) == {0: [0, 1], 1: [0]}
+    assert ARCHS.get("bert").choose_heads(None, score, ratio=0.5, min_keep=1) == {0: [0, 1], 1: [0]}
 
 
 def test_explicit_head_lists_are_checked_against_the_model(model_and_ctx):
