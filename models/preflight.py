@@ -16,7 +16,6 @@ from slimflow.models.core.modelfiles import read_config
 from slimflow.models.data.tables import check_source
 from slimflow.models.pipeline_config import PipelineConfig
 from slimflow.models.train.steps.prune_heads import PruneHeadsConfig
-from slimflow.models.train.students import LayerDropStudent
 
 
 def model_arch(ref: str, cache_dir: Path, where: str) -> tuple[ArchAdapter, tuple[int, int]] | None:
@@ -42,13 +41,12 @@ def preflight(cfg: PipelineConfig) -> None:
     teacher = model_arch(cfg.finetune.model, cfg.workdir_path(), "finetune.model")
     shape = teacher[1] if teacher else None
     student_arch = teacher[0] if teacher else None
-    if cfg.distill is not None and not isinstance(cfg.distill.student, LayerDropStudent):
-        found = model_arch(
-            getattr(cfg.distill.student, "model", ""), cfg.workdir_path(), "distill.student.model"
-        )
+    own = cfg.distill.student.own_model() if cfg.distill is not None else None
+    keep = cfg.distill.student.teacher_layers() if cfg.distill is not None else None
+    if own is not None:
+        found = model_arch(own, cfg.workdir_path(), "distill.student.model")
         student_arch, student_shape = (found[0], found[1]) if found else (None, None)
-    elif cfg.distill is not None and shape is not None:
-        keep = cfg.distill.student.keep_layers
+    elif keep is not None and shape is not None:
         bad = [i for i in keep if i >= shape[0]]
         if bad:
             raise ConfigError(

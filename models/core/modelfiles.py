@@ -12,7 +12,8 @@ from typing import Any
 from slimflow.models.core.errors import ModelSourceError
 
 META_FILE = "slimflow_model.json"
-UNSAFE_WEIGHT_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
+# Files that unpickle (run code) when loaded: never loaded, and a folder holding one is refused.
+PICKLE_SUFFIXES = {".pkl", ".pickle", ".bin", ".pt", ".pth", ".joblib", ".ckpt", ".cloudpickle"}
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
@@ -56,7 +57,7 @@ def check_model_dir(path: Path) -> Path:
     if not (path / "config.json").is_file():
         raise ModelSourceError(f"{path}: no config.json (not a Hugging Face model folder)")
     if not any(path.glob("*.safetensors")):
-        unsafe = sorted(p.name for p in path.glob("*") if p.suffix in UNSAFE_WEIGHT_SUFFIXES)
+        unsafe = sorted(p.name for p in path.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
         hint = (
             f" (found {unsafe}: pickle-based weights are refused; convert them to safetensors)"
             if unsafe

@@ -22,7 +22,3 @@ class SlimflowModel(PythonModel):
             return family.output_frame([])
         outputs = self.predictor.predict(inputs)
         return family.output_frame(family.predictions(outputs, self.predictor.info.labels))
-
-
-# The name versions registered before task families existed used.
-SlimflowClassifier = SlimflowModel

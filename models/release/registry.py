@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from slimflow.models.core.errors import SlimflowError
+from slimflow.models.core.modelfiles import PICKLE_SUFFIXES
 from slimflow.models.core.names import parse_model_uri
 from slimflow.models.families import get_family
 from slimflow.models.optimize.predictors import CANDIDATE_FILE, describe
@@ -84,9 +85,6 @@ def _requirements(candidate_dir: str | Path) -> list[str]:
         if v:
             out.append(f"{dist}=={v}")
     return out
-
-
-PICKLE_SUFFIXES = {".pkl", ".pickle", ".bin", ".pt", ".pth", ".joblib", ".ckpt", ".cloudpickle"}
 
 
 def check_artifacts(root: str | Path) -> None:

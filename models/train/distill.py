@@ -29,7 +29,7 @@ from slimflow.models.families import TaskFamily, family_of, get_family
 from slimflow.models.train import loop as T
 from slimflow.models.train.config import DistillConfig, TrainConfig
 from slimflow.models.train.distributed import run_data_parallel
-from slimflow.models.train.students import STUDENTS, LayerDropStudent, StudentContext
+from slimflow.models.train.students import STUDENTS, StudentContext
 
 
 # ---------------------------------------------------------------------------------------- losses
@@ -190,10 +190,8 @@ def resolve_intermediate(
     n_s, n_t = len(adapter_of(student).layers(student)), len(adapter_of(teacher).layers(teacher))
     if cfg.layer_map is not None:
         layer_map = list(cfg.layer_map)
-    elif isinstance(cfg.student, LayerDropStudent):
-        layer_map = list(cfg.student.keep_layers)
     else:
-        layer_map = default_layer_map(n_s, n_t)
+        layer_map = cfg.student.teacher_layers() or default_layer_map(n_s, n_t)
     if len(layer_map) != n_s or any(not 0 <= t < n_t for t in layer_map):
         raise ValueError(f"distill.layer_map {layer_map}: need {n_s} teacher layer indices in 0..{n_t - 1}")
     if cfg.attention_weight > 0 and student.config.num_attention_heads != teacher.config.num_attention_heads:

@@ -22,6 +22,15 @@ from slimflow.models.core.plugins import Registry
 class StudentConfig(PluginConfig):
     """Base of every student builder config."""
 
+    def teacher_layers(self) -> list[int] | None:
+        """The teacher layers the student's layers are copies of (in order), if it is made that way:
+        layer-wise distillation matches them by default, and preflight checks them."""
+        return None
+
+    def own_model(self) -> str | None:
+        """The model reference the student is loaded from, when it is not built from the teacher."""
+        return None
+
 
 @dataclass
 class StudentContext:
@@ -58,6 +67,9 @@ class LayerDropStudent(StudentConfig):
             raise ValueError(f"keep_layers must be distinct non-negative layer indices, got {v}")
         return v
 
+    def teacher_layers(self) -> list[int] | None:
+        return list(self.keep_layers)
+
 
 def layer_drop(teacher: Any, keep_layers: list[int]) -> Any:
     """A deep copy of ``teacher`` keeping only ``keep_layers`` (in that order), weights unchanged."""
@@ -92,6 +104,9 @@ STUDENTS.add("layer_drop", Student(LayerDropStudent, _build_layer_drop, shares_t
 class PretrainedStudent(StudentConfig):
     kind: Literal["pretrained"] = "pretrained"
     model: str = Field(..., description="'packaged:NAME', a folder or a hub id; uses its own tokenizer.")
+
+    def own_model(self) -> str | None:
+        return self.model
 
 
 def _build_pretrained(cfg: PretrainedStudent, ctx: StudentContext) -> tuple[Any, Any]:
