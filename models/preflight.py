@@ -15,6 +15,7 @@ from slimflow.models.core.errors import ConfigError
 from slimflow.models.core.modelfiles import read_config
 from slimflow.models.data.tables import check_source
 from slimflow.models.pipeline_config import PipelineConfig
+from slimflow.models.train.steps.base import unsupported_reason
 from slimflow.models.train.steps.prune_heads import PruneHeadsConfig
 
 
@@ -62,11 +63,11 @@ def preflight(cfg: PipelineConfig) -> None:
                 raise ConfigError(
                     f"compress.steps.{i}: {step.kind} does not support the {cfg.task} task family"
                 )
-            if student_arch is not None and step.kind not in student_arch.pruning_steps:
-                raise ConfigError(
-                    f"compress.steps.{i}: {step.kind} does not apply to {student_arch.name} models "
-                    f"(it supports: {', '.join(student_arch.pruning_steps) or 'none'})"
-                )
+            why = unsupported_reason(step, student_arch) if student_arch is not None else None
+            if why is not None:
+                if cfg.compress.on_unsupported == "skip":
+                    continue  # the stage skips it and says why
+                raise ConfigError(f"compress.steps.{i}: {why} (set compress.on_unsupported: skip to skip it)")
             if isinstance(step, PruneHeadsConfig) and student_shape is not None:
                 try:
                     step.check_against(*student_shape)

@@ -10,6 +10,7 @@ torchao tensors are not safetensors-serialisable, so the recipe is stored and ap
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 from dataclasses import asdict, dataclass, field
@@ -126,7 +127,8 @@ class TorchPredictor(Predictor):
         self.model, _ = get_family(info.task).load_trained(folder)
         if info.torch_quant:
             quantize_module(self.model, info.torch_quant)
-        fwd_args = self.model.forward.__code__.co_varnames
+        # the signature, not __code__: transformers wraps forward() in decorators (Llama's takes **kwargs)
+        fwd_args = inspect.signature(self.model.forward).parameters
         self._inputs = {k for k in ("input_ids", "attention_mask", "token_type_ids") if k in fwd_args}
         self._torch = torch
 

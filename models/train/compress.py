@@ -3,6 +3,7 @@ optional short recovery by distillation from the teacher; report what each chang
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,8 @@ from slimflow.models.train import loop as T
 from slimflow.models.train.config import CompressConfig, TrainConfig
 from slimflow.models.train.distill import kd_train, load_frames, teacher_targets
 from slimflow.models.train.steps import StepContext, apply_step
+
+log = logging.getLogger(__name__)
 
 
 def parameter_counts(model: Any) -> dict[str, int]:
@@ -74,10 +77,15 @@ def compress(
 
     calib_df = stratified_sample(frames["train"], cfg.calibration_examples, tc.seed)
     calibration = family.encode(tok, calib_df, data.labels, max_length)
-    ctx = StepContext(calibration, pad, tc.eval_batch_size, family=family, arch=arch)
+    ctx = StepContext(
+        calibration, pad, tc.eval_batch_size, family=family, arch=arch,
+        skip_unsupported=cfg.on_unsupported == "skip",
+    )  # fmt: skip
     reports = []
     for step in cfg.steps:
         rep = apply_step(model, step, ctx)
+        if rep.figures.get("skipped"):
+            log.warning("compress: %s", "; ".join(rep.notes))
         reports.append({"kind": rep.kind, **rep.figures, "notes": rep.notes})
     test_pruned = family.evaluate(model, test_set, tc.eval_batch_size, pad)
 

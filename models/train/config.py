@@ -136,6 +136,12 @@ class CompressConfig(Strict):
     calibration_examples: int = Field(
         256, ge=8, le=100_000, description="Training rows used to score importance."
     )
+    on_unsupported: Literal["error", "skip"] = Field(
+        "error",
+        description="A step that does not apply to the compressed model's architecture (e.g. a "
+        "Llama-only step on a BERT student): 'error' stops before any work (preflight); 'skip' "
+        "skips it and records why in the stage report (for recipes shared across architectures).",
+    )
     recovery: RecoveryConfig | None = Field(
         default_factory=RecoveryConfig,
         description="Short distillation from the teacher after pruning; None = off.",

@@ -20,6 +20,24 @@ class StepConfig(PluginConfig):
     """Base of every compression step config: strict, immutable, discriminated by ``kind``."""
 
     families: ClassVar[tuple[str, ...]] = ("sequence-classification",)
+    # The architectures a step is written for (e.g. one that needs key/value groups: ("llama",)).
+    # None: any architecture whose adapter lists the step in ``pruning_steps`` (the built-in ones).
+    archs: ClassVar[tuple[str, ...] | None] = None
+
+
+def unsupported_reason(cfg: StepConfig, arch: Any) -> str | None:
+    """Why the step cannot apply to models of ``arch`` (an ArchAdapter), or None when it can."""
+    declared = type(cfg).archs
+    if declared is not None:
+        if arch.name in declared:
+            return None
+        return f"{cfg.kind} is written for {'/'.join(declared)} models, not {arch.name}"
+    if cfg.kind in arch.pruning_steps:
+        return None
+    return (
+        f"{cfg.kind} does not apply to {arch.name} models (it supports: "
+        f"{', '.join(arch.pruning_steps) or 'none'})"
+    )
 
 
 @dataclass
@@ -32,6 +50,7 @@ class StepContext:
     batch_size: int = 32
     family: Any = None  # slimflow.models.families.TaskFamily
     arch: Any = None  # slimflow.models.archs.ArchAdapter
+    skip_unsupported: bool = False  # a step that does not apply: skipped with its reason, not an error
 
 
 @dataclass
@@ -67,9 +86,9 @@ def register_step(config_cls: type[StepConfig]) -> Callable[[StepFn], StepFn]:
 def apply_step(model: Any, cfg: StepConfig, ctx: StepContext) -> StepReport:
     if ctx.arch is None:
         ctx.arch = adapter_of(model)
-    if cfg.kind not in ctx.arch.pruning_steps:
-        raise ValueError(
-            f"{cfg.kind} does not apply to {ctx.arch.name} models (it supports: "
-            f"{', '.join(ctx.arch.pruning_steps) or 'none'})"
-        )
+    why = unsupported_reason(cfg, ctx.arch)
+    if why is not None:
+        if not ctx.skip_unsupported:
+            raise ValueError(why)
+        return StepReport(cfg.kind, {"skipped": 1.0}, [f"skipped: {why}"])
     return STEPS.get(cfg.kind).apply(model, cfg, ctx)

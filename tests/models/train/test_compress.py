@@ -139,3 +139,80 @@ def test_preflight_asks_the_architecture_adapter(tmp_path):
     (odd / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
     with pytest.raises(ConfigError, match="finetune.model: .*no architecture adapter for model type 'gpt2'"):
         preflight(_cfg(tmp_path, odd))
+
+
+@pytest.fixture
+def llama_only_step():
+    """A step written for Llama models only (it declares its architectures in its own file)."""
+    from typing import ClassVar, Literal
+
+    from slimflow.models.train.steps import STEPS, StepConfig, StepReport, register_step
+
+    class ScaleKvGroups(StepConfig):
+        kind: Literal["scale_kv_test"] = "scale_kv_test"
+        archs: ClassVar[tuple[str, ...] | None] = ("llama",)
+
+    def apply(model, cfg, ctx):
+        import torch
+
+        with torch.no_grad():
+            for layer in ctx.arch.layers(model):
+                layer.self_attn.v_proj.weight.mul_(0.5)
+        return StepReport(cfg.kind, {"layers": float(len(ctx.arch.layers(model)))})
+
+    register_step(ScaleKvGroups)(apply)
+    try:
+        yield "scale_kv_test"
+    finally:
+        STEPS._items.pop("scale_kv_test")
+
+
+def test_a_step_for_another_architecture_is_refused_or_skipped_with_its_reason(tmp_path, llama_only_step):
+    """A Llama-only step on BERT (and prune_heads, which MPNet cannot take, on MPNet): an error
+    naming the reason by default; with on_unsupported: skip, skipped and the reason recorded."""
+    import torch
+
+    from slimflow.models.archs import adapter_of
+    from slimflow.models.train.steps import StepContext, apply_step
+    from slimflow.models.train.steps.base import STEPS
+    from slimflow.models.train.steps.prune_heads import PruneHeadsConfig
+    from tests.conftest import build_tiny_llama, build_tiny_mpnet
+
+    llama_step = STEPS.get(llama_only_step).config()
+    bert, _ = FAMILY.load_pretrained(str(build_tiny_model(tmp_path / "b")), ["neg", "pos"], tmp_path)
+    mpnet, _ = FAMILY.load_pretrained(str(build_tiny_mpnet(tmp_path / "m")), ["neg", "pos"], tmp_path)
+    llama, _ = FAMILY.load_pretrained(str(build_tiny_llama(tmp_path / "l")), ["neg", "pos"], tmp_path)
+    cases = [
+        (bert, llama_step, "scale_kv_test is written for llama models, not bert"),
+        (mpnet, PruneHeadsConfig(ratio=0.5), "prune_heads does not apply to mpnet models"),
+    ]
+    for model, step, why in cases:
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(ValueError, match=why):
+            apply_step(model, step, StepContext(None, 0, arch=adapter_of(model)))
+        rep = apply_step(model, step, StepContext(None, 0, arch=adapter_of(model), skip_unsupported=True))
+        assert rep.figures == {"skipped": 1.0} and why in rep.notes[0]
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
+    w = llama.model.layers[0].self_attn.v_proj.weight.clone()
+    rep = apply_step(llama, llama_step, StepContext(None, 0, arch=adapter_of(llama)))
+    assert rep.figures == {"layers": 3.0}
+    assert torch.allclose(llama.model.layers[0].self_attn.v_proj.weight, w * 0.5)
+
+
+def test_preflight_and_the_stage_skip_an_unsupported_step_when_told(trained, tmp_path, llama_only_step):
+    tmp, prepared, teacher = trained
+    steps = [{"kind": llama_only_step}, {"kind": "prune_ffn", "ratio": 0.25}]
+    with pytest.raises(
+        ConfigError, match="compress.steps.0: scale_kv_test is written for llama.*on_unsupported"
+    ):
+        preflight(_cfg(tmp_path, Path(teacher.model_dir), compress={"steps": steps}))
+    preflight(_cfg(tmp_path, Path(teacher.model_dir), compress={"steps": steps, "on_unsupported": "skip"}))
+    cfg = CompressConfig.model_validate(
+        {"steps": steps, "on_unsupported": "skip", "calibration_examples": 16, "recovery": None}
+    )
+    res = compress(
+        cfg, prepared, teacher.model_dir, teacher.model_dir, "sha", tmp_path / "out", tmp, progress=False
+    )
+    assert res.steps[0]["kind"] == llama_only_step and res.steps[0]["skipped"] == 1.0
+    assert "written for llama models, not bert" in res.steps[0]["notes"][0]
+    assert res.steps[1]["kind"] == "prune_ffn" and res.after["params"] < res.before["params"]
