@@ -11,6 +11,7 @@ from pathlib import Path
 
 from slimflow.models.archs import ArchAdapter, UnsupportedArchitecture, adapter_for
 from slimflow.models.assets import resolve_pretrained
+from slimflow.models.core.env import cpu_has_bf16
 from slimflow.models.core.errors import ConfigError
 from slimflow.models.core.modelfiles import read_config
 from slimflow.models.data.tables import check_source
@@ -37,8 +38,28 @@ def model_shape(ref: str, cache_dir: Path) -> tuple[int, int] | None:
     return found[1] if found else None
 
 
+def check_mixed_precision(cfg: PipelineConfig) -> None:
+    """``mixed_precision: bf16`` on a CPU without native bf16 would run slower than FP32."""
+    sections = {"finetune.train": cfg.finetune.train}
+    if cfg.distill is not None:
+        sections["distill.train"] = cfg.distill.train
+    if cfg.compress is not None and cfg.compress.recovery is not None:
+        sections["compress.recovery.train"] = cfg.compress.recovery.train
+    asks = [where for where, tc in sections.items() if tc.mixed_precision == "bf16"]
+    if not asks or cpu_has_bf16():
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"{asks[0]}.mixed_precision: bf16 needs a GPU or a CPU with avx512_bf16/AMX (this CPU "
+            "has neither, so bf16 would be slower than FP32); use 'auto' or 'off'"
+        )
+
+
 def preflight(cfg: PipelineConfig) -> None:
     check_source(cfg.data)
+    check_mixed_precision(cfg)
     teacher = model_arch(cfg.finetune.model, cfg.workdir_path(), "finetune.model")
     shape = teacher[1] if teacher else None
     student_arch = teacher[0] if teacher else None

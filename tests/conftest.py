@@ -97,7 +97,7 @@ def data_cfg(source: Path | str, **kw):
     return DataConfig.model_validate(base)
 
 
-def train_tiny_teacher(tmp_path: Path, model_dir: Path, rows: int, epochs: int):
+def train_tiny_teacher(tmp_path: Path, model_dir: Path, rows: int, epochs: int, **train: object):
     """Synthetic data prepared and split, and a tiny teacher fully fine-tuned on it."""
     from slimflow.models.data.prepare import prepare
     from slimflow.models.train.config import FinetuneConfig
@@ -112,7 +112,7 @@ def train_tiny_teacher(tmp_path: Path, model_dir: Path, rows: int, epochs: int):
         {
             "model": str(model_dir),
             "method": {"kind": "full"},
-            "train": {"epochs": epochs, "batch_size": 16, "learning_rate": 3e-3, "max_length": 32},
+            "train": {"epochs": epochs, "batch_size": 16, "learning_rate": 3e-3, "max_length": 32, **train},
         }
     )
     return prepared, finetune(ft, prepared, tmp_path / "teacher", tmp_path, progress=False)

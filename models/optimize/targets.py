@@ -23,6 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from slimflow.models.core.env import cpu_flags
 from slimflow.models.core.plugins import Registry
 
 HOST = "host"  # int8_preset: the CPU of the machine that plans the search (and benchmarks on it)
@@ -134,22 +135,12 @@ def cpu_int8_preset() -> str:
     """Optimum's AutoQuantizationConfig preset that matches this CPU (avx512_vnni > avx512 > avx2)."""
     if platform.machine().lower() in ("arm64", "aarch64"):
         return "arm64"
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if "avx512_vnni" in flags or "avx512vnni" in flags:
         return "avx512_vnni"
     if "avx512f" in flags:
         return "avx512"
     return "avx2"
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 @cache

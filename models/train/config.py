@@ -45,7 +45,9 @@ class TrainConfig(Strict):
         None, ge=1, description="Use at most this many training rows (stratified); None = all."
     )
     mixed_precision: Literal["auto", "off", "fp16", "bf16"] = Field(
-        "auto", description="'auto' = bf16/fp16 autocast on a CUDA device, off on CPU."
+        "auto",
+        description="'auto' = bf16/fp16 autocast on a CUDA device, off on CPU; 'bf16' also autocasts "
+        "on a CPU with avx512_bf16/AMX (training only: evaluation stays FP32).",
     )
     seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
     data_parallel: int = Field(

@@ -216,3 +216,46 @@ def test_preflight_and_the_stage_skip_an_unsupported_step_when_told(trained, tmp
     assert res.steps[0]["kind"] == llama_only_step and res.steps[0]["skipped"] == 1.0
     assert "written for llama models, not bert" in res.steps[0]["notes"][0]
     assert res.steps[1]["kind"] == "prune_ffn" and res.after["params"] < res.before["params"]
+
+
+def test_bf16_is_refused_before_any_work_on_a_cpu_without_native_bf16(tmp_path, monkeypatch, tiny_model_dir):
+    import torch
+
+    from slimflow.models import preflight as P
+    from slimflow.models.core import env
+    from slimflow.models.train import loop
+
+    cfg = _cfg(
+        tmp_path,
+        tiny_model_dir,
+        distill={"student": {"keep_layers": [0]}, "train": {"mixed_precision": "bf16"}},
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(P, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="distill.train.mixed_precision: bf16 needs a GPU or a CPU with"):
+        preflight(cfg)
+    monkeypatch.setattr(P, "cpu_has_bf16", lambda: True)
+    preflight(cfg)
+    # the training loop autocasts to bf16 on such a CPU only when asked ('auto' stays FP32)
+    monkeypatch.setattr(env, "cpu_has_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    assert loop._autocast(cpu, "bf16") == (True, torch.bfloat16)
+    assert loop._autocast(cpu, "auto") == (False, None) and loop._autocast(cpu, "off") == (False, None)
+    monkeypatch.setattr(env, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ValueError, match="without avx512_bf16"):
+        loop._autocast(cpu, "bf16")
+
+
+def test_bf16_autocast_trains_on_a_cpu_that_has_it(tmp_path):
+    from slimflow.models.core.env import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no avx512_bf16/AMX")
+    src = build_tiny_model(tmp_path / "m", layers=3)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    _, bf16 = train_tiny_teacher(tmp_path / "a", src, rows=200, epochs=4, mixed_precision="bf16")
+    _, fp32 = train_tiny_teacher(tmp_path / "b", src, rows=200, epochs=4, mixed_precision="auto")
+    assert bf16.test["accuracy"] >= 0.8
+    # bf16 really ran (other rounding, other losses) and learned as FP32 did
+    assert bf16.history[-1]["train_loss"] != fp32.history[-1]["train_loss"]
+    assert bf16.history[-1]["train_loss"] == pytest.approx(fp32.history[-1]["train_loss"], abs=0.05)
