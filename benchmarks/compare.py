@@ -1,5 +1,7 @@
 """Side-by-side, one run, one machine: the fine-tuned teacher in PyTorch FP32 eager, the same teacher
-through Optimum's documented dynamic-INT8 recipe, and the pipeline's best candidate.
+through Optimum's documented dynamic-INT8 recipe, the teacher's best quantized form found by the
+search (when the search quantized the teacher: an LLM teacher's weight-only INT4/INT8, say), and the
+pipeline's best candidate.
 
     python benchmarks/compare.py                       # reads .slimflow/last-summary.json (make demo)
     python benchmarks/compare.py --summary S.json --threads 2 --out compare.json
@@ -9,7 +11,11 @@ export=True)`` then ``ORTQuantizer.from_pretrained(...).quantize(AutoQuantizatio
 is_static=False, per_channel=False))`` with the preset matching this CPU. Every model is measured
 by slimflow.models.optimize.bench in its own process with the same settings (threads pinned,
 warm-up, real test texts, tokenization not timed) and scored on the whole test split. Prints
-figures; asserts nothing.
+figures and writes them (``--out``: the rows and a ``ratios`` object); asserts nothing.
+
+The teacher's best quantized form is, among the search's measured teacher candidates other than the
+FP32 ones, the fastest at batch 1 whose test accuracy keeps ``--min-retention`` of the FP32
+teacher's (the most accurate when none does).
 """
 
 from __future__ import annotations
@@ -58,6 +64,10 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--time-budget", type=float, default=15.0, help="seconds per setting")
     ap.add_argument("--out", help="write all figures as JSON here")
+    ap.add_argument("--no-recipe", action="store_true", help="leave Optimum's recipe out")
+    ap.add_argument(
+        "--min-retention", type=float, default=0.98, help="accuracy bar of the teacher's quantized form"
+    )
     args = ap.parse_args()
 
     import pandas as pd
@@ -89,23 +99,33 @@ def main() -> None:
         threads=args.threads,
         warmup=20,
     )
+    best_info = json.loads((best / "candidate.json").read_text())
+    tq = teacher_quantized(summary.get("search", {}).get("candidates", []), args.min_retention)
     with tempfile.TemporaryDirectory(prefix="slimflow-compare-") as tmp:
-        print(f"building Optimum's recipe (preset {preset}) from {teacher} ...", flush=True)
-        recipe = optimum_recipe(teacher, Path(tmp), preset)
-        models = {
-            "teacher, PyTorch FP32 eager": teacher,
-            f"teacher, Optimum dynamic INT8 ({preset})": recipe,
-            f"best candidate: {json.loads((best / 'candidate.json').read_text())['source']}/"
-            f"{json.loads((best / 'candidate.json').read_text())['variant']}": best,
-        }
+        models: dict[str, Path] = {"teacher, PyTorch FP32 eager": teacher}
+        roles = {"teacher": "teacher, PyTorch FP32 eager"}
+        if not args.no_recipe:
+            print(f"building Optimum's recipe (preset {preset}) from {teacher} ...", flush=True)
+            name = f"teacher, Optimum dynamic INT8 ({preset})"
+            models[name] = optimum_recipe(teacher, Path(tmp), preset)
+            roles["recipe"] = name
+        if tq is not None:
+            name = f"teacher, best quantized: {tq['variant']}"
+            models[name] = Path(tq["path"])
+            roles["teacher_quantized"] = name
+        name = f"best candidate: {best_info['source']}/{best_info['variant']}"
+        models[name] = best
+        roles["best"] = name
         rows = {}
         for name, path in models.items():
             print(f"measuring {name} ...", flush=True)
             rows[name] = {
+                "path": str(path),
                 "test": score_on_test(path, texts, labels, gold, cfg.threads or 0),
                 "bench": bench(path, texts, cfg),
             }
-    t_name, r_name, b_name = list(rows)
+    t_name, b_name = roles["teacher"], roles["best"]
+    r_name = roles.get("recipe")
     b1 = {n: setting(r["bench"], 1) for n, r in rows.items()}
     b32 = {n: setting(r["bench"], 32) for n, r in rows.items()}
     any_bench = rows[t_name]["bench"]
@@ -124,35 +144,70 @@ def main() -> None:
         )
         ci = f"[{b1[n]['p50_ci_low_ms']:.2f}, {b1[n]['p50_ci_high_ms']:.2f}]"
         print(f"{'  b1 p50 95% CI':<44} {ci:>21}")
-    sp_teacher = b1[t_name]["p50_ms"] / b1[b_name]["p50_ms"]
-    sp_recipe = b1[r_name]["p50_ms"] / b1[b_name]["p50_ms"]
-    acc_t, acc_r, acc_b = (rows[n]["test"]["accuracy"] for n in (t_name, r_name, b_name))
-    # conservative: the slower end of the candidate's CI against the faster end of the other's
-    sp_teacher_lo = b1[t_name]["p50_ci_low_ms"] / b1[b_name]["p50_ci_high_ms"]
-    sp_recipe_lo = b1[r_name]["p50_ci_low_ms"] / b1[b_name]["p50_ci_high_ms"]
+    ratios: dict[str, dict[str, float]] = {}
+    for role, name in roles.items():
+        if role == "best":
+            continue
+        ratios[f"best_vs_{role}"] = compare_rows(
+            rows[name], rows[b_name], b1[name], b1[b_name], b32, name, b_name
+        )
+    if "teacher_quantized" in roles:
+        q = roles["teacher_quantized"]
+        ratios["teacher_quantized_vs_teacher"] = compare_rows(
+            rows[t_name], rows[q], b1[t_name], b1[q], b32, t_name, q
+        )
     print()
-    print(
-        f"best vs teacher PyTorch: {sp_teacher:.1f}x faster at b1 p50 "
-        f"(CI-conservative {sp_teacher_lo:.1f}x), "
-        f"{b32[b_name]['throughput_eps'] / b32[t_name]['throughput_eps']:.1f}x b32 throughput, "
-        f"accuracy {acc_b / acc_t:.1%} of the teacher's"
-    )
-    print(
-        f"best vs Optimum recipe:  {sp_recipe:.1f}x faster at b1 p50 (CI-conservative {sp_recipe_lo:.1f}x), "
-        f"{b32[b_name]['throughput_eps'] / b32[r_name]['throughput_eps']:.1f}x b32 throughput, "
-        f"accuracy {acc_b:.4f} vs {acc_r:.4f}"
-    )
+    for key, r in ratios.items():
+        print(
+            f"{key:<34} {r['b1_p50_speedup']:.1f}x faster at b1 p50 (CI-conservative "
+            f"{r['b1_p50_speedup_ci_low']:.1f}x), {r['b32_throughput_ratio']:.1f}x b32 throughput, "
+            f"{r['size_ratio']:.1f}x smaller, accuracy {r['accuracy_ratio']:.1%} of the other's"
+        )
+    acc_t, acc_b = rows[t_name]["test"]["accuracy"], rows[b_name]["test"]["accuracy"]
+    sp_teacher = ratios["best_vs_teacher"]["b1_p50_speedup"]
     goals = {
         ">= 6x vs teacher at b1 p50 (goal 8x)": sp_teacher >= 6,
         ">= 98% of the teacher's accuracy": acc_b >= 0.98 * acc_t,
-        ">= 2x vs Optimum's recipe at b1 p50": sp_recipe >= 2,
-        "accuracy equal or better than Optimum's recipe": acc_b >= acc_r,
     }
+    if r_name is not None:
+        goals[">= 2x vs Optimum's recipe at b1 p50"] = ratios["best_vs_recipe"]["b1_p50_speedup"] >= 2
+        goals["accuracy equal or better than Optimum's recipe"] = acc_b >= rows[r_name]["test"]["accuracy"]
     for goal, ok in goals.items():
         print(f"  [{'met' if ok else 'NOT met'}] {goal}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"rows": rows, "goals": goals}, indent=2, default=str))
+        out = {"rows": rows, "roles": roles, "ratios": ratios, "goals": goals}
+        Path(args.out).write_text(json.dumps(out, indent=2, default=str))
         print(f"written to {args.out}")
+
+
+def teacher_quantized(candidates: list[dict], min_retention: float) -> dict | None:
+    """The search's best quantized teacher (see the module docstring), or None."""
+    from slimflow.models.optimize.bench import setting
+
+    ok = [c for c in candidates if c.get("status") == "ok" and c.get("bench") and c.get("test")]
+    fp32 = [c for c in ok if c["source"] == "teacher" and c["variant"] in ("onnx_fp32", "torch_fp32")]
+    quant = [c for c in ok if c["source"] == "teacher" and c not in fp32]
+    if not quant:
+        return None
+    ref = max((c["test"]["accuracy"] for c in fp32), default=None)
+    keep = [c for c in quant if ref is None or c["test"]["accuracy"] >= min_retention * ref]
+    if keep:
+        return min(keep, key=lambda c: setting(c["bench"], 1)["p50_ms"])
+    return max(quant, key=lambda c: c["test"]["accuracy"])
+
+
+def compare_rows(
+    slow: dict, fast: dict, b1_slow: dict, b1_fast: dict, b32: dict, slow_name: str, fast_name: str
+) -> dict[str, float]:
+    """How ``fast`` compares with ``slow``: speed-ups (point and CI-conservative: the slower end of
+    the fast one's CI against the faster end of the other's), throughput, size and accuracy ratios."""
+    return {
+        "b1_p50_speedup": b1_slow["p50_ms"] / b1_fast["p50_ms"],
+        "b1_p50_speedup_ci_low": b1_slow["p50_ci_low_ms"] / b1_fast["p50_ci_high_ms"],
+        "b32_throughput_ratio": b32[fast_name]["throughput_eps"] / b32[slow_name]["throughput_eps"],
+        "size_ratio": slow["bench"]["file_bytes"] / fast["bench"]["file_bytes"],
+        "accuracy_ratio": fast["test"]["accuracy"] / slow["test"]["accuracy"],
+    }
 
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""benchmarks/compare.py picks the teacher's best quantized form from a run summary and computes its
+ratios (the script itself measures; these are its choices, on made-up candidate rows)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare.py"
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("slimflow_compare", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def row(source, variant, acc, p50, status="ok"):
+    bench = {"settings": [{"batch_size": 1, "length": "data", "p50_ms": p50}]}
+    return {"source": source, "variant": variant, "status": status, "test": {"accuracy": acc}, "bench": bench}
+
+
+def test_the_fastest_quantized_teacher_within_the_bar_is_chosen(compare):
+    rows = [
+        row("teacher", "torch_fp32", 0.80, 90.0),
+        row("teacher", "onnx_fp32", 0.80, 70.0),
+        row("teacher", "ort_int8_dynamic", 0.70, 20.0),  # fastest, but loses too much
+        row("teacher", "ort_weight_int8", 0.80, 40.0),
+        row("teacher", "ort_weight_int4", 0.79, 30.0),  # 0.79 >= 0.98 * 0.80
+        row("teacher", "ort_int8_static", 0.80, 10.0, status="failed"),
+        row("student", "ort_int8_dynamic", 0.80, 2.0),  # not the teacher
+    ]
+    assert compare.teacher_quantized(rows, 0.98)["variant"] == "ort_weight_int4"
+    assert compare.teacher_quantized(rows, 0.999)["variant"] == "ort_weight_int8"
+    # none within the bar: the most accurate quantized one
+    assert compare.teacher_quantized(rows[:3], 0.98)["variant"] == "ort_int8_dynamic"
+    assert compare.teacher_quantized([r for r in rows if r["source"] == "student"], 0.98) is None
+
+
+def test_ratios_compare_the_fast_model_with_the_slow_one(compare):
+    slow = {"bench": {"file_bytes": 400}, "test": {"accuracy": 0.8}}
+    fast = {"bench": {"file_bytes": 100}, "test": {"accuracy": 0.78}}
+    b1s = {"p50_ms": 40.0, "p50_ci_low_ms": 38.0, "p50_ci_high_ms": 42.0}
+    b1f = {"p50_ms": 4.0, "p50_ci_low_ms": 3.5, "p50_ci_high_ms": 5.0}
+    b32 = {"s": {"throughput_eps": 50.0}, "f": {"throughput_eps": 400.0}}
+    r = compare.compare_rows(slow, fast, b1s, b1f, b32, "s", "f")
+    assert r == pytest.approx(
+        {
+            "b1_p50_speedup": 10.0,
+            "b1_p50_speedup_ci_low": 38.0 / 5.0,
+            "b32_throughput_ratio": 8.0,
+            "size_ratio": 4.0,
+            "accuracy_ratio": 0.78 / 0.8,
+        }
+    )
