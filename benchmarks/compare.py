@@ -81,7 +81,7 @@ def main() -> None:
     summary = json.loads(Path(args.summary).read_text()) if Path(args.summary).exists() else {}
     stages = summary.get("stages", {})
     teacher = Path(args.teacher or stages["finetune-teacher"]["outputs"]["model_dir"])
-    best = Path(args.best or (summary.get("decision") or {}).get("model_dir") or "")
+    best = Path(args.best or selected_candidate(summary) or "")
     if not (best / "candidate.json").exists():
         sys.exit(
             f"no candidate folder at {best!s}; run the pipeline with an optimize: section, or pass --best"
@@ -178,6 +178,14 @@ def main() -> None:
         out = {"rows": rows, "roles": roles, "ratios": ratios, "goals": goals}
         Path(args.out).write_text(json.dumps(out, indent=2, default=str))
         print(f"written to {args.out}")
+
+
+def selected_candidate(summary: dict) -> str | None:
+    """The folder of the search's best candidate (the decision names it when nothing was promoted)."""
+    search = summary.get("search") or {}
+    name = (search.get("selection") or {}).get("best")
+    path = next((c.get("path") for c in search.get("candidates", []) if c.get("name") == name), None)
+    return path or (summary.get("decision") or {}).get("model_dir")
 
 
 def teacher_quantized(candidates: list[dict], min_retention: float) -> dict | None:

@@ -55,3 +55,17 @@ def test_ratios_compare_the_fast_model_with_the_slow_one(compare):
             "accuracy_ratio": 0.78 / 0.8,
         }
     )
+
+
+def test_the_best_candidate_comes_from_the_search_whether_or_not_it_was_promoted(compare):
+    search = {
+        "selection": {"best": "student/ort_int8_dynamic/cpu"},
+        "candidates": [
+            {"name": "student/onnx_fp32/cpu", "path": "/c/a"},
+            {"name": "student/ort_int8_dynamic/cpu", "path": "/c/b"},
+        ],
+    }
+    promoted = {"search": search, "decision": {"outcome": "promoted", "champion": "2"}}
+    assert compare.selected_candidate(promoted) == "/c/b"
+    assert compare.selected_candidate({"decision": {"model_dir": "/c/x"}}) == "/c/x"  # no search rows
+    assert compare.selected_candidate({}) is None
