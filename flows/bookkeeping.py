@@ -12,11 +12,18 @@ from typing import Any
 
 from slimflow.models.config.loading import config_to_params
 from slimflow.models.core.errors import DataError, SlimflowError, TrackingUnavailable
+from slimflow.models.core.progress import fmt_seconds, write_line
 from slimflow.models.core.provenance import code_version
 from slimflow.models.core.results import StageResult
 from slimflow.models.pipeline_config import PipelineConfig
 from slimflow.models.release import tracking
 from slimflow.tasks.common import StageContext
+
+
+def headline(metrics: dict[str, float]) -> str:
+    """The figures worth a glance in a stage's end line: its test figures (or its first two)."""
+    keys = [k for k in metrics if k.startswith("test_") and not k.endswith("loss")][:2] or list(metrics)[:2]
+    return (": " + ", ".join(f"{k} {metrics[k]:.4g}" for k in keys)) if keys else ""
 
 
 class PipelineRun:
@@ -85,6 +92,7 @@ class PipelineRun:
         t0 = time.perf_counter()
         entry: dict[str, Any] = {"status": "running"}
         self.summary["stages"][name] = entry
+        self.say(f"{name}: started")
         state = task(*args, return_state=True)
         cached = state.is_completed() and state.name == "Cached"
         if cached and not _outputs_exist(state.result()):
@@ -94,6 +102,7 @@ class PipelineRun:
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         if not state.is_completed():
             entry["status"] = "failed"
+            self.say(f"{name}: FAILED after {fmt_seconds(entry['seconds'])}")
             try:
                 state.result()  # re-raises the task's exception
             except BaseException as e:
@@ -105,6 +114,7 @@ class PipelineRun:
         entry["mlflow_run_id"] = result.mlflow_run_id
         metrics = result.metrics()
         entry["metrics"] = metrics
+        self.say(f"{name}: {entry['status']} in {fmt_seconds(entry['seconds'])}{headline(metrics)}")
         entry["outputs"] = result.output_paths()
         self.client.set_tag(self.run_id, f"slimflow.stage.{name}", entry["status"])
         if result.mlflow_run_id:
@@ -138,6 +148,8 @@ class PipelineRun:
         out: dict[str, dict[str, Any] | BaseException] = {}
         counts = {"completed": 0, "cached": 0, "failed": 0}
         items = list(jobs.items())
+        self.say(f"{name}: started ({len(jobs)} jobs, {max(1, parallel)} at a time)")
+        done = 0
         for i in range(0, len(items), max(1, parallel)):
             wave = items[i : i + max(1, parallel)]
             futures = {key: _submit(task, (*args, self.code, self.ctx), runner) for key, (task, args) in wave}
@@ -158,10 +170,25 @@ class PipelineRun:
                     counts["failed"] += 1
                     exc = state.result(raise_on_failure=False)
                     out[key] = exc if isinstance(exc, BaseException) else RuntimeError(f"state {state.name}")
+                done += 1
+                elapsed = time.perf_counter() - t0
+                eta = f", ETA {fmt_seconds(elapsed / done * (len(jobs) - done))}" if done < len(jobs) else ""
+                how = "failed" if isinstance(out[key], BaseException) else "ok"
+                self.say(f"{name}: {done}/{len(jobs)} done ({key}: {how}){eta}")
         entry.update(counts, seconds=round(time.perf_counter() - t0, 2))
         entry["status"] = "completed" if not counts["failed"] else "partial"
+        self.say(
+            f"{name}: {entry['status']} in {fmt_seconds(entry['seconds'])} "
+            f"({counts['completed']} done, {counts['cached']} cached, {counts['failed']} failed)"
+        )
         self.client.set_tag(self.run_id, f"slimflow.stage.{name}", entry["status"])
         return out
+
+    def say(self, text: str) -> None:
+        """One progress line on stderr (a stage started / ended, with its time and headline figure);
+        off when the run was started with progress=False."""
+        if self.ctx.progress is not False:
+            write_line(f"{time.strftime('%H:%M:%S')} slimflow {text}")
 
     # ----------------------------------------------------------------------------------- closing
     def __enter__(self) -> PipelineRun:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from slimflow.models.core import env
+from slimflow.models.core.progress import fmt_seconds, progress_bar, progress_note
 from slimflow.models.families.base import TaskFamily
 from slimflow.models.families.batching import Batch, Encoded, batches, predict_logits
 from slimflow.models.train.config import TrainConfig
@@ -145,7 +146,6 @@ def train(
     further training (e.g. recovery after pruning) can then never leave a worse validation score
     than it found.
     """
-    from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     if loss_fn is None:
@@ -194,12 +194,7 @@ def train(
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         t0, running, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(
-            total=n_batches,
-            desc=f"{desc} epoch {epoch}/{cfg.epochs}",
-            disable=(None if progress is None else not progress) if rank == 0 else True,
-            leave=False,
-        )
+        bar = progress_bar(n_batches, f"{desc} epoch {epoch}/{cfg.epochs}", progress if rank == 0 else False)
         for i, (inputs, labels, idx) in enumerate(
             batches(train_data, cfg.batch_size, pad_id, shuffle=True, seed=cfg.seed + epoch)
         ):
@@ -246,6 +241,12 @@ def train(
             seconds=time.perf_counter() - t0,
         )
         history.append(rec)
+        progress_note(
+            bar,
+            f"{desc} epoch {epoch}/{cfg.epochs}: train loss {rec.train_loss:.4f}, validation "
+            + ", ".join(f"{k} {v:.4f}" for k, v in val.items())
+            + f" ({fmt_seconds(rec.seconds)})",
+        )
         if on_epoch is not None:
             on_epoch(rec)
         score = val[cfg.metric]

@@ -1,5 +1,6 @@
 """The Prefect flow end to end: real packaged model and data, MLflow records, Prefect caching."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -172,16 +173,23 @@ def _tiny_cfg(
     )
 
 
-def test_reruns_reuse_cached_stages_and_rerun_exactly_what_changed(tmp_path, tiny_model_dir):
+def test_reruns_reuse_cached_stages_and_rerun_exactly_what_changed(tmp_path, tiny_model_dir, capfd):
     data = tmp_path / "reviews.csv"
     make_reviews(200).to_csv(data, index=False)
     cfg = _tiny_cfg(tmp_path, data, tiny_model_dir)
 
-    first = run_pipeline(cfg, progress=False)
+    first = run_pipeline(cfg, progress=None)  # stderr is not a terminal here: plain progress lines
     assert [v["status"] for v in first["stages"].values()] == ["completed"] * 4
     assert str(tmp_path) in first["tracking_uri"]  # its own store, whatever ran before in this process
+    err = capfd.readouterr().err
+    acc = first["stages"]["finetune-teacher"]["metrics"]["test_accuracy"]
+    assert "slimflow finetune-teacher: started" in err
+    assert re.search(rf"slimflow finetune-teacher: completed in \dm\d\ds: test_accuracy {acc:.4g}", err)
+    assert re.search(r"teacher epoch 1/\d: train loss [\d.]+, validation loss [\d.]+, accuracy", err)
+    assert "(done)" in err  # the plain progress line that closes each epoch's batches
 
     second = run_pipeline(cfg, progress=False)
+    assert "slimflow finetune-teacher:" not in capfd.readouterr().err  # progress off: no lines
     assert [v["status"] for v in second["stages"].values()] == ["cached"] * 4
     assert second["stages"]["finetune-teacher"]["prefect_state"] == "Cached"
     assert second["stages"]["finetune-teacher"]["metrics"] == first["stages"]["finetune-teacher"]["metrics"]
