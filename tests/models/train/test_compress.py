@@ -160,16 +160,23 @@ def llama_only_step():
                 layer.self_attn.v_proj.weight.mul_(0.5)
         return StepReport(cfg.kind, {"layers": float(len(ctx.arch.layers(model)))})
 
+    class ScaleBertValues(StepConfig):  # the reverse: written for BERT only
+        kind: Literal["scale_bert_values_test"] = "scale_bert_values_test"
+        archs: ClassVar[tuple[str, ...] | None] = ("bert",)
+
     register_step(ScaleKvGroups)(apply)
+    register_step(ScaleBertValues)(lambda model, cfg, ctx: StepReport(cfg.kind, {"applied": 1.0}))
     try:
         yield "scale_kv_test"
     finally:
         STEPS._items.pop("scale_kv_test")
+        STEPS._items.pop("scale_bert_values_test")
 
 
 def test_a_step_for_another_architecture_is_refused_or_skipped_with_its_reason(tmp_path, llama_only_step):
-    """A Llama-only step on BERT (and prune_heads, which MPNet cannot take, on MPNet): an error
-    naming the reason by default; with on_unsupported: skip, skipped and the reason recorded."""
+    """A Llama-only step on BERT, a BERT-only one on Llama (and prune_heads, which MPNet cannot
+    take, on MPNet): an error naming the reason by default; with on_unsupported: skip, skipped and
+    the reason recorded."""
     import torch
 
     from slimflow.models.archs import adapter_of
@@ -182,8 +189,10 @@ def test_a_step_for_another_architecture_is_refused_or_skipped_with_its_reason(t
     bert, _ = FAMILY.load_pretrained(str(build_tiny_model(tmp_path / "b")), ["neg", "pos"], tmp_path)
     mpnet, _ = FAMILY.load_pretrained(str(build_tiny_mpnet(tmp_path / "m")), ["neg", "pos"], tmp_path)
     llama, _ = FAMILY.load_pretrained(str(build_tiny_llama(tmp_path / "l")), ["neg", "pos"], tmp_path)
+    bert_step = STEPS.get("scale_bert_values_test").config()
     cases = [
         (bert, llama_step, "scale_kv_test is written for llama models, not bert"),
+        (llama, bert_step, "scale_bert_values_test is written for bert models, not llama"),
         (mpnet, PruneHeadsConfig(ratio=0.5), "prune_heads does not apply to mpnet models"),
     ]
     for model, step, why in cases:
@@ -193,6 +202,9 @@ def test_a_step_for_another_architecture_is_refused_or_skipped_with_its_reason(t
         rep = apply_step(model, step, StepContext(None, 0, arch=adapter_of(model), skip_unsupported=True))
         assert rep.figures == {"skipped": 1.0} and why in rep.notes[0]
         assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
+    assert apply_step(bert, bert_step, StepContext(None, 0, arch=adapter_of(bert))).figures == {
+        "applied": 1.0
+    }
     w = llama.model.layers[0].self_attn.v_proj.weight.clone()
     rep = apply_step(llama, llama_step, StepContext(None, 0, arch=adapter_of(llama)))
     assert rep.figures == {"layers": 3.0}
