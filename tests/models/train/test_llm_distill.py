@@ -8,7 +8,14 @@ import pytest
 from slimflow.models.train.config import DistillConfig, FinetuneConfig
 from slimflow.models.train.distill import distill
 from slimflow.models.train.finetune import finetune
-from tests.conftest import FAMILY, build_tiny_llama, build_tiny_model, data_cfg, make_reviews
+from tests.conftest import (
+    FAMILY,
+    build_tiny_llama,
+    build_tiny_model,
+    data_cfg,
+    make_reviews,
+    pretrained_student_cfg,
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +49,7 @@ def test_lora_teacher_learns_and_saves_a_merged_llama_classifier(llama_teacher):
 def test_llama_teacher_distils_into_an_encoder_with_its_own_tokenizer(llama_teacher):
     tmp, prepared, teacher = llama_teacher
     student_src = build_tiny_model(tmp / "bert", layers=1, hidden=16, reverse_vocab=True)
-    cfg = DistillConfig.model_validate(
-        {
-            "student": {"kind": "pretrained", "model": str(student_src)},
-            "alpha": 0.7,
-            "train": {
-                "epochs": 12,
-                "batch_size": 16,
-                "learning_rate": 5e-3,
-                "max_length": 32,
-                "early_stopping_patience": None,
-            },
-        }
-    )
+    cfg = pretrained_student_cfg(student_src)
     res = distill(cfg, prepared, teacher.model_dir, "sha-llama", tmp / "enc", tmp / "cache", progress=False)
     student, s_tok = FAMILY.load_trained(res.model_dir)
     _, t_tok = FAMILY.load_trained(teacher.model_dir)
