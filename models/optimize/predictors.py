@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import threading
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -62,6 +63,7 @@ class Predictor:
         self.tokenizer = tokenizer
         self.info = info
         self.file_bytes = file_bytes
+        self._tok_lock = threading.Lock()
 
     @property
     def family(self) -> TaskFamily:
@@ -80,11 +82,18 @@ class Predictor:
         raise NotImplementedError
 
     def encode(self, texts: list[str], length: int | None = None) -> Batch:
-        """Tokenize ``texts``: padded to the longest (``length`` None) or to exactly ``length``."""
-        if length is None:
-            enc = self.tokenizer(list(texts), truncation=True, max_length=self.info.max_length, padding=True)
-        else:
-            enc = self.tokenizer(list(texts), truncation=True, max_length=length, padding="max_length")
+        """Tokenize ``texts``: padded to the longest (``length`` None) or to exactly ``length``.
+
+        Safe to call from many threads (a model server): transformers' fast tokenizers reconfigure
+        their shared Rust tokenizer on each call, so they are called under a lock; ``FastTokenizer``
+        needs none."""
+        with nullcontext() if getattr(self.tokenizer, "thread_safe", False) else self._tok_lock:
+            if length is None:
+                enc = self.tokenizer(
+                    list(texts), truncation=True, max_length=self.info.max_length, padding=True
+                )
+            else:
+                enc = self.tokenizer(list(texts), truncation=True, max_length=length, padding="max_length")
         return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in self.input_names}
 
     def predict(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -195,6 +204,29 @@ class FastTokenizer:
         self.padding_side = cfg.get("padding_side", "right")
         self._tok.no_truncation()
         self._tok.no_padding()
+        self._spec = self._tok.to_str()
+        self._truncating: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    thread_safe = True  # each setting has its own Tokenizer, configured once and never changed after
+
+    def _for(self, max_length: int | None) -> Any:
+        """The tokenizer truncating at ``max_length`` (None: not truncating). A ``tokenizers.Tokenizer``
+        must not be reconfigured while another thread encodes with it ("Already borrowed"), so each
+        setting gets its own copy, built once under a lock and only read afterwards."""
+        if not max_length:
+            return self._tok
+        tok = self._truncating.get(max_length)
+        if tok is None:
+            from tokenizers import Tokenizer
+
+            with self._lock:
+                tok = self._truncating.get(max_length)
+                if tok is None:
+                    tok = Tokenizer.from_str(self._spec)
+                    tok.enable_truncation(max_length)
+                    self._truncating[max_length] = tok
+        return tok
 
     def __call__(
         self,
@@ -204,12 +236,7 @@ class FastTokenizer:
         padding: bool | str = False,
         return_tensors: str | None = None,
     ) -> dict[str, Any]:
-        if truncation and max_length:
-            self._tok.enable_truncation(max_length)
-        else:
-            self._tok.no_truncation()
-        encs = self._tok.encode_batch(list(texts))
-        self._tok.no_truncation()
+        encs = self._for(max_length if truncation else None).encode_batch(list(texts))
         width = max((len(e.ids) for e in encs), default=0)
         if padding == "max_length" and max_length:
             width = max_length

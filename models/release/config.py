@@ -45,11 +45,48 @@ class ApprovalConfig(Strict):
     )
 
 
+class ServeConfig(Strict):
+    """What one model server accepts and how it schedules the model. Every limit is refused with a
+    clear status before the work it bounds: 413 (body), 422 (texts, characters, bad Unicode), 503 (busy)."""
+
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, le=1 << 30, description="Largest request body (bytes); larger ones get 413 unread."
+    )
+    max_texts: int = Field(256, ge=1, le=100_000, description="Most texts in one request (more: 422).")
+    max_chars: int = Field(
+        10_000, ge=1, le=10_000_000, description="Longest text (characters) in a request (longer: 422)."
+    )
+    max_concurrent: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Prediction requests in the server at once (running or queued); beyond: 503 with "
+        "Retry-After. /health is not counted.",
+    )
+    batching: bool = Field(
+        True,
+        description="Dynamic batching: requests arriving within batch_window_ms are answered by one "
+        "model call of up to max_batch_texts texts.",
+    )
+    batch_window_ms: float = Field(
+        2.0, ge=0, le=1000, description="How long a batch waits for more requests once the first arrived."
+    )
+    max_batch_texts: int = Field(64, ge=1, le=100_000, description="Most texts in one batched model call.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Model calls running at once (each uses the model's intra-op threads; 1 keeps the "
+        "cores to one call, which is fastest on small CPUs).",
+    )
+
+
 class DeployConfig(Strict):
     host: str = Field(
         "127.0.0.1", description="Bind address of the model server (loopback unless you mean otherwise)."
     )
     port: int = Field(8088, ge=1024, le=65535, description="Port of the model server.")
+    server: ServeConfig = Field(default_factory=ServeConfig, description="Limits and batching.")
 
 
 class PromoteConfig(Strict):

@@ -1,17 +1,26 @@
-"""A small HTTP server for a registered model: ``POST /predict`` (a batch of texts) and
-``GET /health``. Binds to 127.0.0.1 unless told otherwise.
+"""The model server for a registered model: ``POST /predict`` (a batch of inputs) and ``GET /health``.
+Binds to 127.0.0.1 unless told otherwise.
 
     python -m slimflow.models.release.serving --model models:/NAME@champion --tracking-uri URI --port 8088
 
-The request and response bodies are the task family's (classification: ``{"texts": [...]}`` in,
-labels with scores out). Requests are validated by pydantic (FastAPI answers 422 with the reason
-for a malformed body, too many inputs or an over-long text); the model runs in a thread pool so
-the event loop stays free.
+Request and response bodies are the task family's (classification: ``{"texts": [...]}`` in, labels
+with scores out). Built to sit behind real traffic:
+
+* limits (``ServeConfig``): a body over ``max_body_bytes`` is refused with 413 before it is read
+  whole; too many or too long texts, wrong types and invalid Unicode get 422 naming the field and
+  position, never echoing the input; more than ``max_concurrent`` prediction requests get 503 with
+  Retry-After;
+* predictions run on a small pool of model threads (``workers``), with dynamic batching: requests
+  arriving within ``batch_window_ms`` share one model call of up to ``max_batch_texts`` texts;
+* ``/health`` runs on the event loop, so it answers at once however busy the model is, and names
+  the served model, version, process and instance (a deploy checks that it talks to its own server).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +29,8 @@ from slimflow.models.core.names import check_name, parse_model_uri
 from slimflow.models.core.processes import alive, is_zombie
 from slimflow.models.optimize.predictors import CANDIDATE_FILE
 from slimflow.models.release import tracking
+from slimflow.models.release.config import ServeConfig
 from slimflow.models.release.registry import RegistryError, check_artifacts
-
-MAX_BATCH = 1024
-MAX_CHARS = 20_000
 
 
 def load_registered(model_uri: str, tracking_uri: str | None) -> tuple[Any, str | None]:
@@ -62,6 +69,13 @@ class _Served:
     def predict(self, frame: Any) -> Any:
         return self.impl.predict(None, frame)
 
+    def predict_records(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        """One response record per input, in order (the server's model call)."""
+        predictor = self.impl.predictor
+        if not inputs:
+            return []
+        return self.family.predictions(predictor.predict(inputs), predictor.info.labels)
+
 
 def load_as_data(model_uri: str) -> Any:
     """Download a registered model (or take a local one) and load it without executing anything
@@ -95,53 +109,212 @@ def candidate_dir(local: Any, model_uri: str) -> Any:
     return hits[0].parent
 
 
-def create_app(model: Any, model_uri: str, version: str | None) -> Any:
-    from fastapi import FastAPI, HTTPException
-    from fastapi.concurrency import run_in_threadpool
+async def _send_json(
+    send: Any, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> None:
+    data = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
 
+
+class Guard:
+    """ASGI middleware in front of the app: the body-size and concurrency limits of ``/predict``,
+    enforced before anything is parsed. The body is read here, at most ``max_body_bytes`` of it,
+    and replayed to the app."""
+
+    def __init__(self, app: Any, settings: ServeConfig, path: str = "/predict") -> None:
+        self.app = app
+        self.settings = settings
+        self.path = path
+        self.in_flight = 0
+        self.refused = {"413": 0, "503": 0}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        limit = self.settings.max_body_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await _send_json(send, 400, {"detail": "invalid Content-Length header"})
+                return
+            if size > limit:
+                self.refused["413"] += 1
+                msg = f"request body of {size} bytes is over the server's limit of {limit} bytes"
+                await _send_json(send, 413, {"detail": msg + " (max_body_bytes)"})
+                return
+        if self.in_flight >= self.settings.max_concurrent:
+            self.refused["503"] += 1
+            await _send_json(
+                send,
+                503,
+                {"detail": f"server busy: {self.in_flight} prediction requests in progress "
+                           f"(max_concurrent {self.settings.max_concurrent}); retry shortly"},
+                {"retry-after": "1"},
+            )  # fmt: skip
+            return
+        self.in_flight += 1
+        try:
+            body = bytearray()
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > limit:  # chunked bodies declare no length: counted as they come
+                    self.refused["413"] += 1
+                    msg = f"request body is over the server's limit of {limit} bytes (max_body_bytes)"
+                    await _send_json(send, 413, {"detail": msg})
+                    return
+                if not message.get("more_body", False):
+                    break
+            try:
+                bytes(body).decode("utf-8")
+            except UnicodeDecodeError as e:  # JSON is UTF-8 (RFC 8259); say where, not what
+                await _send_json(send, 422, {"detail": f"request body is not valid UTF-8 (byte {e.start})"})
+                return
+            replayed = False
+
+            async def replay() -> Any:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": bytes(body), "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send)
+        finally:
+            self.in_flight -= 1
+
+
+def create_app(
+    model: Any,
+    model_uri: str,
+    version: str | None,
+    settings: ServeConfig | None = None,
+    instance: str = "",
+) -> Any:
+    """The ASGI app serving ``model`` (anything with ``family`` and ``predict_records``)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    from slimflow.models.release.batching import Batcher
+
+    settings = settings or ServeConfig()
     family = model.family
-    PredictRequest = family.request_schema(MAX_BATCH, MAX_CHARS)
+    PredictRequest = family.request_schema(settings.max_texts, settings.max_chars)
     PredictResponse = family.response_schema()
-    app = FastAPI(title="slimflow model server", version="1")
+    batcher = Batcher(
+        model.predict_records,
+        batching=settings.batching,
+        window_s=settings.batch_window_ms / 1000,
+        max_items=settings.max_batch_texts,
+        workers=settings.workers,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> Any:
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="slimflow model server", version="1", lifespan=lifespan)
     started = time.time()
+    name = None
+    if model_uri.startswith("models:/"):
+        name = parse_model_uri(model_uri)[0]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the offending input back (all 10,000 texts of a too-long list)
+        errors = exc.errors()
+        detail = [
+            {"loc": list(e.get("loc", ()))[:6], "msg": str(e.get("msg", ""))[:300], "type": e.get("type")}
+            for e in errors[:10]
+        ]
+        return JSONResponse({"detail": detail, "errors": len(errors)}, status_code=422)
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:  # async: answered by the event loop, never queued
         return {
             "status": "ok",
+            "name": name,
             "model": model_uri,
             "version": version,
+            "pid": os.getpid(),
+            "instance": instance,
             "uptime_s": round(time.time() - started, 1),
+            "in_flight": guard.in_flight,
+            "refused": dict(guard.refused),
+            "model_calls": batcher.calls,
+            "inputs_predicted": batcher.items,
+            "settings": settings.model_dump(),
         }
 
     async def predict(req: Any) -> Any:
-        try:
-            req.check()
-        except ValueError as e:
-            raise HTTPException(status_code=422, detail=str(e)) from None
-        out = await run_in_threadpool(model.predict, req.inputs())
-        return {"predictions": out.to_dict(orient="records"), "model": model_uri, "version": version}
+        out = await batcher.submit(req.inputs())
+        return {"predictions": out, "model": model_uri, "version": version}
 
     # the body type is the family's, known only now: give FastAPI the class itself, not a name
     predict.__annotations__ = {"req": PredictRequest, "return": Any}
     app.post("/predict", response_model=PredictResponse)(predict)
-    return app
+    guard = Guard(app, settings)
+    guard.fastapi = app  # type: ignore[attr-defined]  # tests and callers reach the app through it
+    return guard
+
+
+def _settings_args(ap: argparse.ArgumentParser) -> None:
+    """One --flag per ServeConfig field, with its description as help."""
+    for key, field in ServeConfig.model_fields.items():
+        flag = "--" + key.replace("_", "-")
+        if field.annotation is bool:
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
+                            help=field.description)  # fmt: skip
+        else:
+            ap.add_argument(flag, type=field.annotation, default=field.default,
+                            help=f"{field.description} (default: {field.default})")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a model path")
-    ap.add_argument("--tracking-uri", default=None)
+    ap.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI; pass credentials by environment)",
+    )
     ap.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     ap.add_argument("--port", type=int, default=8088)
+    ap.add_argument("--instance", default="", help="an id /health reports (deploys check it)")
+    _settings_args(ap)
     args = ap.parse_args(argv)
+    from pydantic import ValidationError
+
+    try:
+        settings = ServeConfig(**{k: getattr(args, k) for k in ServeConfig.model_fields})
+    except ValidationError as e:
+        ap.error("; ".join(f"--{str(x['loc'][0]).replace('_', '-')}: {x['msg']}" for x in e.errors()))
     import uvicorn
 
     from slimflow.models.core.env import apply_defaults
 
     apply_defaults()
-    model, version = load_registered(args.model, args.tracking_uri)
-    uvicorn.run(create_app(model, args.model, version), host=args.host, port=args.port, log_level="warning")
+    model, version = load_registered(args.model, args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    uvicorn.run(
+        create_app(model, args.model, version, settings, args.instance),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        # a backstop for connections of any kind (the Guard answers /predict's own limit with 503)
+        limit_concurrency=settings.max_concurrent + 64,
+    )
 
 
 if __name__ == "__main__":
