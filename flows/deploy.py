@@ -1,4 +1,5 @@
-"""The deploy flow: serve ``models:/NAME@champion`` on loopback, smoke-test it, record it.
+"""The deploy flow: serve ``models:/NAME@champion`` (blue/green: the new server is started and
+smoke-tested beside the old one, which is stopped only once the new one has passed), record it.
 
 Runs right after a promotion (pipeline) or alone: ``slimflow deploy -c CONFIG``.
 """
@@ -11,9 +12,10 @@ from prefect import flow
 
 from slimflow.models.core.errors import ConfigError
 from slimflow.models.core.names import check_name
-from slimflow.models.release import serving as serve
-from slimflow.models.release import tracking
-from slimflow.tasks.deploy import record_deployment, smoke_test, start_server
+from slimflow.models.release import deployments, tracking
+from slimflow.models.release.config import ServeConfig
+from slimflow.models.release.deployments import DeployError
+from slimflow.tasks.deploy import record_deployment, smoke_test, start_server, switch_server
 
 DEFAULT_SAMPLE = [
     "A gripping, beautifully acted film.",
@@ -33,6 +35,7 @@ def deploy(
     host: str = "127.0.0.1",
     port: int = 8088,
     sample: list[str] | None = None,
+    server: ServeConfig | None = None,
 ) -> dict[str, Any]:
     """Serve ``models:/model_name@alias``. ``tracking_uri`` defaults to $MLFLOW_TRACKING_URI (a
     worker's environment); ``workdir`` holds the server's log and state file."""
@@ -43,12 +46,17 @@ def deploy(
     if not tracking_uri:
         raise ConfigError("deploy: no MLflow store: pass tracking_uri or set MLFLOW_TRACKING_URI")
     version = str(tracking.client(tracking_uri).get_model_version_by_alias(model_name, alias).version)
-    info = start_server(model_name, version, tracking_uri, workdir, host, port)
-    try:
-        smoke = smoke_test(info["endpoint"], model_name, version, tracking_uri, sample or DEFAULT_SAMPLE)
-    except BaseException:
-        serve.stop(workdir, model_name)  # never leave a server up that failed its smoke test
-        raise
+    with deployments.deploy_lock(workdir, model_name):  # one deployment of this model at a time
+        info = start_server(model_name, version, tracking_uri, workdir, host, port, server)
+        try:  # smoke-tested on its own control port, before it takes any traffic
+            smoke = smoke_test(info["control"], model_name, version, tracking_uri, sample or DEFAULT_SAMPLE)
+        except BaseException as e:
+            deployments.stop_server(deployments.ServerInfo.from_dict(info))  # never leave it up
+            old = info["old"]
+            still = f"the previous server (pid {old['pid']}) is still serving" if old else "nothing serves it"
+            raise DeployError(f"{model_name} v{version} not deployed: {e}; {still}") from None
+        switched = switch_server(workdir, model_name, info)
+    info["replaced"] = switched["replaced"]
     run_id = record_deployment(model_name, version, tracking_uri, experiment, info, smoke)
     print(f"serving {model_name} v{version} at {info['endpoint']} (pid {info['pid']}); MLflow run {run_id}")
     return {

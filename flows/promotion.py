@@ -76,7 +76,7 @@ def promotion(
         client.set_model_version_tag(cfg.model_name, reg.challenger, f"slimflow.approval.{k}", v)
     run.client.set_tag(run.run_id, "slimflow.approval", approval["decision"])
     if approval["decision"] in ("approved", "auto"):
-        prom = run.stage("promote", promote_champion, cfg, reg.challenger, approval)
+        prom = run.stage("promote", promote_champion, cfg, reg.challenger, approval, reg.champion_at_decision)
         out.champion = prom.champion
         out.previous = prom.previous
         if cfg.deploy is not None:
@@ -87,5 +87,6 @@ def promotion(
                 pipeline_cfg.tracking.experiment,
                 host=cfg.deploy.host,
                 port=cfg.deploy.port,
+                server=cfg.deploy.server,
             )
     return out

@@ -9,8 +9,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from slimflow.models.core.errors import SlimflowError
-from slimflow.models.release import serving as serve
-from slimflow.models.release import tracking
+from slimflow.models.release import deployments, tracking
+from slimflow.models.release.config import ServeConfig
+from slimflow.models.release.deployments import DeployError
 from slimflow.models.release.serving import load_registered
 
 
@@ -18,25 +19,51 @@ class SmokeTestFailed(SlimflowError):
     """The served model does not answer like the registered one."""
 
 
+def _still_serving(old: dict[str, Any] | None) -> str:
+    if old is None:
+        return "; nothing was serving this model before, nothing serves it now"
+    return f"; the previous server ({old['model_uri']}, pid {old['pid']}) is still serving {old['endpoint']}"
+
+
 @task(name="start-server", cache_policy=NO_CACHE)
 def start_server(
-    model_name: str, version: str, tracking_uri: str, workdir: str, host: str, port: int
+    model_name: str,
+    version: str,
+    tracking_uri: str,
+    workdir: str,
+    host: str,
+    port: int,
+    settings: ServeConfig | None = None,
 ) -> dict[str, Any]:
-    serve.stop(workdir, model_name)  # the previous deployment of this model, if any
-    info = serve.start(f"models:/{model_name}/{version}", tracking_uri, workdir, model_name, host, port)
+    """Start the new server beside the old one (blue/green) and wait until it answers as itself."""
+    old = deployments.current(workdir, model_name)
+    deployments.check_port(f"http://{host}:{port}", old)
+    info = deployments.launch(
+        f"models:/{model_name}/{version}", tracking_uri, workdir, model_name, host, port, settings
+    )
     try:
-        info["health"] = serve.wait_healthy(info["endpoint"], pid=info["pid"], log=info["log"])
-    except (TimeoutError, RuntimeError):
-        serve.stop(workdir, model_name)
-        raise
-    return info
+        health = deployments.wait_ready(info, version)
+    except BaseException as e:
+        deployments.stop_server(info)
+        raise DeployError(f"{e}{_still_serving(old.to_dict() if old else None)}") from None
+    return {**info.to_dict(), "health": health, "old": old.to_dict() if old else None}
+
+
+@task(name="switch-server", cache_policy=NO_CACHE)
+def switch_server(workdir: str, model_name: str, info: dict[str, Any]) -> dict[str, Any]:
+    """Record the new server as the deployment, stop the old one, check the port answers as the new."""
+    new = deployments.ServerInfo.from_dict(info)
+    old = deployments.activate(workdir, model_name, new)
+    deployments.verify_public(new)
+    return {"replaced": old.to_dict() if old else None}
 
 
 @task(name="smoke-test", cache_policy=NO_CACHE)
 def smoke_test(
     endpoint: str, model_name: str, version: str, tracking_uri: str, texts: list[str]
 ) -> dict[str, Any]:
-    """Real HTTP requests: predictions must equal the registered model's; bad requests get 4xx."""
+    """Real HTTP requests to ``endpoint`` (the new server's control port, before it takes traffic):
+    predictions must equal the registered model's; bad requests get 4xx."""
     import httpx
     import pandas as pd
 

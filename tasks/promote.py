@@ -17,7 +17,14 @@ from slimflow.models.release import tracking
 from slimflow.models.release.config import PromoteConfig
 from slimflow.models.release.gates import decide
 from slimflow.models.release.model_card import model_card
-from slimflow.models.release.registry import CHALLENGER, promote, register_candidate, set_alias
+from slimflow.models.release.registry import (
+    CHALLENGER,
+    CHAMPION,
+    alias_version,
+    promote,
+    register_candidate,
+    set_alias,
+)
 from slimflow.tasks.common import StageContext, transient_only
 from slimflow.tasks.locks import registry_lock
 
@@ -27,6 +34,7 @@ class RegisterResult(StageResult):
     versions: dict[str, str]  # candidate name -> registered version
     challenger: str | None
     winner: str | None
+    champion_at_decision: str | None = None  # the promotion is checked-and-set against it
 
 
 class PromoteResult(StageResult):
@@ -130,6 +138,7 @@ def register_candidates(
             challenger = versions.get(decision.winner) if decision.winner else None
             if challenger:
                 set_alias(client, cfg.model_name, CHALLENGER, challenger)
+            champion_then = alias_version(client, cfg.model_name, CHAMPION)
         mlflow.set_tags(
             {
                 "slimflow.decision": "challenger" if challenger else "no_candidate_passes",
@@ -142,19 +151,27 @@ def register_candidates(
             versions=versions,
             challenger=challenger,
             winner=decision.winner,
+            champion_at_decision=champion_then,
             mlflow_run_id=run_id,
         )
 
 
 @task(name="promote-champion", tags=["registry"], **REGISTRY_TASK)
 def promote_champion(
-    cfg: PromoteConfig, version: str, approval: dict[str, str], code_version: str, ctx: StageContext
+    cfg: PromoteConfig,
+    version: str,
+    approval: dict[str, str],
+    expected_champion: str | None,
+    code_version: str,
+    ctx: StageContext,
 ) -> PromoteResult:
-    """'champion' -> ``version`` ('previous' -> the old champion). The approval is already on the
-    version as tags (flows/promotion.py); it is an input here so the task run shows who approved."""
+    """'champion' -> ``version`` ('previous' -> the old champion), only if the champion is still
+    ``expected_champion`` (the one the gates and the reviewer judged against). The approval is
+    already on the version as tags (flows/promotion.py); it is an input here so the task run shows
+    who approved."""
 
     client = tracking.client(ctx.tracking_uri)
     with registry_lock(cfg.model_name, ctx.tracking_uri):  # read champion -> set previous -> set champion
-        old = promote(client, cfg.model_name, version, {})
+        old = promote(client, cfg.model_name, version, {}, expected_champion=expected_champion)
     client.set_tag(ctx.parent_run_id, "slimflow.champion", f"{cfg.model_name}/{version}")
     return PromoteResult(champion=version, previous=old, model_name=cfg.model_name)

@@ -3,8 +3,10 @@ pyfunc models loaded from code (no pickles), move and read back aliases, roll ba
 ``models:/`` references, refuse downloads that could run code when loaded.
 
 Every alias move is read back, because alias lookups have been missing from search results in past
-MLflow versions. ``promote`` writes two aliases; the promotion task holds the model's registry lock
-around it (``slimflow.tasks.locks``).
+MLflow versions. A promotion or rollback writes two aliases; callers hold the model's registry lock
+around it (``slimflow.tasks.locks``), the move is recorded as an intent on the registered model
+before the first write and retired after the last, and the next call completes an interrupted one:
+a crash or a dead tracking server between the writes never leaves a version out of both aliases.
 """
 
 from __future__ import annotations
@@ -129,29 +131,127 @@ def alias_version(client: Any, model_name: str, alias: str) -> str | None:
         return None
 
 
-def promote(client: Any, model_name: str, version: str, tags: dict[str, str]) -> str | None:
-    """Make ``version`` the champion; the old champion becomes ``previous``. Returns the old one."""
+class ChampionChanged(RegistryError):
+    """The champion is not the one the promotion was decided against."""
+
+
+UNCHECKED: Any = object()  # promote() without a compare-and-set on the champion
+INTENT_TAG = "slimflow.alias_intent"  # an alias move in progress (completed by the next call)
+LAST_OP_TAG = "slimflow.alias_last_op"  # the last completed move (rollback refuses to repeat itself)
+
+
+def _model_tags(client: Any, model_name: str) -> dict[str, str]:
+    return dict(client.get_registered_model(model_name).tags or {})
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def recover(client: Any, model_name: str) -> dict[str, Any] | None:
+    """Complete an alias move that a crash or a dead tracking server interrupted: the intent record
+    written before the first alias write names the end state; it is applied (every write read back)
+    and removed. Returns the completed intent, None if nothing was pending. Call under the model's
+    registry lock."""
+    import json
+
+    raw = _model_tags(client, model_name).get(INTENT_TAG)
+    if not raw:
+        return None
+    intent = json.loads(raw)
+    _apply(client, model_name, intent)
+    return intent
+
+
+def _apply(client: Any, model_name: str, intent: dict[str, Any]) -> None:
+    """Write the intent's aliases (champion first on a rollback, previous first on a promotion:
+    the version that must not drop out of every alias is written first), then retire the intent."""
+    import json
+
+    writes = [(PREVIOUS, intent.get("previous")), (CHAMPION, intent["champion"])]
+    if intent["op"] == "rollback":
+        writes.reverse()
+    for alias, version in writes:
+        if version is not None:
+            set_alias(client, model_name, alias, str(version))
+    client.set_registered_model_tag(model_name, LAST_OP_TAG, json.dumps({**intent, "done": _now()}))
+    client.delete_registered_model_tag(model_name, INTENT_TAG)
+
+
+def _move(client: Any, model_name: str, intent: dict[str, Any]) -> None:
+    import json
+
+    client.set_registered_model_tag(model_name, INTENT_TAG, json.dumps(intent))
+    _apply(client, model_name, intent)
+
+
+def promote(
+    client: Any, model_name: str, version: str, tags: dict[str, str], expected_champion: Any = UNCHECKED
+) -> str | None:
+    """Make ``version`` the champion; the old champion becomes ``previous``. Returns the old one.
+
+    ``expected_champion`` (a version or None) is the champion the decision was made against: if the
+    champion is another one now (a promotion or rollback happened meanwhile, an approval answered
+    hours later), nothing moves and ``ChampionChanged`` says why. Idempotent: promoting the champion
+    again changes nothing. Call under the model's registry lock (``slimflow.tasks.locks``)."""
+    version = str(version)
+    recover(client, model_name)
     old = alias_version(client, model_name, CHAMPION)
-    if old == str(version):
+    if old == version:
         return old
-    if old is not None:
-        set_alias(client, model_name, PREVIOUS, old)
-    set_alias(client, model_name, CHAMPION, version)
+    expected = None if expected_champion in (None, UNCHECKED) else str(expected_champion)
+    if expected_champion is not UNCHECKED and old != expected:
+        now, then = (f"v{x}" if x else "unset" for x in (old, expected))
+        raise ChampionChanged(
+            f"{model_name}: the champion is now {now}, not {then} as when this promotion of v{version} "
+            "was decided (another run promoted or rolled back meanwhile): nothing moved; run the pipeline "
+            "again to decide against the current champion"
+        )
+    prev = alias_version(client, model_name, PREVIOUS)
+    intent = {"op": "promote", "champion": version, "previous": old if old is not None else prev}
+    _move(client, model_name, {**intent, "before": {"champion": old, "previous": prev}, "time": _now()})
     for k, v in tags.items():
         client.set_model_version_tag(model_name, version, k, str(v)[:5000])
     return old
 
 
-def rollback(client: Any, model_name: str) -> tuple[str, str]:
-    """Swap ``champion`` and ``previous`` (so a rollback can itself be undone). Returns (from, to)."""
+def rollback(client: Any, model_name: str, to: str | None = None) -> tuple[str | None, str]:
+    """Move ``champion`` to ``to`` (default: the recorded ``previous``); the version rolled back from
+    becomes ``previous``. Returns (from, to); from == to when ``to`` already is the champion (a
+    repeated explicit rollback changes nothing). A default rollback right after a rollback is refused:
+    it would flip back to the version just rolled back from. Call under the model's registry lock."""
+    import json
+
+    recover(client, model_name)
     champ, prev = alias_version(client, model_name, CHAMPION), alias_version(client, model_name, PREVIOUS)
-    if prev is None:
-        raise RegistryError(f"{model_name} has no '{PREVIOUS}' version to roll back to (champion: {champ})")
-    set_alias(client, model_name, CHAMPION, prev)
-    if champ is not None:
-        set_alias(client, model_name, PREVIOUS, champ)
-    client.set_model_version_tag(model_name, prev, "slimflow.rolled_back_from", str(champ))
-    return str(champ), prev
+    target = str(to) if to is not None else prev
+    if target is None:
+        raise RegistryError(
+            f"{model_name} has no '{PREVIOUS}' version to roll back to (champion: {champ}); "
+            "name one with --to VERSION"
+        )
+    if target == champ:
+        return champ, target
+    if to is None:
+        last = json.loads(_model_tags(client, model_name).get(LAST_OP_TAG) or "{}")
+        if last.get("op") == "rollback" and str(last.get("champion")) == champ:
+            raise RegistryError(
+                f"{model_name}: v{champ} is champion by a rollback from v{last.get('previous')} "
+                f"({last.get('done', last.get('time'))}); rolling back again would undo it. To return to "
+                f"v{prev}, say so: rollback --to {prev}"
+            )
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(model_name, target)
+    except MlflowException:
+        raise RegistryError(f"{model_name} has no version {target} to roll back to") from None
+    intent = {"op": "rollback", "champion": target, "previous": champ}
+    _move(client, model_name, {**intent, "before": {"champion": champ, "previous": prev}, "time": _now()})
+    client.set_model_version_tag(model_name, target, "slimflow.rolled_back_from", str(champ))
+    return champ, target
 
 
 def resolve_candidate(ref: str, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slimflow.models.core.names import check_name, parse_model_uri
-from slimflow.models.core.processes import alive, is_zombie
+from slimflow.models.core.errors import SlimflowError
+from slimflow.models.core.names import parse_model_uri
 from slimflow.models.optimize.predictors import CANDIDATE_FILE
 from slimflow.models.release import tracking
 from slimflow.models.release.config import ServeConfig
@@ -293,6 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     ap.add_argument("--port", type=int, default=8088)
     ap.add_argument("--instance", default="", help="an id /health reports (deploys check it)")
+    ap.add_argument(
+        "--control-port",
+        type=int,
+        default=0,
+        help="also answer on this loopback port, which no other server shares (deploys smoke-test "
+        "the new server there before it takes over; 0 = none)",
+    )
     _settings_args(ap)
     args = ap.parse_args(argv)
     from pydantic import ValidationError
@@ -306,110 +313,49 @@ def main(argv: list[str] | None = None) -> None:
     from slimflow.models.core.env import apply_defaults
 
     apply_defaults()
-    model, version = load_registered(args.model, args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
-    uvicorn.run(
+    sockets = [listen(args.host, args.port, shared=True)]
+    if args.control_port:
+        sockets.append(listen("127.0.0.1", args.control_port, shared=False))
+    try:
+        model, version = load_registered(
+            args.model, args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        )
+    except (SlimflowError, OSError) as e:  # one line in the log a deploy shows, not a traceback
+        for sock in sockets:
+            sock.close()
+        raise SystemExit(f"slimflow model server: cannot load {args.model}: {e}") from None
+    config = uvicorn.Config(
         create_app(model, args.model, version, settings, args.instance),
-        host=args.host,
-        port=args.port,
         log_level="warning",
         # a backstop for connections of any kind (the Guard answers /predict's own limit with 503)
         limit_concurrency=settings.max_concurrent + 64,
+        timeout_graceful_shutdown=30,
     )
+    uvicorn.Server(config).run(sockets=sockets)
+
+
+def listen(host: str, port: int, shared: bool) -> Any:
+    """A listening socket. ``shared`` sets SO_REUSEPORT: the next deployment's server binds the same
+    port while this one still serves (blue/green without a proxy); a port held by any other kind of
+    process stays refused, and the server exits saying so."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise SystemExit(
+            f"slimflow model server: cannot listen on {host}:{port}: {e.strerror}. Another process holds"
+            " the port (also an older slimflow server that did not share its port: stop that one with"
+            " `slimflow deploy --stop`)."
+        ) from None
+    sock.listen(2048)
+    return sock
 
 
 if __name__ == "__main__":
     main()
-
-
-# ------------------------------------------------------------------------------ process control
-def _state_file(workdir: Any, name: str) -> Any:
-    return Path(workdir) / "deploy" / f"{check_name(name, 'model name')}.json"
-
-
-def start(
-    model_uri: str,
-    tracking_uri: str | None,
-    workdir: Any,
-    name: str,
-    host: str = "127.0.0.1",
-    port: int = 8088,
-) -> dict[str, Any]:
-    """Start the server as a detached process (it outlives the flow); log and state under workdir."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    state = _state_file(workdir, name)
-    state.parent.mkdir(parents=True, exist_ok=True)
-    log = state.with_suffix(".log").open("ab")
-    cmd = [sys.executable, "-m", "slimflow.models.release.serving", "--model", model_uri, "--host", host,
-           "--port", str(port)]  # fmt: skip
-    if tracking_uri:
-        cmd += ["--tracking-uri", tracking_uri]
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ)
-    )
-    info = {
-        "pid": proc.pid,
-        "log": str(state.with_suffix(".log")),
-        "endpoint": f"http://{host}:{port}",
-        "model_uri": model_uri,
-        "started": time.time(),
-    }
-    state.write_text(json.dumps(info), encoding="utf-8")
-    return info
-
-
-def stop(workdir: Any, name: str, timeout_s: float = 10.0) -> bool:
-    """Stop the server started by ``start`` for ``name`` (only that process); True if one ran."""
-    import json
-    import os
-    import signal
-
-    state = _state_file(workdir, name)
-    if not state.exists():
-        return False
-    pid = int(json.loads(state.read_text(encoding="utf-8"))["pid"])
-    state.unlink()
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return False
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            os.kill(pid, 0)
-            if is_zombie(pid):
-                break
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        os.killpg(pid, signal.SIGKILL)
-    return True
-
-
-def wait_healthy(
-    endpoint: str, timeout_s: float = 120.0, pid: int | None = None, log: Any = None
-) -> dict[str, Any]:
-    """Wait for /health; a server process that exits first fails at once with its log's tail."""
-    import httpx
-
-    deadline = time.time() + timeout_s
-    last = ""
-    while time.time() < deadline:
-        if pid is not None and (is_zombie(pid) or not alive(pid)):
-            tail = ""
-            if log is not None and Path(log).exists():
-                tail = ": " + " | ".join(Path(log).read_text(errors="replace").strip().splitlines()[-5:])
-            raise RuntimeError(f"the model server for {endpoint} exited before answering{tail}")
-        try:
-            r = httpx.get(f"{endpoint}/health", timeout=2)
-            if r.status_code == 200:
-                return r.json()
-            last = f"HTTP {r.status_code}"
-        except httpx.HTTPError as e:
-            last = type(e).__name__
-        time.sleep(0.5)
-    raise TimeoutError(f"{endpoint} not healthy after {timeout_s:.0f} s (last: {last})")

@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from slimflow.models.core.errors import SlimflowError
-from slimflow.models.core.processes import process_start
+from slimflow.models.core.processes import ProcessRef, process_start, terminate
 from slimflow.models.release.tracking import enable_wal
 
 LOOPBACK = "127.0.0.1"
@@ -77,8 +76,7 @@ def records(state_dir: Path) -> dict[str, dict[str, Any]]:
 
 def _is_ours(rec: dict[str, Any]) -> bool:
     """The recorded process is still running and is the one we started (same start time)."""
-    pid = int(rec.get("pid") or 0)
-    return pid > 0 and bool(rec.get("start")) and process_start(pid) == rec["start"]
+    return ProcessRef.from_record(rec).running()
 
 
 def _spawn(
@@ -392,25 +390,6 @@ def start(plan: ServerPlan, project_dir: Path | None = None) -> dict[str, Any]:
     return info
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-def _wait_gone(rec: dict[str, Any], timeout_s: float) -> bool:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if not _is_ours(rec):
-            return True
-        time.sleep(0.2)
-    return not _is_ours(rec)
-
-
 def stop(state_dir: Path, only: list[str] | None = None, timeout_s: float = 20.0) -> list[str]:
     """Stop the processes recorded in ``state_dir`` (workers first, PostgreSQL last). A record whose
     pid now belongs to another process (different start time) is dropped without signalling it."""
@@ -428,15 +407,11 @@ def stop(state_dir: Path, only: list[str] | None = None, timeout_s: float = 20.0
                         Path(rec["bindir"]), ["pg_ctl", "-D", rec["data"], "-m", "fast", "-w", "stop"], user
                     )
                 except ServerError:
-                    _signal_group(rec["pid"], signal.SIGTERM)
+                    pass
+                terminate(ProcessRef.from_record(rec), timeout_s)
             else:
                 # SIGTERM twice (Prefect's worker and server shut down cleanly on the second at the latest)
-                _signal_group(rec["pid"], signal.SIGTERM)
-                if not _wait_gone(rec, timeout_s / 2):
-                    _signal_group(rec["pid"], signal.SIGTERM)
-            if not _wait_gone(rec, timeout_s / 2):
-                _signal_group(rec["pid"], signal.SIGKILL)
-                _wait_gone(rec, 5)
+                terminate(ProcessRef.from_record(rec), timeout_s, sigterms=2)
             stopped.append(name)
         (_records_dir(state_dir) / f"{name}.json").unlink(missing_ok=True)
     return stopped

@@ -57,24 +57,42 @@ def rollback(
     model_name: Annotated[
         str | None, typer.Option(help="Registered model name (default: the config's).")
     ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to", help="Version to make champion (default: the one aliased 'previous').", show_default=False
+        ),
+    ] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default: the config's).")] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Move the 'champion' alias back to the 'previous' version (and 'previous' to the one rolled back)."""
+    """Move the 'champion' alias back to 'previous' (or --to VERSION); the version rolled back from
+    becomes 'previous'. A second rollback without --to is refused (it would undo the first)."""
     apply_defaults()
     try:
         _, name, uri = _registry_target(config, model_name, tracking_uri)
+        if to is not None and not to.isdigit():
+            raise ConfigError(f"--to must be a version number, got {to!r}")
 
         from slimflow.models.release import registry, tracking
+        from slimflow.tasks.locks import registry_lock
 
         tracking.use(uri)
+        client = tracking.client(uri)
         try:
-            old, new = registry.rollback(tracking.client(uri), name)
+            with registry_lock(name, uri):  # the lock promotions hold: never interleaved with one
+                done = registry.recover(client, name)
+                old, new = registry.rollback(client, name, to)
         except registry.RegistryError as e:
             raise SlimflowError(str(e)) from None
     except Exception as e:
         fail(e, debug)
-    out.print(f"{name}: champion moved from version {old} back to version {new} (previous is now {old})")
+    if done:
+        out.print(f"{name}: completed an interrupted {done['op']} (champion v{done['champion']}) first")
+    if old == new:
+        out.print(f"{name}: version {new} already is the champion; nothing moved")
+    else:
+        out.print(f"{name}: champion moved from version {old} back to version {new} (previous is now {old})")
 
 
 def _registry_target(config: Path | None, model_name: str | None, tracking_uri: str | None):
@@ -111,10 +129,11 @@ def deploy(
     apply_defaults()
     try:
         cfg, name, uri = _registry_target(config, model_name, tracking_uri)
-        from slimflow.models.release import serving as serve
+        from slimflow.models.release import deployments
 
         if stop:
-            stopped = serve.stop(cfg.workdir_path(), name)
+            with deployments.deploy_lock(cfg.workdir_path(), name):
+                stopped = deployments.stop(cfg.workdir_path(), name)
             out.print(f"{name}: {'server stopped' if stopped else 'no server was running'}")
             return
         from slimflow.flows.deploy import deploy as deploy_flow
@@ -128,6 +147,7 @@ def deploy(
             alias=alias,
             host=dcfg.host if dcfg else "127.0.0.1",
             port=port or (dcfg.port if dcfg else 8088),
+            server=dcfg.server if dcfg else None,
         )
     except Exception as e:
         fail(e, debug)

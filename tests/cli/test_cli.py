@@ -284,7 +284,7 @@ def test_predict_writes_labels_for_every_row(tmp_path, registry_with_model):
         assert bad.returncode == 2 and msg in bad.stderr, bad.stderr
 
 
-def test_rollback_swaps_champion_and_previous(tmp_path, registry_with_model):
+def test_rollback_moves_champion_back_once_and_to_an_explicit_version(tmp_path, registry_with_model):
     from slimflow.models.release.registry import alias_version
 
     r = slimflow("rollback", "--model-name", "clf", "--tracking-uri", registry_with_model, cwd=tmp_path)
@@ -293,6 +293,16 @@ def test_rollback_swaps_champion_and_previous(tmp_path, registry_with_model):
 
     client = tracking.client(registry_with_model)
     assert (alias_version(client, "clf", "champion"), alias_version(client, "clf", "previous")) == ("1", "2")
+    base = ["--model-name", "clf", "--tracking-uri", registry_with_model]
+    r = slimflow("rollback", *base, cwd=tmp_path)  # again, by accident: refused, nothing moves
+    assert r.returncode == 1 and "rolling back again would undo it" in r.stderr and "--to 2" in r.stderr
+    r = slimflow("rollback", *base, "--to", "2", cwd=tmp_path)
+    assert r.returncode == 0 and "from version 1 back to version 2" in r.stdout, r.stderr
+    r = slimflow("rollback", *base, "--to", "2", cwd=tmp_path)
+    assert r.returncode == 0 and "already is the champion; nothing moved" in r.stdout
+    assert (alias_version(client, "clf", "champion"), alias_version(client, "clf", "previous")) == ("2", "1")
+    r = slimflow("rollback", *base, "--to", "v2", cwd=tmp_path)
+    assert r.returncode == 2 and "--to must be a version number" in r.stderr
     r = slimflow("rollback", cwd=tmp_path)
     assert r.returncode == 2 and "no model name" in r.stderr
 
@@ -316,6 +326,16 @@ def test_deploy_serves_the_champion_and_stop_stops_it(tmp_path, registry_with_mo
             httpx.post(f"http://127.0.0.1:{port}/predict", json={"texts": [1, 2]}, timeout=30).status_code
             == 422
         )
+        first = httpx.get(f"http://127.0.0.1:{port}/health").json()
+        # a second deploy (another version) replaces the first server blue/green on the same port
+        r = slimflow("deploy", *base, "--port", str(port), "--alias", "previous", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"clf v1 serving at http://127.0.0.1:{port}" in r.stdout.replace("\n", " ")
+        second = httpx.get(f"http://127.0.0.1:{port}/health").json()
+        assert second["version"] == "1" and second["pid"] != first["pid"]
+        from slimflow.models.core.processes import alive
+
+        assert not alive(first["pid"])
     finally:
         r = slimflow("deploy", *base, "--stop", cwd=tmp_path)
     assert r.returncode == 0 and "server stopped" in r.stdout

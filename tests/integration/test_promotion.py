@@ -66,7 +66,7 @@ def free_port() -> int:
 def test_without_approval_a_passing_challenger_becomes_champion_and_is_served(setup):
     import httpx
 
-    from slimflow.models.release import serving as serve
+    from slimflow.models.release import deployments as serve
 
     tmp_path, data, model = setup
     port = free_port()

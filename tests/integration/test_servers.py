@@ -167,7 +167,7 @@ def test_servers_bind_loopback_and_refuse_unauthenticated_or_rebound_requests(st
 def test_deployment_round_trip_schedule_worker_approval_champion_endpoint(stack, tmp_path, tiny_model_dir):
     """prefect.yaml deployed to the server; a run triggered through the API is picked up by the
     worker, pauses for review, is approved with `slimflow approve`, promotes and serves."""
-    from slimflow.models.release import serving as serve
+    from slimflow.models.release import deployments as serve
 
     port = free_port()
     cfg = pipeline_yaml(

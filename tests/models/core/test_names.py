@@ -34,13 +34,13 @@ def test_model_uris_are_parsed_and_checked():
 
 
 def test_serve_state_and_model_resolution_refuse_traversal(tmp_path):
-    from slimflow.models.release import serving as serve
+    from slimflow.models.release import deployments as serve
     from slimflow.models.release.registry import resolve_candidate as resolve_model
 
     with pytest.raises(ConfigError):
         serve.stop(tmp_path, "../../outside")
     with pytest.raises(ConfigError):
-        serve.start("models:/x@champion", None, tmp_path, "../x")
+        serve.launch("models:/x@champion", None, tmp_path, "../x")
     assert not (tmp_path.parent / "x.json").exists()
     with pytest.raises(ConfigError):
         resolve_model("models:/../../etc@champion", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")

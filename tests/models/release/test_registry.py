@@ -3,6 +3,9 @@ loading a registered model (from code, or as data), and refusing pickle payloads
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 
@@ -44,6 +47,7 @@ def test_register_alias_promote_and_rollback_on_a_real_store(candidate, store):
         CHALLENGER,
         CHAMPION,
         PREVIOUS,
+        RegistryError,
         alias_version,
         promote,
         register_candidate,
@@ -72,9 +76,23 @@ def test_register_alias_promote_and_rollback_on_a_real_store(candidate, store):
 
     assert rollback(client, "clf") == ("2", "1")
     assert (alias_version(client, "clf", CHAMPION), alias_version(client, "clf", PREVIOUS)) == ("1", "2")
-    assert rollback(client, "clf") == ("1", "2")  # a rollback can be undone
+    with pytest.raises(RegistryError, match="champion by a rollback from v2.*rollback --to 2"):
+        rollback(client, "clf")  # a second rollback by accident would flip back
+    assert rollback(client, "clf", to="2") == ("1", "2")  # said explicitly: undone
+    assert rollback(client, "clf", to="2") == ("2", "2")  # idempotent
+    assert (alias_version(client, "clf", CHAMPION), alias_version(client, "clf", PREVIOUS)) == ("2", "1")
+    with pytest.raises(RegistryError, match="no version 9"):
+        rollback(client, "clf", to="9")
+    # compare-and-set: a promotion decided against v1 while v2 is champion moves nothing
+    from slimflow.models.release.registry import ChampionChanged
 
-    from slimflow.models.release.registry import RegistryError
+    with pytest.raises(ChampionChanged, match="champion is now v2, not v1"):
+        promote(client, "clf", "3", {}, expected_champion="1")
+    with pytest.raises(ChampionChanged, match="now v2, not unset"):
+        promote(client, "clf", "3", {}, expected_champion=None)
+    assert (alias_version(client, "clf", CHAMPION), alias_version(client, "clf", PREVIOUS)) == ("2", "1")
+    assert promote(client, "clf", "3", {}, expected_champion="2") == "2"
+    assert (alias_version(client, "clf", CHAMPION), alias_version(client, "clf", PREVIOUS)) == ("3", "2")
 
     run = client.create_run(exp).info.run_id
     register_candidate(client, run, "solo", candidate, {}, "card")
@@ -190,3 +208,110 @@ def test_served_models_load_as_data_and_pickle_payloads_are_refused_unexecuted(c
                  client.tracking_uri, cwd=tmp_path)  # fmt: skip
     assert r.returncode == 1 and "pickle-type files" in r.stderr, r.stderr[-2000:]
     assert not marker.exists(), "a pickle payload was executed"
+
+
+# ------------------------------------------------------------------ aliases under faults and races
+def _three_versions(client, exp, candidate, name="clf"):
+    from slimflow.models.release.registry import promote, register_candidate
+
+    for _ in range(3):
+        register_candidate(client, client.create_run(exp).info.run_id, name, candidate, {}, "card")
+    promote(client, name, "1", {})
+    promote(client, name, "2", {})  # champion 2, previous 1
+
+
+def _aliases(client, name="clf"):
+    from slimflow.models.release.registry import CHAMPION, PREVIOUS, alias_version
+
+    return alias_version(client, name, CHAMPION), alias_version(client, name, PREVIOUS)
+
+
+class _Dies:
+    """Lets ``n`` alias writes through, then fails like a tracking server that went away."""
+
+    def __init__(self, client, n: int) -> None:
+        self.real, self.left = client.set_registered_model_alias, n
+
+    def __call__(self, *a):
+        if self.left == 0:
+            raise ConnectionError("tracking server went away")
+        self.left -= 1
+        return self.real(*a)
+
+
+@pytest.mark.parametrize("op", ["promote", "rollback"])
+def test_an_alias_move_cut_between_its_two_writes_is_completed_by_the_next_call(candidate, store, op):
+    from slimflow.models.release import registry
+
+    client, exp = store
+    _three_versions(client, exp, candidate)
+    real = client.set_registered_model_alias
+    client.set_registered_model_alias = _Dies(client, 1)
+    with pytest.raises(ConnectionError):
+        registry.promote(client, "clf", "3", {}) if op == "promote" else registry.rollback(client, "clf")
+    client.set_registered_model_alias = real
+    # cut after one write: promotion wrote previous=2 (champion still 2); rollback wrote champion=1
+    assert _aliases(client) == (("2", "2") if op == "promote" else ("1", "1"))
+    intent = json.loads(client.get_registered_model("clf").tags[registry.INTENT_TAG])
+    assert intent["before"] == {"champion": "2", "previous": "1"}  # nothing is lost: the record has it
+    done = registry.recover(client, "clf")
+    assert done["op"] == op
+    assert _aliases(client) == (("3", "2") if op == "promote" else ("1", "2"))
+    assert registry.INTENT_TAG not in client.get_registered_model("clf").tags
+    assert registry.recover(client, "clf") is None
+    # a retried call after the completion changes nothing more
+    if op == "promote":
+        assert registry.promote(client, "clf", "3", {}) == "3"
+        assert _aliases(client) == ("3", "2")
+
+
+RACER = """
+import sys, time
+from pathlib import Path
+from slimflow.models.release import registry, tracking
+from slimflow.tasks.locks import registry_lock
+
+uri, op, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+client = tracking.client(uri)
+while not go.exists():
+    time.sleep(0.01)
+try:
+    with registry_lock("clf", uri):
+        if op == "promote":
+            registry.promote(client, "clf", "3", {}, expected_champion="2")
+        else:
+            registry.rollback(client, "clf")
+    print("done", op)
+except registry.RegistryError as e:
+    print("refused", op, type(e).__name__)
+"""
+
+
+def test_promote_racing_rollback_in_two_processes_ends_in_a_consistent_state(candidate, store, tmp_path):
+    import subprocess
+    import sys
+
+    client, exp = store
+    _three_versions(client, exp, candidate)
+    go = tmp_path / "go"
+    procs = {
+        op: subprocess.Popen(
+            [sys.executable, "-c", RACER, client.tracking_uri, op, str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for op in ("promote", "rollback")
+    }
+    time.sleep(6)  # both imported and waiting
+    go.touch()
+    outs = {op: p.communicate(timeout=120) for op, p in procs.items()}
+    for op, (_, e) in outs.items():
+        assert procs[op].returncode == 0, e[-2000:]
+    said = {op: o.strip().splitlines()[-1] for op, (o, _) in outs.items()}
+    final = _aliases(client)
+    if said["promote"] == "done promote":  # promotion first (2 -> 3), then the rollback (3 -> 2)
+        assert said["rollback"] == "done rollback" and final == ("2", "3")
+    else:  # rollback first (2 -> 1): the promotion decided against v2 refuses, nothing lost
+        assert said["promote"] == "refused promote ChampionChanged" and final == ("1", "2")
+    assert "slimflow.alias_intent" not in client.get_registered_model("clf").tags

@@ -8,7 +8,6 @@ import asyncio
 import json
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,28 +16,6 @@ import pytest
 from slimflow.models.release.config import ServeConfig
 
 BASE = "http://slimflow.test"
-
-
-@pytest.fixture(scope="module")
-def candidates(tmp_path_factory):
-    """A tiny trained classifier as an ONNX candidate and as a PyTorch candidate."""
-    from slimflow.models.optimize.candidates import CandidateSpec, fp32_candidate
-    from slimflow.models.optimize.config import ExportConfig
-    from slimflow.models.optimize.export import export_onnx
-    from slimflow.models.optimize.targets import get_target
-    from tests.conftest import build_tiny_model, make_reviews, train_tiny_teacher
-
-    tmp = tmp_path_factory.mktemp("serve")
-    _, res = train_tiny_teacher(tmp, build_tiny_model(tmp / "base"), rows=160, epochs=2)
-    texts = make_reviews(8)["review"].tolist()
-    export_onnx(res.model_dir, tmp / "onnx", ExportConfig(), get_target("cpu"), texts, threads=1)
-    out = {}
-    for runtime, src in (("onnxruntime", tmp / "onnx"), ("torch", Path(res.model_dir))):
-        folder = tmp / runtime
-        folder.mkdir()
-        fp32_candidate(src, CandidateSpec("teacher", "fp32", "cpu", runtime), folder, 32, ["neg", "pos"])
-        out[runtime] = folder
-    return out
 
 
 def request_texts(n: int = 40) -> list[list[str]]:
@@ -254,25 +231,20 @@ def test_a_real_server_answers_32_concurrent_clients_and_refuses_a_100_mb_body_u
     """Over real HTTP (uvicorn in its own process): 32 clients at once, all answered as if alone;
     a 100 MB declared body refused at once; /health fast while the model works."""
     import socket
-    import subprocess
-    import sys
     from concurrent.futures import ThreadPoolExecutor
 
+    from slimflow.models.release import deployments
     from slimflow.models.release.serving import _Served
 
     port = free_port()
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "slimflow.models.release.serving", "--model", str(candidates["onnxruntime"]),
-         "--port", str(port), "--instance", "abc123", "--max-body-bytes", "65536"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    settings = ServeConfig(max_body_bytes=65536)
+    info = deployments.launch(
+        str(candidates["onnxruntime"]), None, tmp_path, "clf", port=port, settings=settings
+    )
+    url = info.endpoint
     try:
-        from slimflow.models.release.serving import wait_healthy
-
-        health = wait_healthy(url, timeout_s=60, pid=proc.pid, log=tmp_path / "server.log")
-        assert health["instance"] == "abc123" and health["pid"] == proc.pid
+        health = deployments.wait_ready(info, None, timeout_s=90)
+        assert health["instance"] == info.instance and health["pid"] == info.pid
         reqs = request_texts(64)
         model = _Served(str(candidates["onnxruntime"]))
         alone = [[r["label"] for r in model.predict_records(t)] for t in reqs]
@@ -297,5 +269,4 @@ def test_a_real_server_answers_32_concurrent_clients_and_refuses_a_100_mb_body_u
               f"100 MB body refused in {refused_s * 1000:.0f} ms")  # fmt: skip
         assert httpx.get(f"{url}/health").json()["refused"]["413"] == 1
     finally:
-        proc.terminate()
-        proc.wait(10)
+        deployments.stop_server(info)
