@@ -118,6 +118,28 @@ def health_probe(url: str, stop: threading.Event, out: list[float]) -> None:
             time.sleep(0.1)
 
 
+def measure(url: str, clients: int, seconds: float, texts: list[str], per_request: int) -> dict[str, Any]:
+    """One setting: the clients' figures, /health latency probed meanwhile, texts per model call."""
+    import httpx
+
+    h0 = httpx.get(f"{url}/health").json()
+    probe: list[float] = []
+    stop = threading.Event()
+    prober = threading.Thread(target=health_probe, args=(url, stop, probe))
+    prober.start()
+    try:
+        row = run_clients(url, clients, seconds, texts, per_request)
+    finally:
+        stop.set()
+        prober.join()
+    h = httpx.get(f"{url}/health").json()
+    row["health_p50_ms"] = float(np.percentile(probe, 50) * 1e3) if probe else None
+    row["health_max_ms"] = float(max(probe) * 1e3) if probe else None
+    calls = h["model_calls"] - h0["model_calls"]
+    row["texts_per_model_call"] = (h["inputs_predicted"] - h0["inputs_predicted"]) / max(1, calls)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a candidate folder or models:/NAME@ALIAS")
@@ -137,41 +159,30 @@ def main() -> None:
     clients = [int(c) for c in args.clients.split(",")]
     results = []
     with tempfile.TemporaryDirectory() as work:
-        for batching in (False, True):
-            settings = ServeConfig(batching=batching, batch_window_ms=args.window_ms, max_concurrent=256)
-            port = _free_loopback_port()
-            info = deployments.launch(
-                args.model, args.tracking_uri, work, "bench", port=port, settings=settings
-            )
-            try:
+        servers = {}
+        try:
+            for batching in (False, True):  # both up at once; the idle one takes no CPU
+                settings = ServeConfig(batching=batching, batch_window_ms=args.window_ms, max_concurrent=256)
+                port = _free_loopback_port()
+                servers[batching] = deployments.launch(
+                    args.model,
+                    args.tracking_uri,
+                    work,
+                    f"bench-{int(batching)}",
+                    port=port,
+                    settings=settings,
+                )
+            for info in servers.values():
                 deployments.wait_ready(info, None)
                 run_clients(info.endpoint, 4, 2.0, texts, args.texts)  # warm-up
-                for n in clients:
-                    import httpx
-
-                    h0 = httpx.get(f"{info.endpoint}/health").json()
-                    probe: list[float] = []
-                    stop = threading.Event()
-                    prober = threading.Thread(target=health_probe, args=(info.endpoint, stop, probe))
-                    prober.start()
-                    try:
-                        row = run_clients(info.endpoint, n, args.seconds, texts, args.texts)
-                    finally:
-                        stop.set()
-                        prober.join()
-                    h = httpx.get(f"{info.endpoint}/health").json()
-                    row.update(
-                        batching=batching,
-                        health_p50_ms=float(np.percentile(probe, 50) * 1e3) if probe else None,
-                        health_max_ms=float(max(probe) * 1e3) if probe else None,
-                    )
-                    calls = h["model_calls"] - h0["model_calls"]
-                    row["texts_per_model_call"] = (h["inputs_predicted"] - h0["inputs_predicted"]) / max(
-                        1, calls
-                    )
+            for i, n in enumerate(clients):  # modes alternate first/second, so drift hits both alike
+                for batching in (False, True) if i % 2 == 0 else (True, False):
+                    row = measure(servers[batching].endpoint, n, args.seconds, texts, args.texts)
+                    row["batching"] = batching
                     results.append(row)
                     print(describe(row), flush=True)
-            finally:
+        finally:
+            for info in servers.values():
                 deployments.stop_server(info)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

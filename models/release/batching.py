@@ -4,8 +4,9 @@ one model call, and each caller gets its own slice of the answer back.
 A model call on a small batch costs little more than on one text (the fixed costs, session
 overhead and thread wake-ups, dominate on CPUs), so under concurrent load grouping requests raises
 throughput. A batch is cut when it holds ``max_items`` inputs or ``window_s`` after its first
-request arrived, whichever comes first; requests that queued while the model was busy go into the
-next call at once. With batching off every request is its own call. ``workers`` calls run at once.
+request arrived, whichever comes first, or at once when no other request is in the server (a lone
+client pays no window); requests that queued while the model was busy go into the next call at
+once. With batching off every request is its own call. ``workers`` calls run at once.
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ class Batcher:
         window_s: float,
         max_items: int,
         workers: int = 1,
+        pending: Callable[[], int] | None = None,
     ) -> None:
         self.fn = fn
+        self.pending = pending  # requests in the server (arriving, queued or running), if known
         self.batching = batching
         self.window_s = window_s
         self.max_items = max_items
         self.workers = workers
         self.calls = 0  # model calls made (a request's share of them shows the batching at work)
         self.items = 0
+        self._running = 0  # requests whose model call is in progress
         self._queue: asyncio.Queue[tuple[list[Any], asyncio.Future[list[Any]]]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -76,6 +80,8 @@ class Batcher:
             try:
                 item = self._queue.get_nowait()  # queued while the model was busy: no waiting
             except asyncio.QueueEmpty:
+                if self.pending is not None and self.pending() <= len(batch) + self._running:
+                    break  # no other request is on its way: waiting would only add latency
                 left = deadline - loop.time()
                 if left <= 0:
                     break
@@ -98,6 +104,7 @@ class Batcher:
             if not batch:
                 continue
             flat = [x for inputs, _ in batch for x in inputs]
+            self._running += len(batch)
             try:
                 out = await loop.run_in_executor(self._pool, self.fn, flat)
             except Exception as e:  # every caller of this call hears of it
@@ -105,6 +112,8 @@ class Batcher:
                     if not f.done():
                         f.set_exception(e)
                 continue
+            finally:
+                self._running -= len(batch)
             self.calls += 1
             self.items += len(flat)
             start = 0

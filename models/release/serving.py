@@ -218,6 +218,7 @@ def create_app(
         window_s=settings.batch_window_ms / 1000,
         max_items=settings.max_batch_texts,
         workers=settings.workers,
+        pending=lambda: guard.in_flight,
     )
 
     @asynccontextmanager
@@ -340,7 +341,10 @@ def listen(host: str, port: int, shared: bool) -> Any:
     process stays refused, and the server exits saying so."""
     import socket
 
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on connections of sockets that say
+    # TCP; without it each response (headers, then body) waits ~40 ms for the client's delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if shared:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -270,3 +270,79 @@ def test_a_real_server_answers_32_concurrent_clients_and_refuses_a_100_mb_body_u
         assert httpx.get(f"{url}/health").json()["refused"]["413"] == 1
     finally:
         deployments.stop_server(info)
+
+
+def test_server_sockets_share_the_port_and_answer_without_nagle_delays():
+    """Connections accepted on the server's socket get TCP_NODELAY (asyncio sets it only for sockets
+    created as TCP): without it every response waited ~40 ms for the client's delayed ACK (measured:
+    /health p50 44 ms -> 0.34 ms)."""
+    import socket
+
+    from slimflow.models.release.serving import listen
+
+    sock = listen("127.0.0.1", 0, shared=True)
+    port = sock.getsockname()[1]
+    twin = listen("127.0.0.1", port, shared=True)  # the next deployment's server binds beside it
+    seen = []
+
+    async def run():
+        async def handle(reader, writer):
+            s = writer.get_extra_info("socket")
+            seen.append(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=sock)
+        _, w = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(50):
+            if seen:
+                break
+            await asyncio.sleep(0.02)
+        w.close()
+        server.close()
+
+    try:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        # the kernel may hand the connection to either socket; accept on both to catch it
+        twin.close()
+        asyncio.run(run())
+        assert seen and seen[0] != 0
+    finally:
+        sock.close()
+    with socket.socket() as plain:  # a port held without SO_REUSEPORT is refused, by name
+        plain.bind(("127.0.0.1", 0))
+        plain.listen()
+        with pytest.raises(SystemExit, match="cannot listen on 127.0.0.1:.*Another process holds the port"):
+            listen("127.0.0.1", plain.getsockname()[1], shared=True)
+
+
+def test_batcher_groups_concurrent_callers_and_never_makes_a_lone_one_wait():
+    from slimflow.models.release.batching import Batcher
+
+    calls: list[list[int]] = []
+
+    def double(xs):
+        calls.append(list(xs))
+        return [2 * x for x in xs]
+
+    async def run():
+        inside = {"n": 0}
+        b = Batcher(double, batching=True, window_s=1.0, max_items=5, pending=lambda: inside["n"])
+
+        async def caller(xs):
+            inside["n"] += 1
+            try:
+                return await b.submit(xs)
+            finally:
+                inside["n"] -= 1
+
+        t0 = time.perf_counter()
+        alone = await caller([1])
+        alone_s = time.perf_counter() - t0
+        together = await asyncio.gather(caller([1, 2]), caller([3]), caller([4, 5]), caller([6]))
+        await b.stop()
+        return alone, alone_s, together
+
+    alone, alone_s, together = asyncio.run(run())
+    assert alone == [2] and alone_s < 0.5  # not held for the 1 s window: nobody else was coming
+    assert together == [[2, 4], [6], [8, 10], [12]]  # each caller gets its own slice, in order
+    assert calls[1:] == [[1, 2, 3, 4, 5], [6]]  # grouped up to max_items (5); the rest leads the next
