@@ -14,6 +14,7 @@ from slimflow.models.config.loading import config_to_params
 from slimflow.models.core.errors import DataError, SlimflowError, TrackingUnavailable
 from slimflow.models.core.progress import fmt_seconds, write_line
 from slimflow.models.core.provenance import code_version
+from slimflow.models.core.redact import redact
 from slimflow.models.core.results import StageResult
 from slimflow.models.pipeline_config import PipelineConfig
 from slimflow.models.release import tracking
@@ -48,15 +49,12 @@ class PipelineRun:
         self.run = self.client.create_run(exp_id, run_name=name, tags=tags)
         self.run_id = self.run.info.run_id
         tracking.log_params(config_to_params(cfg), self.run_id)
-        self.client.log_text(
-            self.run_id, json.dumps(cfg.model_dump(mode="json"), indent=2), "config/resolved_config.json"
-        )
+        resolved = tracking.redacted(cfg.model_dump(mode="json"))  # no credentials in artifacts
+        self.client.log_text(self.run_id, json.dumps(resolved, indent=2), "config/resolved_config.json")
         import yaml
 
         self.client.log_text(
-            self.run_id,
-            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
-            "config/resolved_config.yaml",
+            self.run_id, yaml.safe_dump(resolved, sort_keys=False), "config/resolved_config.yaml"
         )
         self.ctx = StageContext(
             workdir=str(self.workdir),
@@ -71,7 +69,7 @@ class PipelineRun:
             "flow_run_id": self.flow_run_id,
             "mlflow_run_id": self.run_id,
             "mlflow_experiment_id": exp_id,
-            "tracking_uri": uri,
+            "tracking_uri": redact(uri),
             "code_version": self.code,
             "status": "running",
             "reaped_runs": self.reaped,
@@ -106,7 +104,7 @@ class PipelineRun:
             try:
                 state.result()  # re-raises the task's exception
             except BaseException as e:
-                entry["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+                entry["error"] = redact(str(e).splitlines()[0]) if str(e) else type(e).__name__
                 raise
             raise RuntimeError(f"stage {name} ended in state {state.name}")
         result: StageResult = state.result()
@@ -202,7 +200,7 @@ class PipelineRun:
         else:
             status = "FAILED"
             self.summary["status"] = "data_invalid" if isinstance(exc, DataError) else "failed"
-            self.summary["error"] = (
+            self.summary["error"] = redact(
                 str(exc) if isinstance(exc, SlimflowError) else f"{type(exc).__name__}: {exc}"
             )
             failed = next((k for k, v in self.summary["stages"].items() if v["status"] == "failed"), "?")

@@ -12,6 +12,7 @@ from prefect import flow
 
 from slimflow.models.core.errors import ConfigError
 from slimflow.models.core.names import check_name
+from slimflow.models.core.redact import redact
 from slimflow.models.release import deployments, tracking
 from slimflow.models.release.config import ServeConfig
 from slimflow.models.release.deployments import DeployError
@@ -45,7 +46,12 @@ def deploy(
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri:
         raise ConfigError("deploy: no MLflow store: pass tracking_uri or set MLFLOW_TRACKING_URI")
-    version = str(tracking.client(tracking_uri).get_model_version_by_alias(model_name, alias).version)
+    try:
+        version = str(tracking.client(tracking_uri).get_model_version_by_alias(model_name, alias).version)
+    except Exception as e:  # the state message is stored by Prefect and shown in its UI: no credentials
+        if tracking.server_silent(e):
+            raise DeployError(tracking.silent_server_message(tracking_uri)) from None
+        raise DeployError(f"{model_name}@{alias}: {redact(str(e).splitlines()[0])}") from None
     with deployments.deploy_lock(workdir, model_name):  # one deployment of this model at a time
         info = start_server(model_name, version, tracking_uri, workdir, host, port, server)
         try:  # smoke-tested on its own control port, before it takes any traffic

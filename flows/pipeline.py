@@ -10,6 +10,7 @@ from prefect import flow
 from slimflow.flows.bookkeeping import PipelineRun, results_dir
 from slimflow.flows.promotion import promotion
 from slimflow.flows.search import candidate_search
+from slimflow.models.core.redact import redact
 from slimflow.models.core.results import ModelResult
 from slimflow.models.data.tables import source_digest
 from slimflow.models.optimize.candidates import SearchResult
@@ -120,7 +121,23 @@ def run_pipeline(
     The flow's result store is fixed when the flow run starts, so the setting is scoped around the
     call. Deployments set PREFECT_LOCAL_STORAGE_PATH in their job environment instead (prefect.yaml).
     """
+    import os
+
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(results_dir(cfg))}):
-        return pipeline(config=cfg.model_dump(mode="json"), summary_path=summary_path, progress=progress)
+    uri = cfg.tracking.uri
+    hidden = uri is not None and redact(uri) != uri
+    if hidden:  # flow parameters are stored by Prefect and shown in its UI: credentials go by environment
+        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": None})})
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        if hidden:
+            os.environ["MLFLOW_TRACKING_URI"] = str(uri)
+        with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(results_dir(cfg))}):
+            return pipeline(config=cfg.model_dump(mode="json"), summary_path=summary_path, progress=progress)
+    finally:
+        if hidden:
+            if before is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = before

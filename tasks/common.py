@@ -18,6 +18,7 @@ from slimflow.models.core.errors import SlimflowError
 from slimflow.models.core.modelfiles import file_sha256
 from slimflow.models.core.results import ModelResult
 from slimflow.models.release import tracking
+from slimflow.tasks.results import SafeResultStorage, persistence
 
 R = TypeVar("R", bound=ModelResult)
 
@@ -50,7 +51,8 @@ class ModelRef(BaseModel):
 # Keyed on the task's inputs (config section, data fingerprint, code version) and its source text.
 # `ctx` changes every run (parent run id), so it is excluded. Note the order: in Prefect 3.8,
 # `(INPUTS + TASK_SOURCE) - "ctx"` would keep hashing ctx.
-STAGE_CACHE = (INPUTS - "ctx") + TASK_SOURCE
+# Its records live in SafeResultStorage: only JSON records are ever read back (tasks/results.py).
+STAGE_CACHE = ((INPUTS - "ctx") + TASK_SOURCE).configure(key_storage=SafeResultStorage())
 
 
 def transient_only(task: Any, task_run: Any, state: Any) -> bool:
@@ -96,7 +98,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 # network/IO hiccups only.
 MODEL_TASK = {
     "cache_policy": STAGE_CACHE,
-    "persist_result": True,
+    **persistence(),  # JSON records, never pickles (tasks/results.py)
     "retries": 1,
     "retry_delay_seconds": 10,
     "retry_condition_fn": transient_only,
@@ -106,7 +108,7 @@ MODEL_TASK = {
 def publish_model(result: R, final: Path, run: Any, name: str) -> R:
     """Record a stage's saved model: sha256 tag (checked after any download), the folder and the
     result JSON as MLflow artifacts. Returns the result pointing at ``final``, with its run id and
-    weights' sha256 (small and picklable: Prefect persists it)."""
+    weights' sha256 (a small record: Prefect persists it as JSON)."""
     import mlflow
 
     sha = file_sha256(next(final.glob("*.safetensors")))

@@ -12,6 +12,7 @@ from slimflow.models.data.config import DataConfig
 from slimflow.models.data.prepare import DataResult, PreparedData, prepare
 from slimflow.models.release import tracking
 from slimflow.tasks.common import STAGE_CACHE, StageContext, atomic_dir, stage_key
+from slimflow.tasks.results import persistence
 
 
 def _log_report(report_dir: Path) -> None:
@@ -40,7 +41,7 @@ def log_dataset(prepared: PreparedData, run_id: str) -> None:
     mlflow.MlflowClient().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=tags)])
 
 
-@task(name="validate-data", cache_policy=STAGE_CACHE, persist_result=True, tags=["data"])
+@task(name="validate-data", cache_policy=STAGE_CACHE, tags=["data"], **persistence())
 def prepare_data(
     cfg: DataConfig, task: str, source_sha256: str, code_version: str, ctx: StageContext
 ) -> DataResult:

@@ -15,11 +15,13 @@ from pydantic import BaseModel, ValidationError
 
 from slimflow.models.config.base import section_class
 from slimflow.models.core.errors import ConfigError
+from slimflow.models.core.redact import SECRETISH, redact_override
+from slimflow.models.core.yamlfiles import load_yaml
 
 M = TypeVar("M", bound=BaseModel)
 
 # ------------------------------------------------------------------------------------------ loading
-_SECRETISH = re.compile(r"token|secret|password|passwd|api_key|auth", re.I)
+_SECRETISH = SECRETISH
 
 
 def format_validation_error(
@@ -73,13 +75,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     """Apply ``a.b.c=VALUE`` overrides; VALUE is parsed as YAML (numbers, lists, null...)."""
     for item in overrides:
         m = _OVERRIDE.match(item)
+        shown = redact_override(item)  # what error messages may show of it
         if not m:
-            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. finetune.train.epochs=2")
+            raise ConfigError(f"--set {shown!r}: expected KEY.PATH=VALUE, e.g. finetune.train.epochs=2")
         path, text = m.group(1).split("."), m.group(2)
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = load_yaml(text, f"--set {shown!r}") if text.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from None
+            detail = "" if SECRETISH.search(m.group(1)) else f": {e}"
+            raise ConfigError(f"--set {shown!r}: value is not valid YAML{detail}") from None
         node = raw
         for i, key in enumerate(path[:-1]):
             child = node.get(key)
@@ -87,7 +91,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 child = node[key] = {}
             elif not isinstance(child, dict):
                 where = ".".join(path[: i + 1])
-                raise ConfigError(f"--set {item!r}: {where} is a value, not a section")
+                raise ConfigError(f"--set {shown!r}: {where} is a value, not a section")
             node = child
         node[path[-1]] = value
     return raw
@@ -105,7 +109,7 @@ def read_config_file(
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            raw = load_yaml(p.read_text(encoding="utf-8"), str(p)) or {}
         except UnicodeDecodeError as e:
             raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except yaml.YAMLError as e:
@@ -114,7 +118,7 @@ def read_config_file(
             raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(raw).__name__}")
     if overrides:
         raw = apply_overrides(raw, overrides)
-        origin += " with --set " + " ".join(overrides)
+        origin += " with --set " + " ".join(redact_override(o) for o in overrides)
     return raw, origin
 
 

@@ -19,8 +19,13 @@ DEFAULTS = {
 
 
 def apply_defaults() -> None:
+    """Environment defaults of every entry point (CLI commands, model server, workers), and log
+    records with credentials masked."""
+    from slimflow.models.core.logs import redact_log_records
+
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+    redact_log_records()
 
 
 def cpu_flags() -> set[str]:

@@ -66,25 +66,76 @@ def source_digest(cfg: DataConfig) -> str:
     return h.hexdigest()
 
 
+def csv_header(path: Path, sep: str) -> list[str]:
+    """The header row as written (pandas renames a repeated name to 'name.1' without a word)."""
+    import csv
+
+    with path.open("r", encoding="utf-8-sig", newline="") as f:
+        return next(csv.reader(f, delimiter=sep), [])
+
+
+def check_unique_columns(names: list[str], path: Path | str) -> None:
+    seen, dup = set(), []
+    for n in names:
+        if n in seen and n not in dup:
+            dup.append(n)
+        seen.add(n)
+    if dup:
+        raise DataError(
+            f"{path}: duplicate column name(s) {dup[:5]}: rename them so each column is unambiguous"
+        )
+
+
+def _no_duplicate_keys(line: int, path: Path):  # noqa: ANN202 - a json object_pairs_hook
+    def hook(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            dup = sorted({k for k in keys if keys.count(k) > 1})
+            raise DataError(f"{path}: line {line} repeats the key(s) {dup[:5]}")
+        return dict(pairs)
+
+    return hook
+
+
 def _read(path: Path, fmt: str) -> pd.DataFrame:
     if fmt == "csv":
         sep = "\t" if path.suffix.lower() == ".tsv" else ","
-        return pd.read_csv(path, encoding="utf-8", sep=sep, dtype=str, keep_default_na=True)
+        check_unique_columns(csv_header(path, sep), path)
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name
+        return pd.read_csv(path, encoding="utf-8-sig", sep=sep, dtype=str, keep_default_na=True)
     if fmt == "jsonl":
-        with path.open("r", encoding="utf-8") as f:
+        with path.open("r", encoding="utf-8-sig") as f:
             rows = []
             for i, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        rows.append(json.loads(line, object_pairs_hook=_no_duplicate_keys(i, path)))
                     except json.JSONDecodeError as e:
                         raise DataError(f"{path}: line {i} is not valid JSON: {e.msg}") from None
                     if not isinstance(rows[-1], dict):
                         raise DataError(f"{path}: line {i} is not a JSON object")
-        return pd.DataFrame(rows)
+        # object columns: an integer label column with a null stays integers (not 1.0, NaN)
+        return pd.DataFrame.from_records(rows).astype(object) if rows else pd.DataFrame()
     import pyarrow.parquet as pq  # heavy, only for parquet
 
-    return pq.read_table(path).to_pandas()
+    table = pq.read_table(path)
+    check_unique_columns(table.column_names, path)
+    return table.to_pandas(integer_object_nulls=True)
+
+
+def check_text_column(raw: pd.DataFrame, column: str, path: Path | str) -> None:
+    """Texts must be strings (or missing): a number or a list in the text column is named, not
+    silently turned into text."""
+    if column not in raw.columns:
+        return  # the schema check reports a missing column
+    values = raw[column]
+    bad = values[~values.map(lambda v: isinstance(v, str) or v is None or (isinstance(v, float) and v != v))]
+    if len(bad):
+        i = int(bad.index[0])
+        raise DataError(
+            f"{path}: column {column!r} must hold text, but row {i + 1} holds a {type(bad.iloc[0]).__name__}"
+            f" ({len(bad)} such row(s))"
+        )
 
 
 def load_raw(cfg: DataConfig) -> pd.DataFrame:
@@ -94,7 +145,9 @@ def load_raw(cfg: DataConfig) -> pd.DataFrame:
     try:
         if name is not None:
             return PACKAGED_DATASETS.get(name).load()
-        return _read(path, resolve_format(cfg))
+        raw = _read(path, resolve_format(cfg))
+        check_text_column(raw, cfg.text_column, path)
+        return raw
     except UnicodeDecodeError as e:
         raise DataError(
             f"{path}: not UTF-8 text (invalid byte 0x{e.object[e.start]:02x} at offset {e.start}); "
@@ -106,11 +159,20 @@ def load_raw(cfg: DataConfig) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read as {resolve_format(cfg) if not name else 'csv'}: {e}") from None
 
 
+def label_text(v: object) -> str | None:
+    """A label as text: 1 and 1.0 are both '1' (a float column with nulls must not rename classes)."""
+    if v is None or (isinstance(v, float) and v != v) or v is pd.NA:
+        return None
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
 def canonical(raw: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
     """Select the configured columns as ``text``/``label`` strings (labels compared as text)."""
     df = pd.DataFrame({TEXT: raw[cfg.text_column], LABEL: raw[cfg.label_column]})
     df[TEXT] = df[TEXT].astype("string")
-    df[LABEL] = df[LABEL].map(lambda v: None if pd.isna(v) else str(v)).astype("string")
+    df[LABEL] = df[LABEL].map(label_text).astype("string")
     return df.reset_index(drop=True)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from slimflow.models.core.errors import SlimflowError
 from slimflow.models.core.modelfiles import PICKLE_SUFFIXES
 from slimflow.models.core.names import parse_model_uri
+from slimflow.models.core.yamlfiles import load_yaml
 from slimflow.models.families import get_family
 from slimflow.models.optimize.predictors import CANDIDATE_FILE, describe
 from slimflow.models.optimize.targets import get_target
@@ -92,7 +93,6 @@ def _requirements(candidate_dir: str | Path) -> list[str]:
 def check_artifacts(root: str | Path) -> None:
     """Refuse a downloaded model that could run code when loaded: pickle-type files anywhere, or an
     MLmodel whose pyfunc flavor is not slimflow's models-from-code entry. Nothing is loaded here."""
-    import yaml
 
     root = Path(root)
     bad = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
@@ -103,7 +103,7 @@ def check_artifacts(root: str | Path) -> None:
         )
     mlmodel = next(iter(sorted(root.rglob("MLmodel"), key=lambda q: len(q.parts))), None)
     if mlmodel is not None:
-        flavors = (yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}).get("flavors", {})
+        flavors = (load_yaml(mlmodel.read_text(encoding="utf-8"), str(mlmodel)) or {}).get("flavors", {})
         pyfunc = flavors.get("python_function", {})
         if set(flavors) != {"python_function"} or not str(pyfunc.get("model_code_path", "")).endswith(
             ENTRY.name
@@ -123,12 +123,16 @@ def set_alias(client: Any, model_name: str, alias: str, version: str) -> None:
 
 
 def alias_version(client: Any, model_name: str, alias: str) -> str | None:
+    """The version ``alias`` points at; None when the alias or the model does not exist. Any other
+    failure (a dead tracking server) is raised: it must never read as "no champion"."""
     from mlflow.exceptions import MlflowException
 
     try:
         return str(client.get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as e:
+        if e.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return None
+        raise
 
 
 class ChampionChanged(RegistryError):

@@ -27,6 +27,7 @@ from typing import Any
 
 from slimflow.models.core.errors import SlimflowError
 from slimflow.models.core.names import parse_model_uri
+from slimflow.models.core.yamlfiles import load_yaml
 from slimflow.models.optimize.predictors import CANDIDATE_FILE
 from slimflow.models.release import tracking
 from slimflow.models.release.config import ServeConfig
@@ -37,6 +38,7 @@ def load_registered(model_uri: str, tracking_uri: str | None) -> tuple[Any, str 
     """The pyfunc model and its registry version (None for a plain path)."""
     import mlflow
 
+    tracking.bounded_waits()
     if tracking_uri:
         tracking.use(tracking_uri)
     version = None
@@ -95,10 +97,9 @@ def load_as_data(model_uri: str) -> Any:
 def candidate_dir(local: Any, model_uri: str) -> Any:
     """The candidate folder inside a downloaded model: where its MLmodel says the 'candidate'
     artifact is, else the shallowest folder holding candidate.json."""
-    import yaml
 
     for mlmodel in sorted(local.rglob("MLmodel"), key=lambda q: len(q.parts)):
-        flavors = (yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}).get("flavors", {})
+        flavors = (load_yaml(mlmodel.read_text(encoding="utf-8"), str(mlmodel)) or {}).get("flavors", {})
         art = (flavors.get("python_function", {}).get("artifacts") or {}).get("candidate") or {}
         path = (mlmodel.parent / str(art.get("path", ""))).resolve()
         if art.get("path") and path.is_dir() and path.is_relative_to(mlmodel.parent.resolve()):

@@ -17,6 +17,7 @@ from typing import Any
 from slimflow.models.core import provenance
 from slimflow.models.core.locks import file_lock
 from slimflow.models.core.processes import alive, process_start
+from slimflow.models.core.redact import SECRETISH, redact
 from slimflow.models.release.config import TrackingConfig
 
 PARAM_LIMIT = 6000  # MLflow 3 param value limit (chars)
@@ -30,6 +31,22 @@ def tracking_uri(cfg: TrackingConfig, workdir: Path) -> str:
     return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
 
 
+# One bound for every MLflow call of every command, the pipeline and the model server (MLflow's own
+# defaults retry for minutes): a closed port fails after the retries' backoff (1 + 2 s), a server
+# that accepts and never answers after (retries + 1) x timeout = 60 s. Set the variables to change it.
+WAIT_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+
+def bounded_waits() -> None:
+    """Apply ``WAIT_BOUNDS`` where the environment does not set them already."""
+    for k, v in WAIT_BOUNDS.items():
+        os.environ.setdefault(k, v)
+
+
 def use(uri: str) -> None:
     """Point MLflow (tracking and registry) at ``uri`` without leaking it into the environment.
 
@@ -39,6 +56,7 @@ def use(uri: str) -> None:
     """
     import mlflow
 
+    bounded_waits()
     before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -53,6 +71,7 @@ def client(uri: str) -> Any:
     process-wide registry URI when one was set, which in a long-lived worker may be another store."""
     import mlflow
 
+    bounded_waits()
     return mlflow.MlflowClient(uri, registry_uri=uri)
 
 
@@ -64,10 +83,6 @@ def configure(cfg: TrackingConfig, workdir: Path) -> tuple[str, str]:
     """Point MLflow at the store and make sure the experiment exists. Returns (uri, experiment_id)."""
     import mlflow
 
-    # Bounded client retries: a dead server must fail a run in seconds, not minutes.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     uri = tracking_uri(cfg, workdir)
     use(uri)
     db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
@@ -111,6 +126,29 @@ _UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establi
                 "Read timed out", "RemoteDisconnected", "Connection aborted")  # fmt: skip
 
 
+def server_silent(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is an HTTP server not answering (refused, timed out)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if any(s in f"{type(seen).__name__}: {seen}" for s in _UNREACHABLE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def silent_server_message(uri: str | None = None) -> str:
+    """One line for a command that gave up on the tracking server (within ``WAIT_BOUNDS``)."""
+    where = redact(uri or os.environ.get("MLFLOW_TRACKING_URI") or "the MLflow tracking server")
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
+    timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "?")
+    return (
+        f"{where} did not answer ({retries} retries, {timeout} s timeout each): nothing was changed;"
+        " check that the tracking server runs and is reachable"
+    )
+
+
 def unreachable(exc: BaseException, uri: str) -> str | None:
     """If ``exc`` (or what caused it) is the tracking server not answering, say so in one line."""
     if not uri.startswith(("http://", "https://")):
@@ -123,9 +161,9 @@ def unreachable(exc: BaseException, uri: str) -> str | None:
         if any(s in text for s in _UNREACHABLE):
             retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
             return (
-                f"MLflow tracking server {uri} stopped answering ({retries} retries, then gave up): the run"
-                " stopped here and nothing was registered or promoted; restart the server and run again"
-                " (finished stages are reused from the cache)"
+                f"MLflow tracking server {redact(uri)} stopped answering ({retries} retries, then gave up):"
+                " the run stopped here and nothing was registered or promoted; restart the server and run"
+                " again (finished stages are reused from the cache)"
             )
         seen = seen.__cause__ or seen.__context__
     return None
@@ -149,10 +187,35 @@ def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
     from mlflow.entities import Param
 
     run_id = run_id or mlflow.active_run().info.run_id
-    items = [Param(k, str(v)[:PARAM_LIMIT]) for k, v in params.items()]
+
+    # credentials never reach MLflow: secret-like keys hidden, passwords in URIs masked
+    def shown(k: str, v: Any) -> str:
+        if SECRETISH.search(k) and not _reference(v):
+            return "***"
+        return redact(str(v))[:PARAM_LIMIT]
+
+    items = [Param(k, shown(k, v)) for k, v in params.items()]
     client = mlflow.MlflowClient()
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
+
+
+def _reference(v: Any) -> bool:
+    """No secret to hide: nothing, or a reference to one ('env:NAME', 'prefect:BLOCK')."""
+    return v in (None, "null", "") or (isinstance(v, str) and v.startswith(("env:", "prefect:")))
+
+
+def redacted(obj: Any) -> Any:
+    """A JSON-like structure as it may be stored: values of secret-like keys hidden (references to
+    secrets stay readable), URIs redacted."""
+    if isinstance(obj, dict):
+        return {
+            k: "***" if SECRETISH.search(str(k)) and not _reference(v) else redacted(v)
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list | tuple):
+        return [redacted(v) for v in obj]
+    return redact(obj) if isinstance(obj, str) else obj
 
 
 def log_json(obj: Any, artifact_file: str) -> None:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from slimflow.models.core.errors import SlimflowError
+from slimflow.models.core.redact import redact
 
 app = typer.Typer(
     name="slimflow",
@@ -43,15 +44,29 @@ def fail(exc: BaseException, debug: bool) -> NoReturn:
     """Print an expected failure as one message (a traceback with --debug) and exit with its code."""
     if debug:
         err.print_exception(show_locals=False)
+    from slimflow.models.release import tracking
+
+    if tracking.server_silent(exc):  # a dead or hung server: one line, within the documented bound
+        err.print(
+            f"[bold red]error:[/] {escape(tracking.silent_server_message())}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(1)
     if isinstance(exc, SlimflowError):
         report = getattr(exc, "report", None)
         detail = report.summary() if report is not None and report.outcomes else str(exc)
         if report is not None and getattr(exc, "hint", None):
             detail += f"\n  {exc.hint}"
-        err.print(f"[bold red]error:[/] {escape(detail)}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(redact(detail))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code)
+    from slimflow.models.release import tracking
+
+    if tracking.server_silent(exc):  # a dead or hung server: one line, within the documented bound
+        err.print(
+            f"[bold red]error:[/] {escape(tracking.silent_server_message())}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(1)
     err.print(
-        f"[bold red]unexpected error:[/] {type(exc).__name__}: {escape(str(exc))}",
+        f"[bold red]unexpected error:[/] {type(exc).__name__}: {escape(redact(str(exc)))}",
         highlight=False,
         soft_wrap=True,
     )

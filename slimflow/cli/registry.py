@@ -136,6 +136,12 @@ def deploy(
                 stopped = deployments.stop(cfg.workdir_path(), name)
             out.print(f"{name}: {'server stopped' if stopped else 'no server was running'}")
             return
+        from slimflow.models.release import tracking
+        from slimflow.models.release.registry import alias_version
+
+        # the registry first: a dead server or a missing alias fails here, before any server starts
+        if alias_version(tracking.client(uri), name, alias) is None:
+            raise ConfigError(f"{name} has no version with alias {alias!r}")
         from slimflow.flows.deploy import deploy as deploy_flow
 
         dcfg = cfg.promote.deploy if cfg.promote and cfg.promote.deploy else None
@@ -163,58 +169,58 @@ def predict(
         str, typer.Option("--model", "-m", help="models:/NAME@ALIAS or a model folder.", show_default=False)
     ],
     input_file: Annotated[
-        Path, typer.Option("--input", "-i", help="CSV, JSONL or Parquet file.", show_default=False)
+        Path, typer.Option("--input", "-i", help="CSV/TSV, JSONL or Parquet file.", show_default=False)
     ],
     output_file: Annotated[
         Path,
-        typer.Option("--output", "-o", help="Where to write (.csv/.jsonl/.parquet).", show_default=False),
+        typer.Option(
+            "--output", "-o", help="Where to write (.csv/.tsv/.jsonl/.parquet).", show_default=False
+        ),
     ],
     text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    prefix: Annotated[
+        str,
+        typer.Option(help="Prefix of the prediction columns ('' -> label, score); never overwrites input."),
+    ] = "",
     batch_size: Annotated[int, typer.Option(help="Texts per model call.", min=1, max=4096)] = 256,
+    chunk_rows: Annotated[
+        int, typer.Option(help="Rows read, predicted and written at a time (bounds memory).", min=1)
+    ] = 10_000,
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow store for models:/ (default: $MLFLOW_TRACKING_URI).")
     ] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Offline batch inference: adds 'label' and 'score' columns to every row of --input."""
+    """Offline batch inference: every row of --input, unchanged, plus 'label' and 'score' columns.
+
+    Streams the file in chunks (a file larger than memory is fine), refuses to overwrite an input
+    column (use --prefix), and makes formula-looking CSV cells inert (a leading single quote).
+    """
     apply_defaults()
     try:
-        if output_file.suffix not in (".csv", ".jsonl", ".parquet"):
-            raise ConfigError(f"--output must end in .csv, .jsonl or .parquet, got {output_file.name!r}")
+        from slimflow.models.release.batch_predict import file_format, predict_file
+
+        file_format(output_file, "--output")
+        file_format(input_file, "--input")
         if not input_file.is_file():
             raise ConfigError(f"--input: file not found: {input_file}")
-        from slimflow.models.data.config import DataConfig
-        from slimflow.models.data.tables import load_raw
-
-        frame = load_raw(DataConfig(source=str(input_file)))
-        if text_column not in frame.columns:
-            raise ConfigError(
-                f"--input has no column {text_column!r} (columns: {', '.join(map(str, frame.columns))})"
-            )
+        if not model.startswith("models:/") and not Path(model).exists():
+            raise ConfigError(f"model not found: {model}")
         import pandas as pd
         from tqdm.auto import tqdm
 
         from slimflow.models.release.serving import load_registered
 
-        if not model.startswith("models:/") and not Path(model).exists():
-            raise ConfigError(f"model not found: {model}")
         pyfunc, version = load_registered(model, tracking_uri)
-        texts = frame[text_column].fillna("").astype(str).tolist()
-        parts = []
-        for i in tqdm(range(0, len(texts), batch_size), desc="predict", unit="batch", disable=None):
-            parts.append(pyfunc.predict(pd.DataFrame({"text": texts[i : i + batch_size]})))
-        preds = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"label": [], "score": []})
-        result = frame.reset_index(drop=True).assign(label=preds["label"], score=preds["score"])
-        output_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output_file.with_name(f".{output_file.name}.tmp")
-        if output_file.suffix == ".csv":
-            result.to_csv(tmp, index=False)
-        elif output_file.suffix == ".jsonl":
-            result.to_json(tmp, orient="records", lines=True, force_ascii=False)
-        else:
-            result.to_parquet(tmp, index=False)
-        tmp.replace(output_file)
+
+        def run(texts: list[str]) -> pd.DataFrame:
+            parts = [pyfunc.predict(pd.DataFrame({"text": texts[i : i + batch_size]}))
+                     for i in range(0, len(texts), batch_size)]  # fmt: skip
+            return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"label": [], "score": []})
+
+        with tqdm(desc="predict", unit="row", disable=None) as bar:
+            result = predict_file(run, input_file, output_file, text_column, prefix, chunk_rows, bar.update)
     except Exception as e:
         fail(e, debug)
-    counts = result["label"].value_counts().to_dict()
-    out.print(f"{len(result)} rows -> {output_file} (model {model}, version {version}); labels: {counts}")
+    rows, labels = result["rows"], result["labels"]
+    out.print(f"{rows} rows -> {output_file} (model {model}, version {version}); labels: {labels}")

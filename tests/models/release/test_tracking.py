@@ -141,3 +141,23 @@ def test_sqlite_store_takes_concurrent_pipelines_without_losing_writes(tmp_path)
             assert len(client.get_metric_history(r.info.run_id, f"m{i}")) == 40
     versions = [int(v.version) for v in client.search_model_versions("name = 'shared'")]
     assert sorted(versions) == [1, 2, 3]
+
+
+def test_params_and_stored_configs_never_hold_credentials(tmp_path):
+    from slimflow.models.release import tracking
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = tracking.client(uri)
+    tracking.use(uri)
+    run = client.create_run(client.create_experiment("e")).info.run_id
+    tracking.log_params(
+        {"tracking.uri": "http://ana:s3cr3t@mlflow:5000", "finetune.hub_token": "hf_abcdef",
+         "finetune.token_ref": "env:HF_TOKEN", "x.hub_token": "prefect:hf", "train.max_tokens": 64},
+        run,
+    )  # fmt: skip
+    params = client.get_run(run).data.params
+    assert params["tracking.uri"] == "http://ana:***@mlflow:5000"
+    assert params["finetune.hub_token"] == "***" and params["x.hub_token"] == "prefect:hf"  # references stay
+    assert params["train.max_tokens"] == "64"
+    stored = tracking.redacted({"a": {"password": "p", "uri": "postgresql://u:p@h/db"}, "l": ["http://t@h"]})
+    assert stored == {"a": {"password": "***", "uri": "postgresql://u:***@h/db"}, "l": ["http://***@h"]}
