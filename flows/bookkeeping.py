@@ -182,6 +182,24 @@ class PipelineRun:
         self.client.set_tag(self.run_id, f"slimflow.stage.{name}", entry["status"])
         return out
 
+    def step(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a step that is not a cached task (a subflow such as the deploy) and record its status,
+        time and error in the summary like a stage, so a failure names the step."""
+        t0 = time.perf_counter()
+        entry: dict[str, Any] = {"status": "running"}
+        self.summary["stages"][name] = entry
+        self.say(f"{name}: started")
+        try:
+            out = fn(*args, **kwargs)
+        except BaseException as e:
+            entry.update(status="failed", seconds=round(time.perf_counter() - t0, 2))
+            entry["error"] = redact(str(e).splitlines()[0]) if str(e) else type(e).__name__
+            self.say(f"{name}: FAILED after {fmt_seconds(entry['seconds'])}")
+            raise
+        entry.update(status="completed", seconds=round(time.perf_counter() - t0, 2))
+        self.say(f"{name}: done in {fmt_seconds(entry['seconds'])}")
+        return out
+
     def say(self, text: str) -> None:
         """One progress line on stderr (a stage started / ended, with its time and headline figure);
         off when the run was started with progress=False."""
@@ -203,13 +221,30 @@ class PipelineRun:
             self.summary["error"] = redact(
                 str(exc) if isinstance(exc, SlimflowError) else f"{type(exc).__name__}: {exc}"
             )
-            failed = next((k for k, v in self.summary["stages"].items() if v["status"] == "failed"), "?")
+            failed = next((k for k, v in self.summary["stages"].items() if v["status"] == "failed"), None)
+            failed = failed or ("interrupted" if isinstance(exc, KeyboardInterrupt) else "outside any stage")
             reason = (
                 "data validation failed: nothing was trained or registered"
                 if isinstance(exc, DataError)
                 else f"stage failed: {failed}"
             )
-            self.summary["decision"] = {"outcome": "stopped", "promoted": False, "reason": reason}
+            moved = self.summary.get("champion_moved")  # the registry changed before the failure
+            if moved:
+                self.summary["decision"] = {
+                    "outcome": "promoted",
+                    "promoted": True,
+                    "served": False,
+                    "model_name": moved["model_name"],
+                    "champion": moved["champion"],
+                    "reason": f"{moved['model_name']} version {moved['champion']} became champion; then "
+                    f"{failed} failed: {self.summary['error']}",
+                }
+            else:
+                self.summary["decision"] = {"outcome": "stopped", "promoted": False, "reason": reason}
+            try:  # callers (the CLI) report what the run changed, not only that it failed
+                exc.slimflow_summary = self.summary  # type: ignore[union-attr]
+            except AttributeError:
+                pass
         down = tracking.unreachable(exc, self.ctx.tracking_uri) if exc is not None else None
         if down:  # the MLflow run stays RUNNING on the server; the next pipeline on this host closes it
             self.summary.update(status="tracking_unavailable", error=down)

@@ -79,8 +79,12 @@ def promotion(
         prom = run.stage("promote", promote_champion, cfg, reg.challenger, approval, reg.champion_at_decision)
         out.champion = prom.champion
         out.previous = prom.previous
+        # from here on the registry has changed: a later failure must not report "not promoted"
+        run.summary["champion_moved"] = {"model_name": cfg.model_name, "champion": prom.champion}
         if cfg.deploy is not None:
-            out.deployment = deploy(
+            out.deployment = run.step(
+                "deploy",
+                deploy,
                 cfg.model_name,
                 run.ctx.tracking_uri,
                 str(run.workdir),
@@ -89,4 +93,5 @@ def promotion(
                 port=cfg.deploy.port,
                 server=cfg.deploy.server,
             )
+
     return out

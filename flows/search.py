@@ -97,7 +97,7 @@ def candidate_search(
     with candidate_runner(cfg.runner) as runner:
         built = run.fan_out("build-candidates", jobs, parallel=cfg.max_parallel, runner=runner)
         ready = [n for n, r in rows.items() if r["status"] == "pending" and n in built]
-        ready = [n for n in ready if not isinstance(built[n], BaseException)]
+        ready = [n for n in ready if not isinstance(built[n], BaseException) and "rejected" not in built[n]]
         evals = run.fan_out(
             "evaluate-candidates",
             {n: (evaluate_candidate, (n, built[n]["path"], built[n]["sha256"], data)) for n in ready},
@@ -107,6 +107,8 @@ def candidate_search(
     for name, res in built.items():
         if isinstance(res, BaseException):
             fail(name, _reason(res))
+        elif "rejected" in res:  # a verdict (cached: a rerun does not rebuild it)
+            fail(name, res["rejected"])
         else:
             rows[name].update(build=res, path=res["path"], file_bytes=res["file_bytes"])
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect import task
 
+from slimflow.models.core.errors import CandidateRejected
 from slimflow.models.core.modelfiles import file_sha256
 from slimflow.models.data.prepare import PreparedData
 from slimflow.models.data.tables import read_split
@@ -77,8 +78,30 @@ def build_candidate(
     code_version: str,
     ctx: StageContext,
 ) -> dict[str, Any]:
-    """Make one candidate folder. Raises ParityError (the candidate fails) if its check fails."""
+    """Make one candidate folder. A candidate that fails its check (``CandidateRejected``) comes back
+    as ``{"name", "rejected": reason}``: a verdict, cached like any result, so a rerun with the same
+    inputs gives the same verdict without rebuilding it."""
     cs = C.CandidateSpec(**spec)
+    try:
+        return _build(cs, spec, quantizer, export, source, data, agreement_cfg, code_version, ctx)
+    except CandidateRejected as e:
+        return {
+            "name": cs.name,
+            "rejected": str(e).strip().splitlines()[0][:500] if str(e).strip() else type(e).__name__,
+        }
+
+
+def _build(
+    cs: C.CandidateSpec,
+    spec: dict[str, str],
+    quantizer: Any,
+    export: dict[str, str] | None,
+    source: ModelRef,
+    data: PreparedData,
+    agreement_cfg: AgreementConfig,
+    code_version: str,
+    ctx: StageContext,
+) -> dict[str, Any]:
     key = stage_key(spec, quantizer, (export or {}).get("onnx_sha256"), source.sha256, code_version)
     final = Path(ctx.workdir) / "candidates" / key
     info = describe(source.dir)

@@ -15,6 +15,9 @@ DEFAULTS = {
     # the default 20 s. No telemetry from a machine that may have no network.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # The temporary server's sqlite database: parallel candidate tasks write task runs at once; wait
+    # up to 60 s for the lock instead of 10 (Prefect's own busy_timeout is already 60 s).
+    "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
 }
 
 

@@ -74,6 +74,24 @@ class BenchConfig(Strict):
         1000, ge=100, le=100_000, description="Resamples for the 95% confidence intervals."
     )
     seed: int = Field(0, description="Seed of the text sampling and the bootstrap.")
+    max_other_load: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Most of the machine's CPU that other processes may use during a setting; above it "
+        "the setting is measured again, then marked unreliable (gates then neither pass nor fail on it).",
+    )
+    max_ci_width: float = Field(
+        0.5,
+        gt=0,
+        description="Widest 95% CI of p95, relative to p95, before a setting is measured again, then "
+        "marked unreliable.",
+    )
+    host_lock_timeout_s: float = Field(
+        4 * 3600,
+        gt=0,
+        description="How long a benchmark waits for another one on this host (one measures at a time).",
+    )
 
     @field_validator("lengths")
     @classmethod

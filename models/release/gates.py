@@ -20,8 +20,11 @@ class GateResult:
     value: float | None
     threshold: float
     passed: bool
+    unreliable: str = ""  # why the figure cannot be judged (then the gate neither passes nor fails)
 
     def describe(self) -> str:
+        if self.unreliable:
+            return f"{self.gate}: not judged, the measurement is unreliable ({self.unreliable})"
         shown = "missing" if self.value is None else f"{self.value:.4g}"
         op = ">=" if self.gate.startswith("min_") else "<="
         return f"{self.gate}: {shown} {op} {self.threshold:.4g} {'ok' if self.passed else 'FAILED'}"
@@ -56,17 +59,19 @@ class Decision:
         return next(v for v in self.verdicts if v.name == name)
 
 
-def _latency(row: dict[str, Any], batch: int) -> tuple[float | None, float | None]:
+def _latency(row: dict[str, Any], batch: int) -> tuple[float | None, float | None, str]:
+    """p95 upper bound, p50 and, if the measurement is unreliable, why."""
     for s in (row.get("bench") or {}).get("settings", []):
         if s["batch_size"] == batch and s["length"] == "data":
-            return s["p95_ci_high_ms"], s["p50_ms"]
-    return None, None
+            why = "" if s.get("reliable", True) else (s.get("unreliable_reason") or "unreliable")
+            return s["p95_ci_high_ms"], s["p50_ms"], why
+    return None, None, ""
 
 
 def judge(row: dict[str, Any], gates: GatesConfig, teacher_accuracy: float) -> Verdict:
     """Every configured gate for one measured candidate (a row of the candidate search)."""
     acc = row["test"]["accuracy"]
-    p95_hi, p50 = _latency(row, gates.latency_batch_size)
+    p95_hi, p50, unreliable = _latency(row, gates.latency_batch_size)
     size = row["file_bytes"] / 2**20
     results = []
     if gates.min_test_accuracy is not None:
@@ -77,8 +82,10 @@ def judge(row: dict[str, Any], gates: GatesConfig, teacher_accuracy: float) -> V
         ret = acc / teacher_accuracy if teacher_accuracy > 0 else 0.0
         results.append(GateResult("min_retention", ret, gates.min_retention, ret >= gates.min_retention))
     if gates.max_p95_ms is not None:
-        ok = p95_hi is not None and p95_hi <= gates.max_p95_ms
-        results.append(GateResult("max_p95_ms", p95_hi, gates.max_p95_ms, ok))
+        ok = not unreliable and p95_hi is not None and p95_hi <= gates.max_p95_ms
+        results.append(GateResult("max_p95_ms", p95_hi, gates.max_p95_ms, ok, unreliable))
+    elif unreliable:  # the winner is the fastest: an unreliable speed cannot make it win
+        results.append(GateResult("reliable_latency", None, 1.0, False, unreliable))
     if gates.max_size_mb is not None:
         results.append(GateResult("max_size_mb", size, gates.max_size_mb, size <= gates.max_size_mb))
     return Verdict(row["name"], all(g.passed for g in results), results, p95_hi, p50, size)
@@ -110,16 +117,22 @@ def decide(candidates: list[dict[str, Any]], gates: GatesConfig, teacher_accurac
         )
 
     passing = sorted((v for v in verdicts if v.passed), key=speed)
+    shaky = [v.name for v in verdicts if any(g.unreliable for g in v.gates)]
+    note = (
+        f"; {len(shaky)} not judged on latency (unreliable measurements: {', '.join(shaky[:5])})"
+        if shaky
+        else ""
+    )
     if passing:
         w = passing[0]
         return Decision(
             w.name,
             f"{w.name} passes every gate ({len(passing)} of {len(verdicts)} candidates pass); fastest at "
-            f"batch {gates.latency_batch_size}",
+            f"batch {gates.latency_batch_size}{note}",
             verdicts,
         )
     best = min(verdicts, key=lambda v: (len(v.failed), *speed(v)))
-    detail = "; ".join(g.describe() for g in best.gates if not g.passed)
+    detail = "; ".join(g.describe() for g in best.gates if not g.passed) + note
     return Decision(
         None,
         f"no candidate passes the gates; best effort {best.name} fails {detail}",

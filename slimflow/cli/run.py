@@ -75,6 +75,10 @@ def run(
 
         result = run_pipeline(cfg, summary_path=str(summary) if summary else None)
     except Exception as e:
+        done = getattr(e, "slimflow_summary", None) or {}
+        decision = done.get("decision") or {}
+        if decision.get("promoted"):  # the registry changed before the failure: say so first
+            err.print(f"[bold yellow]note:[/] {escape(str(decision.get('reason')))}")
         if summary and summary.exists():
             err.print(f"summary written to {summary}")
         fail(e, debug)

@@ -220,3 +220,28 @@ def test_approval_waits_then_slimflow_approve_promotes_and_reject_or_timeout_mov
     # a bad flow-run id is refused with a reason
     r = _approve_cli("not-a-uuid", "--reviewer", "ana")
     assert r.returncode == 2 and "not a flow-run id" in r.stderr
+
+
+def test_a_run_that_promoted_says_so_when_the_deploy_after_it_fails(setup):
+    """The registry changed, the endpoint did not: the summary says exactly that and names the step."""
+    import json
+
+    tmp_path, data, model = setup
+    port = free_port()
+    squatter = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    summary = tmp_path / "summary.json"
+    try:
+        time.sleep(1.5)
+        cfg = _cfg(tmp_path, data, model, deploy={"port": port})
+        with pytest.raises(Exception, match="already served by something else"):
+            run_pipeline(cfg, summary_path=str(summary), progress=False)
+    finally:
+        squatter.terminate()
+        squatter.wait(10)
+    s = json.loads(summary.read_text())
+    d = s["decision"]
+    assert s["status"] == "failed" and s["stages"]["deploy"]["status"] == "failed"
+    assert (d["outcome"], d["promoted"], d["served"]) == ("promoted", True, False)
+    assert "became champion; then deploy failed" in d["reason"] and "already served" in d["reason"]
+    assert alias_version(client_of(s), "reviews-clf", "champion") == d["champion"]

@@ -248,3 +248,57 @@ def test_optimize_config_errors_name_the_problem():
         load_config(None, ["optimize.quantize=[{kind: ort_int8_static, method: kl}]"])
     with pytest.raises(ConfigError, match="must include 'data'"):
         load_config(None, ["optimize.bench.lengths=[128]"])
+
+
+def test_other_processes_cpu_use_is_seen_and_a_busy_or_wide_setting_is_flagged():
+    import subprocess
+    import sys
+    import time
+
+    from slimflow.models.optimize.bench import CpuWatch, reliability_problems
+    from slimflow.models.optimize.config import BenchConfig
+
+    burner = subprocess.Popen(
+        [sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<3: pass"]
+    )
+    try:
+        time.sleep(0.3)
+        watch = CpuWatch()
+        time.sleep(1.5)  # we sleep; the burner keeps one CPU busy
+        share = watch.others_share()
+    finally:
+        burner.kill()
+        burner.wait()
+    import psutil
+
+    assert share > 0.6 / (psutil.cpu_count() or 1), share  # about one CPU's worth of the machine
+    cfg = BenchConfig(max_other_load=0.25, max_ci_width=0.5)
+    ok = {"p95_ms": 10.0, "p95_ci_low_ms": 9.0, "p95_ci_high_ms": 11.0}
+    assert reliability_problems(ok, 0.05, cfg) == []
+    assert reliability_problems(ok, 0.6, cfg) == ["other processes used 60% of the CPU (> 25%)"]
+    wide = {"p95_ms": 10.0, "p95_ci_low_ms": 5.0, "p95_ci_high_ms": 16.0}
+    assert reliability_problems(wide, 0.0, cfg) == ["p95 95% CI is 110% of p95 wide (> 50%)"]
+
+
+def test_one_benchmark_per_host_at_a_time(tmp_path):
+    import subprocess
+    import sys
+
+    from slimflow.models.core.locks import LockTimeout
+    from slimflow.models.optimize.bench import bench, host_lock_path
+    from slimflow.models.optimize.config import BenchConfig
+
+    hold = (
+        "import sys, time\nfrom pathlib import Path\nfrom slimflow.models.core.locks import file_lock\n"
+        "with file_lock(Path(sys.argv[1]), 10):\n    print('held', flush=True)\n    time.sleep(20)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(host_lock_path())], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockTimeout, match="slimflow-bench"):
+            bench(tmp_path / "any-model", ["x"], BenchConfig(host_lock_timeout_s=0.5))
+    finally:
+        holder.kill()
+        holder.wait()

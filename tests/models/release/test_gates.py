@@ -96,3 +96,23 @@ def test_only_measured_candidates_on_the_target_compete():
 def test_gates_config_needs_at_least_one_gate():
     with pytest.raises(ValidationError, match="at least one gate"):
         GatesConfig(min_retention=None)
+
+
+def test_an_unreliable_measurement_neither_passes_nor_fails_a_gate_and_cannot_win():
+    fast_but_shaky = cand("shaky", p50=0.5, p95_hi=1.0)
+    fast_but_shaky["bench"]["settings"][0].update(
+        reliable=False, unreliable_reason="other processes used 60%"
+    )
+    steady = cand("steady", p50=2.0, p95_hi=3.0)
+    g = GatesConfig(max_p95_ms=5.0)
+    v = judge(fast_but_shaky, g, 0.84)
+    lat = next(r for r in v.gates if r.gate == "max_p95_ms")
+    assert not v.passed and lat.unreliable == "other processes used 60%"
+    assert "not judged, the measurement is unreliable (other processes used 60%)" in lat.describe()
+    d = decide([fast_but_shaky, steady], g, 0.84)
+    assert d.winner == "steady" and "1 not judged on latency (unreliable measurements: shaky)" in d.reason
+    # without a latency gate the winner is still the fastest: an unreliable speed cannot make it win
+    d = decide([fast_but_shaky, steady], GatesConfig(min_retention=0.9), 0.84)
+    assert d.winner == "steady" and d.verdict("shaky").failed == ["reliable_latency"]
+    d = decide([fast_but_shaky], g, 0.84)
+    assert d.winner is None and "not judged" in d.reason
