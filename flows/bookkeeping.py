@@ -156,7 +156,12 @@ class PipelineRun:
                 state = fut.state
                 task, args = jobs[key]
                 result = state.result(raise_on_failure=False) if state.is_completed() else None
-                if state.name == "Cached" and not all(Path(_dig(result, k)).exists() for k in outputs):
+                verdict = isinstance(result, dict) and "rejected" in result  # a cached verdict has no files
+                if (
+                    state.name == "Cached"
+                    and not verdict
+                    and not all(Path(_dig(result, k)).exists() for k in outputs)
+                ):
                     state = task.with_options(refresh_cache=True)(
                         *args, self.code, self.ctx, return_state=True
                     )
@@ -172,6 +177,8 @@ class PipelineRun:
                 elapsed = time.perf_counter() - t0
                 eta = f", ETA {fmt_seconds(elapsed / done * (len(jobs) - done))}" if done < len(jobs) else ""
                 how = "failed" if isinstance(out[key], BaseException) else "ok"
+                if isinstance(out[key], dict) and "rejected" in out[key]:
+                    how = "rejected"
                 self.say(f"{name}: {done}/{len(jobs)} done ({key}: {how}){eta}")
         entry.update(counts, seconds=round(time.perf_counter() - t0, 2))
         entry["status"] = "completed" if not counts["failed"] else "partial"

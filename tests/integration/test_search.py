@@ -147,3 +147,18 @@ def test_candidate_builds_and_evaluations_run_on_a_dask_cluster_with_the_same_re
     pids = {r["build"]["worker"]["pid"] for r in rows_d.values()}
     assert os.getpid() not in pids, "the builds ran in the pipeline process, not on Dask"
     assert dask["stages"]["build-candidates"]["completed"] == 4
+
+
+def test_a_rejected_candidate_is_a_cached_verdict(tmp_path, tiny_model_dir):
+    """Same inputs -> same verdict, without rebuilding the candidate (failures used not to be cached)."""
+    data = tmp_path / "reviews.csv"
+    make_reviews(240).to_csv(data, index=False)
+    bad = {"quantize": [{"kind": "ort_weight_int8", "keep_fp32": ["no_such_matmul"]}], "targets": ["cpu"]}
+    first = run_pipeline(_cfg(tmp_path, data, tiny_model_dir, **bad), progress=False)
+    again = run_pipeline(_cfg(tmp_path, data, tiny_model_dir, **bad), progress=False)
+    for s in (first, again):
+        rows = {r["name"]: r for r in s["search"]["candidates"]}
+        rejected = [r for r in rows.values() if r["variant"] == "ort_weight_int8"]
+        assert rejected and all(r["status"] == "failed" and "no_such_matmul" in r["reason"] for r in rejected)
+    build = again["stages"]["build-candidates"]
+    assert build["cached"] == build["jobs"] > 0 and build["failed"] == 0
