@@ -77,6 +77,8 @@ def _decision(
             who = f"approved by {review['reviewer']}" if approval == "approved" else "no approval required"
             outcome = "promoted"
             reason = f"{promoted.model_name} version {promoted.champion} is champion ({who})"
+        elif promoted.refused:
+            outcome, reason = "champion_changed", promoted.refused
         elif promoted.challenger:
             outcome = {"rejected": "rejected", "timeout": "approval_timed_out"}.get(approval, "not_promoted")
             why = review.get("comment") or approval

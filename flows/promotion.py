@@ -77,6 +77,9 @@ def promotion(
     run.client.set_tag(run.run_id, "slimflow.approval", approval["decision"])
     if approval["decision"] in ("approved", "auto"):
         prom = run.stage("promote", promote_champion, cfg, reg.challenger, approval, reg.champion_at_decision)
+        if prom.refused:  # another run promoted or rolled back since this decision: nothing moved
+            out.refused = prom.refused
+            return out
         out.champion = prom.champion
         out.previous = prom.previous
         # from here on the registry has changed: a later failure must not report "not promoted"

@@ -20,6 +20,7 @@ from slimflow.models.release.model_card import model_card
 from slimflow.models.release.registry import (
     CHALLENGER,
     CHAMPION,
+    ChampionChanged,
     alias_version,
     promote,
     register_candidate,
@@ -38,9 +39,10 @@ class RegisterResult(StageResult):
 
 
 class PromoteResult(StageResult):
-    champion: str
+    champion: str | None
     previous: str | None
     model_name: str
+    refused: str = ""  # the champion changed since the decision: nothing moved (a verdict, not a crash)
 
 
 class PromotionResult(StageResult):
@@ -56,6 +58,7 @@ class PromotionResult(StageResult):
     approval: dict[str, str] | None = None
     champion: str | None = None
     previous: str | None = None
+    refused: str | None = None  # why the promotion moved nothing although approved (champion changed)
     deployment: dict[str, Any] | None = None
 
 
@@ -172,6 +175,10 @@ def promote_champion(
 
     client = tracking.client(ctx.tracking_uri)
     with registry_lock(cfg.model_name, ctx.tracking_uri):  # read champion -> set previous -> set champion
-        old = promote(client, cfg.model_name, version, {}, expected_champion=expected_champion)
+        try:
+            old = promote(client, cfg.model_name, version, {}, expected_champion=expected_champion)
+        except ChampionChanged as e:
+            client.set_tag(ctx.parent_run_id, "slimflow.promotion_refused", str(e)[:5000])
+            return PromoteResult(champion=None, previous=None, model_name=cfg.model_name, refused=str(e))
     client.set_tag(ctx.parent_run_id, "slimflow.champion", f"{cfg.model_name}/{version}")
     return PromoteResult(champion=version, previous=old, model_name=cfg.model_name)

@@ -38,6 +38,7 @@ class Verdict:
     p95_upper_ms: float | None
     p50_ms: float | None
     size_mb: float
+    unreliable: str = ""  # why its latency at the gated batch size cannot be trusted, if so
 
     @property
     def failed(self) -> list[str]:
@@ -84,11 +85,9 @@ def judge(row: dict[str, Any], gates: GatesConfig, teacher_accuracy: float) -> V
     if gates.max_p95_ms is not None:
         ok = not unreliable and p95_hi is not None and p95_hi <= gates.max_p95_ms
         results.append(GateResult("max_p95_ms", p95_hi, gates.max_p95_ms, ok, unreliable))
-    elif unreliable:  # the winner is the fastest: an unreliable speed cannot make it win
-        results.append(GateResult("reliable_latency", None, 1.0, False, unreliable))
     if gates.max_size_mb is not None:
         results.append(GateResult("max_size_mb", size, gates.max_size_mb, size <= gates.max_size_mb))
-    return Verdict(row["name"], all(g.passed for g in results), results, p95_hi, p50, size)
+    return Verdict(row["name"], all(g.passed for g in results), results, p95_hi, p50, size, unreliable)
 
 
 def decide(candidates: list[dict[str, Any]], gates: GatesConfig, teacher_accuracy: float) -> Decision:
@@ -116,13 +115,10 @@ def decide(candidates: list[dict[str, Any]], gates: GatesConfig, teacher_accurac
             v.size_mb,
         )
 
-    passing = sorted((v for v in verdicts if v.passed), key=speed)
-    shaky = [v.name for v in verdicts if any(g.unreliable for g in v.gates)]
-    note = (
-        f"; {len(shaky)} not judged on latency (unreliable measurements: {', '.join(shaky[:5])})"
-        if shaky
-        else ""
-    )
+    # the winner is the fastest: a speed that cannot be trusted ranks after every trusted one
+    passing = sorted((v for v in verdicts if v.passed), key=lambda v: (bool(v.unreliable), *speed(v)))
+    shaky = [v.name for v in verdicts if v.unreliable]
+    note = f"; unreliable latency measurements (not judged on speed): {', '.join(shaky[:5])}" if shaky else ""
     if passing:
         w = passing[0]
         return Decision(

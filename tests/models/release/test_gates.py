@@ -110,9 +110,11 @@ def test_an_unreliable_measurement_neither_passes_nor_fails_a_gate_and_cannot_wi
     assert not v.passed and lat.unreliable == "other processes used 60%"
     assert "not judged, the measurement is unreliable (other processes used 60%)" in lat.describe()
     d = decide([fast_but_shaky, steady], g, 0.84)
-    assert d.winner == "steady" and "1 not judged on latency (unreliable measurements: shaky)" in d.reason
-    # without a latency gate the winner is still the fastest: an unreliable speed cannot make it win
+    assert d.winner == "steady" and "unreliable latency measurements (not judged on speed): shaky" in d.reason
+    # without a latency gate it passes the gates (it is registered) but ranks after every trusted speed
     d = decide([fast_but_shaky, steady], GatesConfig(min_retention=0.9), 0.84)
-    assert d.winner == "steady" and d.verdict("shaky").failed == ["reliable_latency"]
+    assert d.winner == "steady" and d.verdict("shaky").passed
+    d = decide([fast_but_shaky], GatesConfig(min_retention=0.9), 0.84)
+    assert d.winner == "shaky" and "not judged on speed" in d.reason  # the only one: it wins, said so
     d = decide([fast_but_shaky], g, 0.84)
     assert d.winner is None and "not judged" in d.reason

@@ -315,3 +315,27 @@ def test_promote_racing_rollback_in_two_processes_ends_in_a_consistent_state(can
     else:  # rollback first (2 -> 1): the promotion decided against v2 refuses, nothing lost
         assert said["promote"] == "refused promote ChampionChanged" and final == ("1", "2")
     assert "slimflow.alias_intent" not in client.get_registered_model("clf").tags
+
+
+def test_the_promotion_task_reports_a_changed_champion_as_a_verdict(candidate, store):
+    """An approval answered after another run promoted: the task moves nothing and says why (the
+    pipeline's outcome is then 'champion_changed', not a crash)."""
+    from slimflow.models.release.config import PromoteConfig
+    from slimflow.models.release.registry import promote, register_candidate
+    from slimflow.tasks.common import StageContext
+    from slimflow.tasks.promote import promote_champion
+
+    client, exp = store
+    for _ in range(2):
+        register_candidate(client, client.create_run(exp).info.run_id, "clf", candidate, {}, "card")
+    promote(client, "clf", "1", {})  # another run promoted v1 after this one decided (champion unset)
+    parent = client.create_run(exp).info.run_id
+    ctx = StageContext(
+        workdir="/tmp", tracking_uri=client.tracking_uri, experiment_id=exp, parent_run_id=parent
+    )
+    res = promote_champion.fn(
+        PromoteConfig(model_name="clf"), "2", {"decision": "approved"}, None, "code", ctx
+    )
+    assert res.champion is None and "champion is now v1, not unset" in res.refused
+    assert _aliases(client) == ("1", None)
+    assert "champion is now v1" in client.get_run(parent).data.tags["slimflow.promotion_refused"]
