@@ -82,49 +82,32 @@ def build_candidate(
     as ``{"name", "rejected": reason}``: a verdict, cached like any result, so a rerun with the same
     inputs gives the same verdict without rebuilding it."""
     cs = C.CandidateSpec(**spec)
-    try:
-        return _build(cs, spec, quantizer, export, source, data, agreement_cfg, code_version, ctx)
-    except CandidateRejected as e:
-        return {
-            "name": cs.name,
-            "rejected": str(e).strip().splitlines()[0][:500] if str(e).strip() else type(e).__name__,
-        }
-
-
-def _build(
-    cs: C.CandidateSpec,
-    spec: dict[str, str],
-    quantizer: Any,
-    export: dict[str, str] | None,
-    source: ModelRef,
-    data: PreparedData,
-    agreement_cfg: AgreementConfig,
-    code_version: str,
-    ctx: StageContext,
-) -> dict[str, Any]:
     key = stage_key(spec, quantizer, (export or {}).get("onnx_sha256"), source.sha256, code_version)
     final = Path(ctx.workdir) / "candidates" / key
     info = describe(source.dir)
     record: dict[str, Any] = {"name": cs.name}
-    with atomic_dir(final) as tmp:
-        if cs.variant == C.FP32_ONNX:
-            C.fp32_candidate(Path(export["export_dir"]), cs, tmp, info.max_length, info.labels, info.task)
-            record["parity"] = export["parity"]
-        elif cs.variant == C.FP32_TORCH:
-            C.fp32_candidate(Path(source.dir), cs, tmp, info.max_length, info.labels, info.task)
-        else:
-            built = C.build_quantized(
-                cs,
-                quantizer,
-                Path(export["export_dir"]) if export else Path(source.dir),
-                Path(source.dir),
-                tmp,
-                _texts(data, "train"),
-                _texts(data, "validation", AGREEMENT_ROWS),
-                agreement_cfg,
-                _threads(),
-            )
-            record.update(report=built.report, agreement=built.agreement)
+    try:
+        with atomic_dir(final) as tmp:
+            if cs.variant == C.FP32_ONNX:
+                C.fp32_candidate(Path(export["export_dir"]), cs, tmp, info.max_length, info.labels, info.task)
+                record["parity"] = export["parity"]
+            elif cs.variant == C.FP32_TORCH:
+                C.fp32_candidate(Path(source.dir), cs, tmp, info.max_length, info.labels, info.task)
+            else:
+                built = C.build_quantized(
+                    cs,
+                    quantizer,
+                    Path(export["export_dir"]) if export else Path(source.dir),
+                    Path(source.dir),
+                    tmp,
+                    _texts(data, "train"),
+                    _texts(data, "validation", AGREEMENT_ROWS),
+                    agreement_cfg,
+                    _threads(),
+                )
+                record.update(report=built.report, agreement=built.agreement)
+    except CandidateRejected as e:
+        return {"name": cs.name, "rejected": _first_line(e)}
     weights = final / "model.onnx" if cs.runtime == "onnxruntime" else next(final.glob("*.safetensors"))
     record.update(
         path=str(final),
@@ -134,6 +117,11 @@ def _build(
         worker={"host": socket.gethostname(), "pid": os.getpid()},  # where it ran (threads, Dask)
     )
     return record
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:500] if text else type(e).__name__
 
 
 @task(name="evaluate-candidate", tags=["candidate"], **MODEL_TASK)

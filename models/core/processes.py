@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -98,3 +99,17 @@ def terminate(ref: ProcessRef, timeout_s: float = 10.0, sigterms: int = 1) -> bo
     signal_process(ref, signal.SIGKILL)
     wait_gone(ref, 5.0)
     return True
+
+
+def spawn(cmd: list[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> ProcessRef:
+    """Start ``cmd`` detached (its own session and process group: it outlives its parent and is
+    signalled as a group), output appended to ``log``, no stdin; returns who it is."""
+    import subprocess
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(  # our own argv, no shell
+            cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+            start_new_session=True,
+        )  # fmt: skip
+    return ProcessRef.of(proc.pid)

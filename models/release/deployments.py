@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from typing import Any
 from slimflow.models.core.errors import SlimflowError
 from slimflow.models.core.locks import file_lock
 from slimflow.models.core.names import check_name
-from slimflow.models.core.processes import ProcessRef, terminate
+from slimflow.models.core.processes import ProcessRef, spawn, terminate
 from slimflow.models.release.config import ServeConfig
 
 
@@ -147,18 +146,10 @@ def launch(
     env = dict(os.environ)
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
+    proc = spawn(cmd, log, env)
     return ServerInfo(
         pid=proc.pid,
-        start=ProcessRef.of(proc.pid).start,
+        start=proc.start,
         instance=instance,
         endpoint=f"http://{host}:{port}",
         control=f"http://127.0.0.1:{control_port}",

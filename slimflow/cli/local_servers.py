@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from slimflow.models.core.errors import SlimflowError
-from slimflow.models.core.processes import ProcessRef, process_start, terminate
+from slimflow.models.core.processes import ProcessRef, process_start, spawn, terminate
 from slimflow.models.release.tracking import enable_wal
 
 LOOPBACK = "127.0.0.1"
@@ -82,19 +82,8 @@ def _is_ours(rec: dict[str, Any]) -> bool:
 def _spawn(
     name: str, cmd: list[str], state_dir: Path, env: dict[str, str], cwd: Path | None = None, **extra: Any
 ) -> dict[str, Any]:
-    logs = Path(state_dir) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log = logs / f"{name}.log"
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(  # our own argv, no shell
-            cmd,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,  # its own process group: stop() signals the server and its children
-        )
+    log = Path(state_dir) / "logs" / f"{name}.log"
+    proc = spawn(cmd, log, env, cwd)
     return _record(state_dir, name, proc.pid, cmd=_redact(cmd), log=str(log), **extra)
 
 

@@ -10,24 +10,10 @@ import pytest
 
 
 # ------------------------------------------------------------------------------ registry on sqlite
-@pytest.fixture(scope="module")
-def candidate(tmp_path_factory):
-    """A tiny trained classifier exported as an ONNX candidate folder."""
-    from slimflow.models.optimize.candidates import CandidateSpec, fp32_candidate
-    from slimflow.models.optimize.config import ExportConfig
-    from slimflow.models.optimize.export import export_onnx
-    from slimflow.models.optimize.targets import get_target
-    from tests.conftest import build_tiny_model, make_reviews, train_tiny_teacher
-
-    tmp = tmp_path_factory.mktemp("reg")
-    _, res = train_tiny_teacher(tmp, build_tiny_model(tmp / "base"), rows=160, epochs=2)
-    texts = make_reviews(8)["review"].tolist()
-    export_onnx(res.model_dir, tmp / "onnx", ExportConfig(), get_target("cpu"), texts, threads=1)
-    out = tmp / "cand"
-    out.mkdir()
-    spec = CandidateSpec("teacher", "onnx_fp32", "cpu", "onnxruntime")
-    fp32_candidate(tmp / "onnx", spec, out, 32, ["neg", "pos"])
-    return out
+@pytest.fixture
+def candidate(candidates):
+    """A tiny trained classifier exported as an ONNX candidate folder (tests/models/release/conftest.py)."""
+    return candidates["onnxruntime"]
 
 
 @pytest.fixture
