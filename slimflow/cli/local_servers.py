@@ -8,7 +8,11 @@ that reused a pid.
 
 Secrets: the PostgreSQL password is generated here, stored 0600 in the state folder and handed to
 the MLflow server through ``PGPASSWORD``, never on a command line (``ps`` shows command lines).
-A Prefect API auth string is taken from ``PREFECT_SERVER_API_AUTH_STRING`` when set.
+The Prefect API requires an auth string by default (``ServerPlan.auth``; ``--no-auth`` turns it off):
+``PREFECT_SERVER_API_AUTH_STRING`` when set, else one generated once and kept in
+``STATE/prefect/auth`` (0600); it reaches the server, the worker and ``STATE/env`` (which reads the
+file when sourced) through the environment. CSRF protection is on, so a browser page elsewhere
+cannot make the API act with a user's credentials.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,6 +31,7 @@ from typing import Any
 
 from slimflow.models.core.errors import SlimflowError
 from slimflow.models.core.processes import ProcessRef, process_start, spawn, terminate
+from slimflow.models.core.secretfiles import ensure_secret, read_secret, write_secret
 from slimflow.models.release.tracking import enable_wal
 
 LOOPBACK = "127.0.0.1"
@@ -48,6 +53,7 @@ class ServerPlan:
     worker_pool: str | None = None
     allowed_hosts: list[str] = field(default_factory=list)
     start_timeout_s: float = 120.0
+    auth: bool = True  # the Prefect API requires an auth string (generated unless the env sets one)
 
 
 # ------------------------------------------------------------------------------- process records
@@ -178,30 +184,39 @@ def _pg_run(bindir: Path, args: list[str], user: tuple[int, int] | None, **kw: A
         )
 
 
+SHELL_UNSAFE = set('"$`\\\n')
+
+
+def check_postgres_path(root: Path) -> None:
+    """pg_ctl puts the data and log paths into a shell command inside double quotes: spaces and
+    single quotes are fine there, but '"', '$', '`', '\\' or a newline would be interpreted."""
+    bad = sorted(SHELL_UNSAFE & set(str(root)))
+    if bad:
+        raise ServerError(
+            f"PostgreSQL cannot use the state folder {str(root)!r}: pg_ctl passes it through a shell,"
+            f" which would interpret {' '.join(repr(c) for c in bad)}; pick a folder without them (--dir)"
+        )
+
+
 def start_postgres(plan: ServerPlan) -> dict[str, Any]:
+    root = (Path(plan.state_dir) / "postgres").resolve()
+    check_postgres_path(root)
     bindir = postgres_bindir()
     user = _pg_user()
-    root = (Path(plan.state_dir) / "postgres").resolve()
     data, sock = root / "data", root / "socket"
     pw_file = root / "password"
     root.mkdir(parents=True, exist_ok=True)
-    if not pw_file.exists():
-        pw_file.write_text(secrets.token_urlsafe(24), encoding="utf-8")
-        pw_file.chmod(0o600)
-    password = pw_file.read_text(encoding="utf-8").strip()
+    password = ensure_secret(pw_file)
     for d in (data, sock):
-        d.mkdir(exist_ok=True)
-        d.chmod(0o700)
+        d.mkdir(mode=0o700, exist_ok=True)
+        d.chmod(0o700)  # one made earlier with another mode
         if user:
             os.chown(d, *user)
     if user:
         _reachable_by(root, user[0])
     if not (data / "PG_VERSION").exists():
         tmp_pw = sock / ".pw"  # readable by the server's user only, removed right after initdb
-        tmp_pw.write_text(password + "\n", encoding="utf-8")
-        tmp_pw.chmod(0o600)
-        if user:
-            os.chown(tmp_pw, *user)
+        write_secret(tmp_pw, password + "\n", uid=user[0] if user else None, gid=user[1] if user else None)
         try:
             _pg_run(
                 bindir,
@@ -217,7 +232,8 @@ def start_postgres(plan: ServerPlan) -> dict[str, Any]:
     log.touch()
     if user:
         os.chown(log, *user)  # pg_ctl, running as 'postgres', appends to it
-    opts = f"-h {plan.host} -p {plan.postgres_port} -k {sock}"
+    # pg_ctl hands -o to a shell: quote every value (a state folder may hold spaces or quotes)
+    opts = shlex.join(["-h", plan.host, "-p", str(plan.postgres_port), "-k", str(sock)])
     _pg_run(bindir, ["pg_ctl", "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60", "start"], user)
     pid = int((data / "postmaster.pid").read_text().splitlines()[0])
     url = f"postgresql://slimflow@{plan.host}:{plan.postgres_port}/mlflow"
@@ -243,7 +259,7 @@ def _create_db(plan: ServerPlan, password: str, name: str) -> None:
 
 
 def postgres_password(state_dir: Path) -> str:
-    return (Path(state_dir) / "postgres" / "password").read_text(encoding="utf-8").strip()
+    return read_secret(Path(state_dir) / "postgres" / "password")
 
 
 # ------------------------------------------------------------------------------ Prefect / MLflow
@@ -254,11 +270,39 @@ def _base_env() -> dict[str, str]:
     return env
 
 
-def auth_headers() -> dict[str, str]:
+def auth_file(state_dir: Path) -> Path:
+    return Path(state_dir) / "prefect" / "auth"
+
+
+def prefect_auth(plan: ServerPlan) -> tuple[str | None, str]:
+    """The auth string the Prefect server will require, and where it comes from ('env', 'file',
+    'none'). Generated (and stored 0600) on first use when the environment sets none."""
+    if not plan.auth:
+        return None, "none"
+    if os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+        return os.environ["PREFECT_SERVER_API_AUTH_STRING"], "env"
+    return ensure_secret(auth_file(plan.state_dir), prefix="slimflow:"), "file"
+
+
+def recorded_auth(state_dir: Path) -> str | None:
+    """The auth string of the Prefect server recorded in ``state_dir`` (None when it has none)."""
+    rec = records(state_dir).get("prefect") or {}
+    source = rec.get("auth", "env")  # records written before auth was the default: the environment's
+    if source == "file":
+        return read_secret(auth_file(state_dir))
+    if source == "env":
+        return os.environ.get("PREFECT_API_AUTH_STRING") or os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
+    return None
+
+
+def auth_headers(state_dir: Path | None = None) -> dict[str, str]:
     """Prefect's basic-auth header for the server's auth string (clients use PREFECT_API_AUTH_STRING)."""
     import base64
 
-    auth = os.environ.get("PREFECT_API_AUTH_STRING") or os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
+    if state_dir is not None:
+        auth = recorded_auth(state_dir)
+    else:
+        auth = os.environ.get("PREFECT_API_AUTH_STRING") or os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
     return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
 
 
@@ -269,14 +313,19 @@ def start_prefect(plan: ServerPlan) -> dict[str, Any]:
     env = _base_env()
     env["PREFECT_HOME"] = str(home)  # its sqlite database and profiles live here
     env.pop("PREFECT_API_URL", None)
+    auth, source = prefect_auth(plan)
+    env.pop("PREFECT_SERVER_API_AUTH_STRING", None)
+    if auth:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth  # by environment: never on the command line
+    env["PREFECT_SERVER_CSRF_PROTECTION_ENABLED"] = "true"
     exe = str(Path(sys.executable).parent / "prefect")
     # with its services (the scheduler is what makes cron deployments fire)
     cmd = [exe, "server", "start", "--host", plan.host, "--port", str(plan.prefect_port)]
     url = f"http://{plan.host}:{plan.prefect_port}/api"
-    rec = _spawn("prefect", cmd, plan.state_dir, env, url=url, home=str(home))
+    rec = _spawn("prefect", cmd, plan.state_dir, env, url=url, home=str(home), auth=source, csrf=True)
     try:
         rec["ready_s"] = round(_wait_http(f"{url}/health", plan.start_timeout_s, "Prefect server", rec["log"],
-                                          auth_headers()), 1)  # fmt: skip
+                                          auth_headers(plan.state_dir)), 1)  # fmt: skip
     except ServerError:
         stop(plan.state_dir, only=["prefect"])
         raise
@@ -317,23 +366,40 @@ def start_mlflow(plan: ServerPlan, backend: str | None = None) -> dict[str, Any]
     return rec
 
 
-def client_env(state_dir: Path) -> dict[str, str]:
-    """What a client (CLI, worker, tests) needs to use the running servers."""
+def client_env(state_dir: Path, secrets: bool = True) -> dict[str, str]:
+    """What a client (CLI, worker, tests) needs to use the running servers; with ``secrets`` the
+    Prefect auth string too (keep such a dict out of files, logs and command lines)."""
     recs = records(state_dir)
     env = {}
     if "prefect" in recs:
         env["PREFECT_API_URL"] = recs["prefect"]["url"]
+        auth = recorded_auth(state_dir) if secrets else None
+        if auth:
+            env["PREFECT_API_AUTH_STRING"] = auth
     if "mlflow" in recs:
         env["MLFLOW_TRACKING_URI"] = recs["mlflow"]["url"]
     return env
 
 
+def env_file_text(state_dir: Path) -> str:
+    """``STATE/env`` for ``source``: URLs, and the auth string read from its 0600 file when sourced
+    (the env file itself holds no secret)."""
+    lines = [f"export {k}={shlex.quote(v)}\n" for k, v in client_env(state_dir, secrets=False).items()]
+    source = (records(state_dir).get("prefect") or {}).get("auth")
+    if source == "file":
+        path = shlex.quote(str(auth_file(state_dir).resolve()))
+        lines.append(f'export PREFECT_API_AUTH_STRING="$(cat {path})"\n')
+    elif source == "env":
+        lines.append("# the Prefect server takes the auth string from PREFECT_SERVER_API_AUTH_STRING:\n")
+        lines.append("# export PREFECT_API_AUTH_STRING=... in the shell that uses it\n")
+    return "".join(lines)
+
+
 def start_worker(plan: ServerPlan, project_dir: Path) -> dict[str, Any]:
     env = _base_env()
-    env.update(client_env(plan.state_dir))
+    env.pop("PREFECT_API_AUTH_STRING", None)
+    env.update(client_env(plan.state_dir))  # the auth string by environment
     env["SLIMFLOW_PROJECT_DIR"] = str(Path(project_dir).resolve())
-    if os.environ.get("PREFECT_SERVER_API_AUTH_STRING") and not env.get("PREFECT_API_AUTH_STRING"):
-        env["PREFECT_API_AUTH_STRING"] = os.environ["PREFECT_SERVER_API_AUTH_STRING"]
     exe = str(Path(sys.executable).parent / "prefect")
     pool = plan.worker_pool or "slimflow-process"
     r = subprocess.run(
@@ -351,6 +417,8 @@ def start(plan: ServerPlan, project_dir: Path | None = None) -> dict[str, Any]:
     """Start what ``plan`` asks for, skipping servers already running from this state folder.
     On any failure, what this call started is stopped again."""
     state = Path(plan.state_dir)
+    if plan.postgres:
+        check_postgres_path((state / "postgres").resolve())  # before anything is created
     state.mkdir(parents=True, exist_ok=True)
     running = {n for n, r in records(state).items() if _is_ours(r)}
     started: list[str] = []
@@ -371,11 +439,13 @@ def start(plan: ServerPlan, project_dir: Path | None = None) -> dict[str, Any]:
     except BaseException:
         stop(state, only=started)
         raise
-    info = {"started": started, "already_running": sorted(running), "env": client_env(state)}
+    info = {"started": started, "already_running": sorted(running), "env": client_env(state, secrets=False)}
     env_file = state / "env"
-    env_file.write_text("".join(f"export {k}={v}\n" for k, v in info["env"].items()), encoding="utf-8")
+    write_secret(env_file, env_file_text(state))  # 0600 anyway: it names where the secret lives
     info["env_file"] = str(env_file)
     (state / "servers.json").write_text(json.dumps({**info, "plan": asdict(plan)}, indent=2, default=str))
+    info["env"] = client_env(state)  # for the caller's child processes, never written
+    info["auth"] = (records(state).get("prefect") or {}).get("auth", "none")
     return info
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -41,6 +40,15 @@ def servers_start(
     prefect_port: Annotated[int, typer.Option(help="Prefect server port.")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
     postgres_port: Annotated[int, typer.Option(help="PostgreSQL port.")] = 5433,
+    auth: Annotated[
+        bool,
+        typer.Option(
+            "--auth/--no-auth",
+            help="Require an auth string on the Prefect API: PREFECT_SERVER_API_AUTH_STRING if set, else one"
+            " generated into STATE/prefect/auth (0600; `source STATE/env` exports it). --no-auth leaves the"
+            " API open to anyone who can reach the port.",
+        ),
+    ] = True,
     allowed_host: Annotated[
         list[str] | None,
         typer.Option(help="Extra Host header MLflow accepts (DNS-rebinding guard). Repeatable."),
@@ -51,15 +59,18 @@ def servers_start(
     """Start the servers (skipping those already running) and write STATE/env to `source`."""
     apply_defaults()
 
-    if host != servers.LOOPBACK and not os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+    if not auth:
+        where = "this machine" if host == servers.LOOPBACK else f"{host}"
+        err.print(f"[yellow]warning:[/] --no-auth: anyone who can reach {where} can use the Prefect API")
+    if host != servers.LOOPBACK:
         err.print(
-            f"[yellow]warning:[/] binding {host} without PREFECT_SERVER_API_AUTH_STRING: anyone who can reach"
-            " this machine can use the Prefect API; put an authenticating proxy in front of MLflow"
+            f"[yellow]warning:[/] binding {host}: MLflow has no authentication here; put an authenticating"
+            " proxy in front of it"
         )
     plan = servers.ServerPlan(
         state_dir=state_dir, host=host, prefect_port=prefect_port, mlflow_port=mlflow_port,
         postgres=postgres, postgres_port=postgres_port, worker_pool=pool if worker else None,
-        allowed_hosts=list(allowed_host or []),
+        allowed_hosts=list(allowed_host or []), auth=auth,
     )  # fmt: skip
     try:
         with err.status("starting servers (PostgreSQL ~5 s, MLflow ~10 s, Prefect ~10 s)..."):
@@ -68,6 +79,10 @@ def servers_start(
         fail(e, debug)
     _print_servers(servers.status(state_dir))
     out.print(f"started: {', '.join(info['started']) or 'nothing (all running)'}")
+    if info["auth"] == "file":
+        out.print(f"Prefect API auth string: in {servers.auth_file(state_dir)} (0600; the UI asks for it)")
+    elif info["auth"] == "env":
+        out.print("Prefect API auth string: from PREFECT_SERVER_API_AUTH_STRING (clients need it too)")
     out.print(f"use them:  source {info['env_file']}   (stop: slimflow servers stop)", highlight=False)
 
 

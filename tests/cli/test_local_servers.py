@@ -76,3 +76,44 @@ def test_servers_cli_help_and_status_of_nothing(tmp_path):
     assert r.exit_code == 1
     r = CliRunner().invoke(app, ["servers", "stop", "--dir", str(tmp_path)])
     assert r.exit_code == 0 and "nothing was running" in r.output
+
+
+def test_prefect_auth_is_required_by_default_generated_once_and_never_written_in_clear(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.delenv("PREFECT_SERVER_API_AUTH_STRING", raising=False)
+    monkeypatch.delenv("PREFECT_API_AUTH_STRING", raising=False)
+    state = tmp_path / "state with 'quotes' and $HOME"
+    plan = servers.ServerPlan(state_dir=state)
+    auth, source = servers.prefect_auth(plan)
+    assert source == "file" and auth.startswith("slimflow:")
+    assert servers.auth_file(state).stat().st_mode & 0o777 == 0o600
+    assert servers.prefect_auth(plan) == (auth, "file")  # the same string on a restart
+    # what `start` records for a server started with it, and the env file made from the record
+    servers._record(state, "prefect", os.getpid(), url="http://127.0.0.1:4200/api", auth="file")
+    assert servers.client_env(state)["PREFECT_API_AUTH_STRING"] == auth
+    assert "PREFECT_API_AUTH_STRING" not in servers.client_env(state, secrets=False)
+    text = servers.env_file_text(state)
+    assert auth not in text
+    env_file = tmp_path / "env"
+    env_file.write_text(text)
+    show = 'printf "%s|%s" "$PREFECT_API_URL" "$PREFECT_API_AUTH_STRING"'
+    r = subprocess.run(
+        ["bash", "-c", f'source "{env_file}" && {show}'],
+        capture_output=True, text=True, timeout=30, env={"PATH": os.environ["PATH"]},
+    )  # fmt: skip
+    assert r.stdout == f"http://127.0.0.1:4200/api|{auth}", r.stderr
+    assert servers.auth_headers(state)["Authorization"].startswith("Basic ")
+
+    monkeypatch.setenv("PREFECT_SERVER_API_AUTH_STRING", "admin:from-env")
+    assert servers.prefect_auth(plan) == ("admin:from-env", "env")
+    assert servers.prefect_auth(servers.ServerPlan(state_dir=state, auth=False)) == (None, "none")
+
+
+def test_no_auth_is_an_explicit_choice_in_the_cli():
+    from typer.testing import CliRunner
+
+    from slimflow.cli import app
+
+    r = CliRunner().invoke(app, ["servers", "start", "--help"], env={"COLUMNS": "200"})
+    assert "--no-auth" in r.output and "0600" in r.output

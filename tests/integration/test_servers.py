@@ -71,9 +71,9 @@ def stack():
     # the 'postgres' user must be able to enter the state folder (pytest's tmp dirs are 0700)
     base = Path(tempfile.mkdtemp(prefix="slimflow-servers-"))
     base.chmod(0o755)
-    auth = f"admin:{secrets.token_urlsafe(12)}"
-    old = os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
-    os.environ["PREFECT_SERVER_API_AUTH_STRING"] = auth
+    # the default: no auth string in the environment -> one is generated into STATE/prefect/auth
+    saved = {k: os.environ.pop(k) for k in ("PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING")
+             if k in os.environ}  # fmt: skip
     plan = servers.ServerPlan(
         state_dir=base / "state",
         prefect_port=free_port(),
@@ -87,18 +87,16 @@ def stack():
         info = servers.start(plan, ROOT)
         started = time.monotonic() - t0
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-        env.update(info["env"], PREFECT_API_AUTH_STRING=auth, SLIMFLOW_PROJECT_DIR=str(ROOT))
+        assert info["auth"] == "file" and "PREFECT_API_AUTH_STRING" in info["env"]
+        env.update(info["env"], SLIMFLOW_PROJECT_DIR=str(ROOT))
         env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
         recs = servers.records(plan.state_dir)
         yield Stack(plan, env, info["env"]["PREFECT_API_URL"], info["env"]["MLFLOW_TRACKING_URI"],
-                    servers.auth_headers(), started)  # fmt: skip
+                    servers.auth_headers(plan.state_dir), started)  # fmt: skip
     finally:
         recs = servers.records(plan.state_dir)
         stopped = servers.stop(plan.state_dir)
-        if old is None:
-            os.environ.pop("PREFECT_SERVER_API_AUTH_STRING", None)
-        else:
-            os.environ["PREFECT_SERVER_API_AUTH_STRING"] = old
+        os.environ.update(saved)
         left = [n for n, r in recs.items() if _group_alive(int(r["pid"]))]
         shutil.rmtree(base, ignore_errors=True)
     assert set(stopped) == {"postgres", "mlflow", "prefect", "worker"}
@@ -127,8 +125,17 @@ def pipeline_yaml(tmp_path: Path, model: Path, name: str, **extra) -> Path:
     return path
 
 
+def _csrf(stack: Stack) -> dict[str, str]:
+    """CSRF protection is on: a state-changing request carries a token issued to its client id."""
+    client = f"slimflow-test-{secrets.token_hex(4)}"
+    r = httpx.get(f"{stack.api}/csrf-token", params={"client": client}, headers=stack.headers, timeout=30)
+    r.raise_for_status()
+    return {"Prefect-Csrf-Token": r.json()["token"], "Prefect-Csrf-Client": client}
+
+
 def _api(stack: Stack, method: str, path: str, **kw) -> dict:
-    r = httpx.request(method, f"{stack.api}{path}", headers=stack.headers, timeout=30, **kw)
+    headers = {**stack.headers, **(_csrf(stack) if method != "GET" else {})}
+    r = httpx.request(method, f"{stack.api}{path}", headers=headers, timeout=30, **kw)
     r.raise_for_status()
     return r.json()
 
@@ -149,8 +156,28 @@ def _wait_state(stack: Stack, flow_run_id: str, types: set[str], timeout_s: floa
 def test_servers_bind_loopback_and_refuse_unauthenticated_or_rebound_requests(stack):
     # /health stays open for probes; everything else needs the auth string
     assert httpx.get(f"{stack.api}/admin/version", timeout=10).status_code == 401
-    assert httpx.post(f"{stack.api}/flow_runs/filter", json={}, timeout=10).status_code == 401
+    # a write without credentials stops at the CSRF check (403), and no token is handed out without them
+    assert httpx.post(f"{stack.api}/flow_runs/filter", json={}, timeout=10).status_code == 403
+    assert httpx.get(f"{stack.api}/csrf-token", params={"client": "x"}, timeout=10).status_code == 401
     assert httpx.get(f"{stack.api}/admin/version", headers=stack.headers, timeout=10).status_code == 200
+    # the generated auth string: 0600 from creation, never in the env file, the records or a command line
+    auth_file = servers.auth_file(stack.plan.state_dir)
+    assert auth_file.stat().st_mode & 0o777 == 0o600
+    secret = auth_file.read_text().strip()
+    env_file = stack.plan.state_dir / "env"
+    assert env_file.stat().st_mode & 0o777 == 0o600 and secret not in env_file.read_text()
+    assert secret not in json.dumps(servers.records(stack.plan.state_dir))
+    assert secret not in (stack.plan.state_dir / "servers.json").read_text()
+    sourced = subprocess.run(["bash", "-c", f"source {env_file} && printf %s \"$PREFECT_API_AUTH_STRING\""],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert sourced.stdout == secret
+    pids = [str(r["pid"]) for r in servers.records(stack.plan.state_dir).values()]
+    for pid in pids:
+        assert secret not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    # CSRF protection: authenticated but token-less writes are refused; with a token they pass
+    no_token = httpx.post(f"{stack.api}/flow_runs/filter", json={}, headers=stack.headers, timeout=10)
+    assert no_token.status_code == 403 and "CSRF" in no_token.text
+    assert isinstance(_api(stack, "POST", "/flow_runs/filter", json={"limit": 1}), list)
     # DNS rebinding: a request naming another Host is refused by MLflow's --allowed-hosts
     search = f"{stack.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
     bad = httpx.get(search, headers={"Host": "attacker.example"}, timeout=10)
@@ -302,3 +329,36 @@ def test_three_pipelines_at_once_on_postgres_lose_nothing(stack, tmp_path, tiny_
         f"versions {sorted(numbers)} ({len(set(identities))} distinct candidates); champion v{champion}, "
         f"previous v{previous}"
     )
+
+
+def test_postgres_starts_in_a_folder_whose_path_needs_quoting():
+    """pg_ctl hands its -o options to a shell: a state folder with spaces and quotes must work; one
+    with characters pg_ctl itself cannot quote is refused, naming them, before anything starts."""
+    _postgres_available()
+    unsafe = Path(tempfile.gettempdir()) / f"slimflow-{secrets.token_hex(4)}-$HOME"
+    with pytest.raises(servers.ServerError, match=r"would interpret '\$'"):
+        servers.start(servers.ServerPlan(state_dir=unsafe, postgres=True))
+    assert not unsafe.exists()
+    base = Path(tempfile.mkdtemp(prefix="slimflow pg 'q' "))
+    base.chmod(0o755)
+    plan = servers.ServerPlan(state_dir=base / "state", postgres=True, postgres_port=free_port())
+    try:
+        rec = servers.start_postgres(plan)
+        assert servers.status(plan.state_dir)["postgres"]["running"]
+        pw = plan.state_dir / "postgres" / "password"
+        assert pw.stat().st_mode & 0o777 == 0o600
+        sockets = list((plan.state_dir / "postgres" / "socket").glob(".s.PGSQL.*"))
+        assert sockets, "the unix socket went to the quoted folder, not a mangled path"
+        assert not (plan.state_dir / "postgres" / "socket" / ".pw").exists()  # initdb's password file is gone
+        import psycopg2
+
+        password = servers.postgres_password(plan.state_dir)
+        conn = psycopg2.connect(
+            host=plan.host, port=plan.postgres_port, user="slimflow", password=password, dbname="mlflow"
+        )
+        conn.close()
+        assert rec["url"].endswith("/mlflow")
+    finally:
+        stopped = servers.stop(plan.state_dir)
+        shutil.rmtree(base, ignore_errors=True)
+    assert stopped == ["postgres"]
