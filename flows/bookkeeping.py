@@ -43,7 +43,8 @@ class PipelineRun:
         # a run killed earlier (SIGKILL, crash) is still RUNNING in MLflow: close it as FAILED now
         self.reaped = tracking.reap_dead_runs(self.client, exp_id)
         name = cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        tags = {**tracking.provenance_tags(), **tracking.owner_tags(), "slimflow.pipeline": cfg.name}
+        owner = tracking.owner_tags(cfg.tracking.lease_s)
+        tags = {**tracking.provenance_tags(), **owner, "slimflow.pipeline": cfg.name}
         if self.flow_run_id:
             tags["prefect.flow_run_id"] = self.flow_run_id
         self.run = self.client.create_run(exp_id, run_name=name, tags=tags)
@@ -77,6 +78,7 @@ class PipelineRun:
             "decision": None,
         }
         self.t0 = time.perf_counter()
+        self.lease = tracking.Lease(self.client, self.run_id, cfg.tracking.lease_s)  # the heartbeat
 
     # ------------------------------------------------------------------------------------ stages
     def stage(self, name: str, task: Any, *args: Any) -> Any:
@@ -218,6 +220,7 @@ class PipelineRun:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.lease.stop()
         self.summary["seconds"] = round(time.perf_counter() - self.t0, 2)
         if exc is None:
             self.summary["status"] = "completed"
@@ -253,7 +256,9 @@ class PipelineRun:
             except AttributeError:
                 pass
         down = tracking.unreachable(exc, self.ctx.tracking_uri) if exc is not None else None
-        if down:  # the MLflow run stays RUNNING on the server; the next pipeline on this host closes it
+        if (
+            down
+        ):  # the MLflow run stays RUNNING on the server; once its lease lapses the next pipeline closes it
             self.summary.update(status="tracking_unavailable", error=down)
             self.summary["decision"]["reason"] = down
             self._write_summary()

@@ -109,3 +109,12 @@ class TrackingConfig(Strict):
     )
     experiment: str = Field("slimflow", min_length=1, max_length=200, description="MLflow experiment name.")
     run_name: str | None = Field(None, description="Name of the parent run; None = '<pipeline>-<time>'.")
+    lease_s: int = Field(
+        300,
+        ge=20,
+        le=86400,
+        description="A running pipeline renews a lease on its MLflow run every lease_s/4 seconds; a run "
+        "whose lease expired (plus 60 s for clock skew) is closed FAILED by the next pipeline, wherever "
+        "it ran (a restarted pod, a dead machine). A run whose process is alive on the same machine is "
+        "never closed.",
+    )

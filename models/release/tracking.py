@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -263,49 +264,135 @@ def stage_run(parent_run_id: str, stage: str, experiment_id: str) -> Iterator[An
         mlflow.end_run(status="FINISHED")
 
 
-def owner_tags() -> dict[str, str]:
-    """Who runs this pipeline: host, pid and the process's start time (pids are reused)."""
+LEASE_TAG = "slimflow.lease_expires"  # epoch seconds until which the owner promises to be alive
+LEASE_GRACE_S = 60.0  # clocks of two hosts may disagree by this much
+
+
+def _read_first_line(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.readline().strip()
+    except OSError:
+        return ""
+
+
+def process_space() -> dict[str, str]:
+    """What says whether another run's pid can be checked from here: same host name, same boot of
+    the kernel and same pid namespace (a container or pod restart changes the last two)."""
     import socket
 
-    pid = os.getpid()
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = ""
     return {
         "slimflow.host": socket.gethostname(),
-        "slimflow.pid": str(pid),
-        "slimflow.pid_start": process_start(pid),
+        "slimflow.boot_id": _read_first_line("/proc/sys/kernel/random/boot_id"),
+        "slimflow.pid_ns": ns,
     }
 
 
-def reap_dead_runs(client: Any, experiment_id: str) -> list[str]:
-    """Mark FAILED the RUNNING pipeline runs (and their RUNNING children) whose process on this host
-    is gone (killed, crashed, machine restarted). Runs owned by another host or by a live process are
-    left alone. Returns the run ids closed."""
-    import socket
+def owner_tags(lease_s: float = 300.0) -> dict[str, str]:
+    """Who runs this pipeline (host, kernel boot, pid namespace, pid and its start time: pids are
+    reused) and the lease it holds: a heartbeat renews it while the process lives."""
+    pid = os.getpid()
+    return {
+        **process_space(),
+        "slimflow.pid": str(pid),
+        "slimflow.pid_start": process_start(pid),
+        "slimflow.lease_s": f"{lease_s:g}",
+        LEASE_TAG: f"{time.time() + lease_s:.0f}",
+    }
 
-    host = socket.gethostname()
+
+class Lease:
+    """Renews a run's lease tag every ``lease_s / 4`` seconds from a daemon thread until ``stop()``.
+
+    A renewal that fails (tracking server down) is retried at the next beat; the lease is long
+    enough for several to fail before anyone may consider the run dead.
+    """
+
+    def __init__(self, client: Any, run_id: str, lease_s: float) -> None:
+        import threading
+
+        self.client, self.run_id, self.lease_s = client, run_id, float(lease_s)
+        self.renewals = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"slimflow-lease-{run_id[:8]}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(max(1.0, self.lease_s / 4)):
+            try:
+                self.client.set_tag(self.run_id, LEASE_TAG, f"{time.time() + self.lease_s:.0f}")
+                self.renewals += 1
+            except Exception:  # noqa: BLE001 - the next beat tries again
+                self.failures += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def _verdict(tags: dict[str, str], here: dict[str, str], now: float) -> str | None:
+    """Why a RUNNING run's owner is gone (None: it may be alive, leave it)."""
+    pid = int(tags.get("slimflow.pid") or 0)
+    same_space = all(tags.get(k) == v for k, v in here.items()) and all(here.values())
+    legacy = LEASE_TAG not in tags  # written before leases: host + pid is all there is
+    if same_space or (legacy and tags.get("slimflow.host") == here["slimflow.host"]):
+        if pid == os.getpid():
+            return None
+        if pid and alive(pid) and process_start(pid) == tags.get("slimflow.pid_start", ""):
+            return None  # its process runs here: never close it, even if its lease lapsed
+        return "its process is gone" if pid else None
+    if legacy:
+        return None  # another host, no lease: nothing here can tell
+    try:
+        expires = float(tags[LEASE_TAG])
+    except ValueError:
+        return None
+    if now > expires + LEASE_GRACE_S:
+        return f"its lease expired {now - expires:.0f} s ago (no heartbeat)"
+    return None
+
+
+def _descendants(client: Any, experiment_id: str, run_id: str) -> list[Any]:
+    """Every run below ``run_id`` (children, grandchildren, ...), whatever their status."""
+    found, frontier = [], [run_id]
+    while frontier:
+        parent = frontier.pop()
+        for child in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'"):
+            found.append(child)
+            frontier.append(child.info.run_id)
+    return found
+
+
+def reap_dead_runs(client: Any, experiment_id: str) -> list[str]:
+    """Mark FAILED the RUNNING pipeline runs whose owner is gone, and every RUNNING run below them.
+
+    A run is closed only when that is certain: its process ran in this very process space (host,
+    kernel boot, pid namespace) and is gone, or its lease expired (no heartbeat for ``lease_s``
+    plus a grace for clock skew: the owner was killed, its pod or container restarted, its machine
+    died). A run whose process is alive here is never closed. Returns the pipeline run ids closed.
+    """
+    here = process_space()
+    now = time.time()
     closed: list[str] = []
     running = client.search_runs(
-        [experiment_id],
-        "attributes.status = 'RUNNING' and tags.`slimflow.host` = '" + host.replace("'", "") + "'",
+        [experiment_id], "attributes.status = 'RUNNING' and tags.`slimflow.pid` != ''"
     )
     for run in running:
-        tags = run.data.tags
-        pid = int(tags.get("slimflow.pid") or 0)
-        if (
-            pid
-            and pid != os.getpid()
-            and alive(pid)
-            and process_start(pid) == tags.get("slimflow.pid_start", "")
-        ):
+        if "mlflow.parentRunId" in run.data.tags:
+            continue  # a stage run: its pipeline run decides
+        reason = _verdict(run.data.tags, here, now)
+        if reason is None:
             continue
-        if pid == os.getpid():
-            continue
-        children = client.search_runs(
-            [experiment_id],
-            f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'RUNNING'",
-        )
-        for child in children:
-            client.set_terminated(child.info.run_id, status="FAILED")
+        for below in _descendants(client, experiment_id, run.info.run_id):
+            if below.info.status == "RUNNING":
+                client.set_terminated(below.info.run_id, status="FAILED")
         client.set_tag(run.info.run_id, "slimflow.status", "crashed")
+        client.set_tag(run.info.run_id, "slimflow.reaped", f"{reason}; closed by {here['slimflow.host']}")
         client.set_terminated(run.info.run_id, status="FAILED")
         closed.append(run.info.run_id)
     return closed

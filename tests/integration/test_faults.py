@@ -108,6 +108,8 @@ def test_sigkill_during_finetuning_then_rerun_resumes_and_registers_only_whole_r
     assert client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'") == []
     dead = client.get_run(parent_id)
     assert dead.info.status == "FAILED" and dead.data.tags["slimflow.status"] == "crashed"
+    assert "its process is gone" in dead.data.tags["slimflow.reaped"]  # not a lease wait: it died here
+    assert float(dead.data.tags[tracking.LEASE_TAG]) > 0
     assert client.get_run(ft_run).info.status == "FAILED"
     versions = client.search_model_versions("name = 'faults-clf'")
     assert versions and all(v.tags["slimflow.parent_run_id"] == s["mlflow_run_id"] for v in versions)

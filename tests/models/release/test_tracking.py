@@ -96,6 +96,92 @@ def test_runs_of_dead_processes_are_closed_failed_and_live_ones_left_alone(tmp_p
         live.kill()
 
 
+def test_reaper_keys_on_process_space_and_leases_closes_grandchildren_and_never_a_live_run(tmp_path):
+    """Pod/container restarts: a pid from another pid namespace or kernel boot says nothing here,
+    so such runs are judged by their lease; a run whose process lives here is never closed."""
+    import subprocess
+    import time
+
+    from slimflow.models.release import tracking
+
+    client = tracking.client(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = client.create_experiment("lease", artifact_location=(tmp_path / "a").as_uri())
+    here = tracking.process_space()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = subprocess.Popen(["sleep", "60"])
+    now = time.time()
+    fresh, lapsed = f"{now + 300:.0f}", f"{now - 3600:.0f}"
+    try:
+
+        def run(pid: int, start: str, lease: str, **space: str) -> str:
+            tags = {**here, **space, "slimflow.pid": str(pid), "slimflow.pid_start": start,
+                    tracking.LEASE_TAG: lease}  # fmt: skip
+            return client.create_run(exp, tags=tags).info.run_id
+
+        other_ns = {"slimflow.pid_ns": "pid:[1]"}  # same host name, another container's pid namespace
+        runs = {
+            # here, process gone: closed at once, lease or not
+            "gone_here": run(dead.pid, "123", fresh),
+            # here, process alive, lease lapsed (its heartbeat could not reach MLflow): kept
+            "alive_here_lapsed": run(live.pid, process_start(live.pid), lapsed),
+            # another pid namespace: the pid is meaningless here; lease fresh -> kept
+            "other_ns_fresh": run(dead.pid, "123", fresh, **other_ns),
+            # another pid namespace, lease long expired (the pod restarted): closed
+            "other_ns_lapsed": run(dead.pid, "123", lapsed, **other_ns),
+            # same host name, another boot of the kernel (machine restarted), live pid number reused
+            "other_boot_lapsed": run(live.pid, process_start(live.pid), lapsed, **{"slimflow.boot_id": "x"}),
+            # another host, lapsed only by less than the clock-skew grace: kept
+            "other_host_grace": run(1, "1", f"{now - 10:.0f}", **{"slimflow.host": "elsewhere"}),
+        }
+        stage = client.create_run(exp, tags={"mlflow.parentRunId": runs["other_ns_lapsed"]}).info.run_id
+        client.set_terminated(stage, status="FINISHED")  # a finished stage with a running child below
+        grandchild = client.create_run(exp, tags={"mlflow.parentRunId": stage}).info.run_id
+        live_child = client.create_run(exp, tags={"mlflow.parentRunId": runs["other_ns_fresh"]}).info.run_id
+
+        closed = tracking.reap_dead_runs(client, exp)
+        assert set(closed) == {runs["gone_here"], runs["other_ns_lapsed"], runs["other_boot_lapsed"]}
+        status = {k: client.get_run(r).info.status for k, r in runs.items()}
+        assert status == {"gone_here": "FAILED", "alive_here_lapsed": "RUNNING", "other_ns_fresh": "RUNNING",
+                          "other_ns_lapsed": "FAILED", "other_boot_lapsed": "FAILED",
+                          "other_host_grace": "RUNNING"}  # fmt: skip
+        assert client.get_run(grandchild).info.status == "FAILED"  # below a finished stage, still closed
+        assert client.get_run(stage).info.status == "FINISHED"  # a finished run keeps its status
+        assert client.get_run(live_child).info.status == "RUNNING"
+        reason = client.get_run(runs["other_ns_lapsed"]).data.tags["slimflow.reaped"]
+        assert "lease expired" in reason and here["slimflow.host"] in reason
+        assert "process is gone" in client.get_run(runs["gone_here"]).data.tags["slimflow.reaped"]
+        assert tracking.reap_dead_runs(client, exp) == []
+    finally:
+        live.kill()
+
+
+def test_a_lease_is_renewed_while_its_owner_lives_and_stops_with_it(tmp_path):
+    import time
+
+    from slimflow.models.release import tracking
+
+    client = tracking.client(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = client.create_experiment("beat", artifact_location=(tmp_path / "a").as_uri())
+    tags = tracking.owner_tags(lease_s=4)
+    run_id = client.create_run(exp, tags=tags).info.run_id
+    first = float(tags[tracking.LEASE_TAG])
+    lease = tracking.Lease(client, run_id, lease_s=4)  # a beat every second
+    try:
+        time.sleep(2.6)
+        renewed = float(client.get_run(run_id).data.tags[tracking.LEASE_TAG])
+        assert lease.renewals >= 1 and renewed > first
+    finally:
+        lease.stop()
+    assert not lease._thread.is_alive()
+    count = lease.renewals
+    time.sleep(1.5)
+    assert lease.renewals == count  # stopped means stopped
+    # its owner (this process) is alive here: never reaped, even with the lease long past
+    client.set_tag(run_id, tracking.LEASE_TAG, "0")
+    assert tracking.reap_dead_runs(client, exp) == []
+
+
 def _writer(workdir: str, worker: int, n_batches: int) -> None:
     """One 'pipeline' hammering the shared sqlite store: experiment, run, metrics, a model version."""
     from mlflow.entities import Metric
