@@ -123,8 +123,18 @@ def enable_wal(db: Path) -> None:
         raise RuntimeError(f"{db}: sqlite refused write-ahead logging (journal_mode={mode})")
 
 
-_UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
-                "Read timed out", "RemoteDisconnected", "Connection aborted")  # fmt: skip
+_UNREACHABLE = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Failed to establish a new connection",
+    "Read timed out",
+    "RemoteDisconnected",
+    "Connection aborted",
+    "ReadTimeout",
+    "ConnectTimeout",
+    "ConnectError",
+    "PoolTimeout",
+)  # fmt: skip (+ httpx's)
 
 
 def server_silent(exc: BaseException) -> bool:

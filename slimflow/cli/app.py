@@ -58,13 +58,6 @@ def fail(exc: BaseException, debug: bool) -> NoReturn:
             detail += f"\n  {exc.hint}"
         err.print(f"[bold red]error:[/] {escape(redact(detail))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code)
-    from slimflow.models.release import tracking
-
-    if tracking.server_silent(exc):  # a dead or hung server: one line, within the documented bound
-        err.print(
-            f"[bold red]error:[/] {escape(tracking.silent_server_message())}", highlight=False, soft_wrap=True
-        )
-        raise typer.Exit(1)
     err.print(
         f"[bold red]unexpected error:[/] {type(exc).__name__}: {escape(redact(str(exc)))}",
         highlight=False,

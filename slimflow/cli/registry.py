@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,34 @@ from rich.markup import escape
 from slimflow.cli.app import DebugOpt, app, fail, load, out
 from slimflow.models.core.env import apply_defaults
 from slimflow.models.core.errors import ConfigError, SlimflowError
+
+# `approve` talks to a Prefect server: one bound, like MLflow's (Prefect's defaults: 60 s x 5 retries)
+PREFECT_WAIT_BOUNDS = {"PREFECT_API_REQUEST_TIMEOUT": "20", "PREFECT_CLIENT_MAX_RETRIES": "2"}
+
+
+def approval_error(exc: BaseException, flow_run_id: str, api: str) -> str:
+    """One line saying why a flow run could not be answered (never the auth string)."""
+    from slimflow.models.core.redact import redact
+    from slimflow.models.release.tracking import server_silent
+
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status in (401, 403):
+        return (
+            f"the Prefect API at {redact(api)} refused the request (HTTP {status}): set"
+            " PREFECT_API_AUTH_STRING to its auth string (source .slimflow/servers/env)"
+        )
+    if status == 404:
+        return f"the Prefect API at {redact(api)} has no flow run {flow_run_id}"
+    if server_silent(exc):
+        retries = os.environ.get("PREFECT_CLIENT_MAX_RETRIES", "?")
+        timeout = os.environ.get("PREFECT_API_REQUEST_TIMEOUT", "?")
+        return (
+            f"the Prefect API at {redact(api)} did not answer ({retries} retries, {timeout} s timeout each):"
+            f" flow run {flow_run_id} was not answered; check that the Prefect server runs"
+            " (slimflow servers status)"
+        )
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"could not answer flow run {flow_run_id}: {redact(reason)}"
 
 
 @app.command()
@@ -38,13 +67,25 @@ def approve(
         fail(ConfigError(f"not a flow-run id: {flow_run_id!r} (expected a UUID, see the Prefect UI)"), debug)
     if not reviewer.strip():
         fail(ConfigError("--reviewer must name someone"), debug)
+    for key, value in PREFECT_WAIT_BOUNDS.items():  # before Prefect reads its settings
+        os.environ.setdefault(key, value)
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        fail(
+            ConfigError(
+                "PREFECT_API_URL is not set: approve answers the run on the Prefect server it waits on"
+                " (after `slimflow servers start`: source .slimflow/servers/env)"
+            ),
+            debug,
+        )
     try:
         from slimflow.flows.approval import resume
 
         resume(flow_run_id, not reject, reviewer.strip(), comment)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        fail(SlimflowError(f"could not answer flow run {flow_run_id}: {reason}"), debug)
+        fail(SlimflowError(approval_error(e, flow_run_id, api)), debug)
     out.print(f"flow run {flow_run_id}: {'rejected' if reject else 'approved'} by {escape(reviewer)}")
 
 
