@@ -15,6 +15,7 @@ from typing import Any
 from slimflow.flows.bookkeeping import PipelineRun
 from slimflow.models.config.loading import config_to_params
 from slimflow.models.core.provenance import hardware_fingerprint
+from slimflow.models.core.redact import redact
 from slimflow.models.core.results import ModelResult
 from slimflow.models.data.prepare import PreparedData
 from slimflow.models.optimize import candidates as C
@@ -26,7 +27,7 @@ from slimflow.tasks.optimize import benchmark_candidate, build_candidate, evalua
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = redact(str(exc)).strip()  # it becomes a tag and a summary line
     return text.splitlines()[0][:500] if text else type(exc).__name__
 
 

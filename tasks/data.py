@@ -8,6 +8,7 @@ from prefect import task
 
 from slimflow.models.config.loading import config_to_params
 from slimflow.models.core.errors import DataValidationError
+from slimflow.models.core.redact import redact
 from slimflow.models.data.config import DataConfig
 from slimflow.models.data.prepare import DataResult, PreparedData, prepare
 from slimflow.models.release import tracking
@@ -34,7 +35,7 @@ def log_dataset(prepared: PreparedData, run_id: str) -> None:
     )
     tags = [
         InputTag("mlflow.data.context", "train"),
-        InputTag("slimflow.source", prepared.source),
+        InputTag("slimflow.source", redact(prepared.source)),
         InputTag("slimflow.data_fingerprint", prepared.data_fingerprint),
         InputTag("slimflow.split_fingerprint", prepared.split_fingerprint),
     ]

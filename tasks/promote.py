@@ -12,6 +12,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from slimflow.models.core.redact import redact
 from slimflow.models.core.results import StageResult
 from slimflow.models.release import tracking
 from slimflow.models.release.config import PromoteConfig
@@ -178,7 +179,7 @@ def promote_champion(
         try:
             old = promote(client, cfg.model_name, version, {}, expected_champion=expected_champion)
         except ChampionChanged as e:
-            client.set_tag(ctx.parent_run_id, "slimflow.promotion_refused", str(e)[:5000])
+            client.set_tag(ctx.parent_run_id, "slimflow.promotion_refused", redact(str(e))[:5000])
             return PromoteResult(champion=None, previous=None, model_name=cfg.model_name, refused=str(e))
     client.set_tag(ctx.parent_run_id, "slimflow.champion", f"{cfg.model_name}/{version}")
     return PromoteResult(champion=version, previous=old, model_name=cfg.model_name)

@@ -17,6 +17,7 @@ from typing import Any
 from slimflow.models.core.errors import SlimflowError
 from slimflow.models.core.modelfiles import PICKLE_SUFFIXES
 from slimflow.models.core.names import parse_model_uri
+from slimflow.models.core.redact import redact
 from slimflow.models.core.yamlfiles import load_yaml
 from slimflow.models.families import get_family
 from slimflow.models.optimize.predictors import CANDIDATE_FILE, describe
@@ -55,7 +56,7 @@ def register_candidate(
         )
     version = str(info.registered_model_version)
     for k, v in tags.items():
-        client.set_model_version_tag(model_name, version, k, str(v)[:5000])
+        client.set_model_version_tag(model_name, version, k, redact(str(v))[:5000])
     client.log_text(run_id, card, f"model_card_v{version}.md")
     client.set_model_version_tag(
         model_name, version, "slimflow.model_card", f"runs:/{run_id}/model_card_v{version}.md"
@@ -217,7 +218,7 @@ def promote(
     intent = {"op": "promote", "champion": version, "previous": old if old is not None else prev}
     _move(client, model_name, {**intent, "before": {"champion": old, "previous": prev}, "time": _now()})
     for k, v in tags.items():
-        client.set_model_version_tag(model_name, version, k, str(v)[:5000])
+        client.set_model_version_tag(model_name, version, k, redact(str(v))[:5000])
     return old
 
 

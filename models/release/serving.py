@@ -268,7 +268,6 @@ def create_app(
     predict.__annotations__ = {"req": PredictRequest, "return": Any}
     app.post("/predict", response_model=PredictResponse)(predict)
     guard = Guard(app, settings)
-    guard.fastapi = app  # type: ignore[attr-defined]  # tests and callers reach the app through it
     return guard
 
 

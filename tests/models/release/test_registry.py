@@ -53,7 +53,10 @@ def test_register_alias_promote_and_rollback_on_a_real_store(candidate, store):
 
     set_alias(client, "clf", CHALLENGER, "1")
     assert alias_version(client, "clf", CHALLENGER) == "1" and alias_version(client, "clf", CHAMPION) is None
-    assert promote(client, "clf", "1", {"slimflow.approved_by": "ana"}) is None
+    leaky = {"slimflow.approved_by": "ana", "slimflow.note": "from https://bob:hunter2@store.example/x"}
+    assert promote(client, "clf", "1", leaky) is None
+    note = client.get_model_version("clf", "1").tags["slimflow.note"]
+    assert "hunter2" not in note and "store.example/x" in note  # tag values pass through redaction
     assert promote(client, "clf", "2", {}) == "1"
     assert (alias_version(client, "clf", CHAMPION), alias_version(client, "clf", PREVIOUS)) == ("2", "1")
     assert client.get_model_version("clf", "1").tags["slimflow.approved_by"] == "ana"
