@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from pydantic import BaseModel, ConfigDict
 
 from slimflow.models.core.errors import SlimflowError
+from slimflow.models.core.locks import cpu_work
 from slimflow.models.core.modelfiles import file_sha256
 from slimflow.models.core.results import ModelResult
 from slimflow.models.release import tracking
@@ -96,6 +98,21 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 # Options of every model-producing task: cached on inputs, results persisted, one retry for
 # network/IO hiccups only.
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cpu_bound(fn: F) -> F:
+    """The task computes hard on this host's CPU (training, export, quantization, scoring): it never
+    runs while a benchmark of any pipeline on this host measures, and a benchmark waits for it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with cpu_work():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 MODEL_TASK = {
     "cache_policy": STAGE_CACHE,
     **persistence(),  # JSON records, never pickles (tasks/results.py)

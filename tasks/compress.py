@@ -11,10 +11,19 @@ from slimflow.models.data.prepare import PreparedData
 from slimflow.models.release import tracking
 from slimflow.models.train.compress import CompressResult, compress
 from slimflow.models.train.config import CompressConfig
-from slimflow.tasks.common import MODEL_TASK, ModelRef, StageContext, atomic_dir, publish_model, stage_key
+from slimflow.tasks.common import (
+    MODEL_TASK,
+    ModelRef,
+    StageContext,
+    atomic_dir,
+    cpu_bound,
+    publish_model,
+    stage_key,
+)
 
 
 @task(name="compress", tags=["compress"], **MODEL_TASK)
+@cpu_bound
 def compress_model(
     cfg: CompressConfig,
     data: PreparedData,

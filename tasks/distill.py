@@ -11,10 +11,19 @@ from slimflow.models.data.prepare import PreparedData
 from slimflow.models.release import tracking
 from slimflow.models.train.config import DistillConfig
 from slimflow.models.train.distill import DistillResult, distill
-from slimflow.tasks.common import MODEL_TASK, ModelRef, StageContext, atomic_dir, publish_model, stage_key
+from slimflow.tasks.common import (
+    MODEL_TASK,
+    ModelRef,
+    StageContext,
+    atomic_dir,
+    cpu_bound,
+    publish_model,
+    stage_key,
+)
 
 
 @task(name="distill-student", tags=["train"], **MODEL_TASK)
+@cpu_bound
 def distill_student(
     cfg: DistillConfig,
     data: PreparedData,

@@ -11,11 +11,12 @@ from slimflow.models.data.prepare import PreparedData
 from slimflow.models.release import tracking
 from slimflow.models.train.config import FinetuneConfig
 from slimflow.models.train.finetune import FinetuneResult, finetune
-from slimflow.tasks.common import MODEL_TASK, StageContext, atomic_dir, publish_model, stage_key
+from slimflow.tasks.common import MODEL_TASK, StageContext, atomic_dir, cpu_bound, publish_model, stage_key
 from slimflow.tasks.secrets import resolve_secret
 
 
 @task(name="finetune-teacher", tags=["train"], **MODEL_TASK)
+@cpu_bound
 def finetune_teacher(
     cfg: FinetuneConfig, data: PreparedData, code_version: str, ctx: StageContext
 ) -> FinetuneResult:

@@ -26,7 +26,7 @@ from slimflow.models.optimize.config import BenchConfig, ExportConfig
 from slimflow.models.optimize.export import export_onnx
 from slimflow.models.optimize.predictors import describe
 from slimflow.models.optimize.targets import get_target
-from slimflow.tasks.common import MODEL_TASK, ModelRef, StageContext, atomic_dir, stage_key
+from slimflow.tasks.common import MODEL_TASK, ModelRef, StageContext, atomic_dir, cpu_bound, stage_key
 
 PARITY_TEXTS = 64  # validation texts reused across the parity shapes
 AGREEMENT_ROWS = 1000  # validation rows for quantized-vs-FP32 agreement
@@ -42,6 +42,7 @@ def _texts(data: PreparedData, split: str, n: int | None = None) -> list[str]:
 
 
 @task(name="export-onnx", tags=["export"], **MODEL_TASK)
+@cpu_bound
 def export_source(
     cfg: ExportConfig,
     target: str,
@@ -68,6 +69,7 @@ def export_source(
 
 
 @task(name="build-candidate", tags=["candidate"], **MODEL_TASK)
+@cpu_bound
 def build_candidate(
     spec: dict[str, str],
     quantizer: Any,
@@ -125,6 +127,7 @@ def _first_line(e: BaseException) -> str:
 
 
 @task(name="evaluate-candidate", tags=["candidate"], **MODEL_TASK)
+@cpu_bound
 def evaluate_candidate(
     name: str, path: str, sha256: str, data: PreparedData, code_version: str, ctx: StageContext
 ) -> dict[str, Any]:

@@ -271,20 +271,21 @@ def reliability_problems(stats: dict[str, float], others: float, cfg: BenchConfi
 
 def host_lock_path() -> Path:
     """One lock per host and user: every pipeline's benchmarks queue on it."""
-    return Path(tempfile.gettempdir()) / f"slimflow-bench-{os.getuid()}.lock"
+    from slimflow.models.core.locks import bench_lock_path
+
+    return bench_lock_path()
 
 
 def bench(path: str | Path, texts: list[str], cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
     """Measure ``path``; in a fresh process when ``cfg.isolate`` (the default). Holds the host's
-    benchmark lock: two pipelines never time models at once on one machine."""
-    from slimflow.models.core.locks import file_lock
+    benchmark lock (two pipelines never time models at once on one machine) and waits for heavy
+    work of other pipelines on this host (training, export, quantization) to end first."""
+    from slimflow.models.core.locks import measuring_alone
 
-    waited = time.perf_counter()
     load_before = os.getloadavg()
-    with file_lock(host_lock_path(), cfg.host_lock_timeout_s):
-        waited = time.perf_counter() - waited
+    with measuring_alone(cfg.host_lock_timeout_s, cfg.quiet_timeout_s) as alone:
         result = _bench(path, texts, cfg, progress)
-    result["host_lock_wait_s"] = round(waited, 3)
+    result.update(alone)
     result["load_avg_before"] = list(load_before)
     result["load_avg_after"] = list(os.getloadavg())
     return result

@@ -92,6 +92,13 @@ class BenchConfig(Strict):
         gt=0,
         description="How long a benchmark waits for another one on this host (one measures at a time).",
     )
+    quiet_timeout_s: float = Field(
+        1800,
+        ge=0,
+        description="How long a benchmark waits for heavy work of other pipelines on this host "
+        "(training, export, quantization) to end before measuring anyway (the CPU watch then judges "
+        "the figures). New heavy work waits while a benchmark measures.",
+    )
 
     @field_validator("lengths")
     @classmethod
