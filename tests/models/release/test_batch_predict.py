@@ -80,3 +80,46 @@ def test_parquet_and_jsonl_stream_too_and_duplicates_are_refused(tmp_path):
         predict_file(fake, tmp_path / "dup.csv", tmp_path / "o.csv", "text")
     with pytest.raises(ConfigError, match="no column 'body'"):
         predict_file(fake, tmp_path / "in.parquet", tmp_path / "o.csv", "body")
+
+
+PEAK = """
+import resource, sys
+from pathlib import Path
+import pandas as pd
+from slimflow.models.release.batch_predict import predict_file
+
+def fake(texts):
+    return pd.DataFrame({"label": ["pos"] * len(texts), "score": [0.5] * len(texts)})
+
+predict_file(fake, Path(sys.argv[1]), Path(sys.argv[2]), "text", chunk_rows=100)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+"""
+
+
+def _peak_rss_mib(tmp_path, rows: int) -> tuple[float, int]:
+    import subprocess
+    import sys
+
+    src = tmp_path / f"in-{rows}.csv"
+    cell = "a fine film " * 1700  # about 20 KB a row
+    with src.open("w", encoding="utf-8") as f:
+        f.write("id,text\n")
+        for i in range(rows):
+            f.write(f"{i},{cell}{i}\n")
+    out = tmp_path / f"out-{rows}.csv"
+    r = subprocess.run([sys.executable, "-c", PEAK, str(src), str(out)], capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sum(1 for _ in out.open(encoding="utf-8")) == rows + 1
+    return int(r.stdout.split()[-1]) / 1024, src.stat().st_size
+
+
+def test_predict_streams_a_large_csv_in_bounded_memory(tmp_path):
+    """Ten times the rows must not cost ten times the memory: the file is read chunk by chunk."""
+    small, small_bytes = _peak_rss_mib(tmp_path, 300)  # ~6 MB
+    big, big_bytes = _peak_rss_mib(tmp_path, 3000)  # ~61 MB
+    grown = big - small
+    print(f"\npeak RSS: {small_bytes / 2**20:.0f} MB file {small:.0f} MiB; "
+          f"{big_bytes / 2**20:.0f} MB file {big:.0f} MiB (+{grown:.0f} MiB)")  # fmt: skip
+    # reading it whole would hold the 55 MB more text at least once (pandas: two or three times)
+    assert grown < 0.3 * (big_bytes - small_bytes) / 2**20, (small, big)
