@@ -25,13 +25,17 @@ class ApprovalInput(RunInput):
     comment: str = ""
 
 
-def wait_for_approval(cfg: ApprovalConfig, model_name: str, version: str, poll_s: int = 5) -> dict[str, str]:
-    """Block the flow until a reviewer answers or the timeout passes; return the outcome as tags."""
+def wait_for_approval(
+    cfg: ApprovalConfig, model_name: str, version: str, poll_s: int = 5, evidence: str = ""
+) -> dict[str, str]:
+    """Block the flow until a reviewer answers or the timeout passes; return the outcome as tags.
+    ``evidence`` (Markdown) is the form's description: what the reviewer decides on."""
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
 
     form = ApprovalInput.with_initial_data(
-        description=f"Promote **{model_name}** version **{version}** (alias `challenger`) to `champion`?",
+        description=evidence
+        or f"Promote **{model_name}** version **{version}** (alias `challenger`) to `champion`?",
         approve=False,
         reviewer="",
     )

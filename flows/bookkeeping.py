@@ -209,6 +209,34 @@ class PipelineRun:
         self.say(f"{name}: done in {fmt_seconds(entry['seconds'])}")
         return out
 
+    def artifact(self, name: str, markdown: str = "", table: list[dict[str, Any]] | None = None,
+                 description: str = "") -> str | None:  # fmt: skip
+        """A Prefect artifact on this flow run's page (markdown or a table); keyed by pipeline so the
+        UI keeps its history. Never fails the run: a failure is a warning in the summary."""
+        import re
+
+        key = re.sub(r"[^a-z0-9-]+", "-", f"{name}-{self.cfg.name}".lower()).strip("-")[:100]
+        try:
+            from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+            if table is not None:
+                create_table_artifact(table=table, key=key, description=description)
+            else:
+                create_markdown_artifact(markdown=markdown, key=key, description=description)
+        except Exception as e:  # noqa: BLE001 - evidence elsewhere (MLflow) still exists
+            self.summary.setdefault("warnings", []).append(f"Prefect artifact {key}: {redact(str(e))[:300]}")
+            return None
+        return key
+
+    def mlflow_artifact_url(self, run_id: str, path: str) -> str | None:
+        """An address the browser can load an MLflow artifact from (HTTP tracking servers only)."""
+        from urllib.parse import quote
+
+        uri = self.ctx.tracking_uri
+        if not uri.startswith(("http://", "https://")) or redact(uri) != uri:
+            return None
+        return f"{uri.rstrip('/')}/get-artifact?path={quote(path)}&run_uuid={run_id}"
+
     def say(self, text: str) -> None:
         """One progress line on stderr (a stage started / ended, with its time and headline figure);
         off when the run was started with progress=False."""

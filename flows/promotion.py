@@ -14,6 +14,8 @@ from slimflow.models.optimize.candidates import SearchResult
 from slimflow.models.pipeline_config import PipelineConfig
 from slimflow.models.release import tracking
 from slimflow.models.release.config import PromoteConfig
+from slimflow.models.release.evidence import champion_figures, links, review_evidence
+from slimflow.models.release.registry import record_approval
 from slimflow.tasks.promote import PromotionResult, promote_champion, register_candidates
 
 
@@ -33,6 +35,28 @@ def _context(
         "steps": steps,
         "git_commit": git_commit(),
     }
+
+
+def _evidence(
+    run: PipelineRun,
+    cfg: PromoteConfig,
+    search: SearchResult,
+    reg: Any,
+    teacher_acc: float,
+    context: dict[str, Any],
+) -> str:
+    """The approval form's description: challenger vs champion vs teacher, gates, data, links."""
+    row = next(c for c in search.candidates if c["name"] == reg.winner)
+    verdict = next(v for v in reg.decision["verdicts"] if v["name"] == reg.winner)
+    champion = None
+    if reg.champion_at_decision:
+        mv = run.client.get_model_version(cfg.model_name, reg.champion_at_decision)
+        champion = champion_figures(dict(mv.tags), reg.champion_at_decision)
+    where = links(run.ctx.tracking_uri, run.ctx.experiment_id, run.run_id, cfg.model_name, reg.challenger)
+    return review_evidence(
+        cfg.model_name, reg.challenger, row, verdict, teacher_acc, cfg.gates.latency_batch_size,
+        champion, context, where,
+    )  # fmt: skip
 
 
 def promotion(
@@ -58,9 +82,14 @@ def promotion(
     if not reg.challenger:
         return out
     if cfg.approval.required:
+        evidence = _evidence(run, cfg, search, reg, teacher_acc, context)
+        run.client.log_text(run.run_id, evidence, "review/evidence.md")
+        run.artifact(
+            "review", markdown=evidence, description=f"Evidence for {cfg.model_name} v{reg.challenger}"
+        )
         run.summary["status"] = "awaiting_approval"
         run.client.set_tag(run.run_id, "slimflow.status", "awaiting_approval")
-        approval = wait_for_approval(cfg.approval, cfg.model_name, reg.challenger)
+        approval = wait_for_approval(cfg.approval, cfg.model_name, reg.challenger, evidence=evidence)
         run.summary["status"] = "running"
     else:
         approval = {
@@ -72,8 +101,7 @@ def promotion(
     out.approval = approval
 
     client = tracking.client(run.ctx.tracking_uri)
-    for k, v in approval.items():  # on the version whatever the answer (rejections too)
-        client.set_model_version_tag(cfg.model_name, reg.challenger, f"slimflow.approval.{k}", v)
+    record_approval(client, cfg.model_name, reg.challenger, approval)  # whatever the answer (rejections too)
     run.client.set_tag(run.run_id, "slimflow.approval", approval["decision"])
     if approval["decision"] in ("approved", "auto"):
         prom = run.stage("promote", promote_champion, cfg, reg.challenger, approval, reg.champion_at_decision)

@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from slimflow.flows.bookkeeping import PipelineRun
@@ -235,6 +236,39 @@ def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result:
     client.set_tag(parent, "slimflow.best_candidate", sel["best"] or "none")
     client.set_tag(run.run_id, "slimflow.best_candidate", sel["best"] or "none")
     client.set_terminated(parent, "FINISHED")
+    # the same evidence on the Prefect flow run's page
+    md = _markdown(result)
+    if result.pareto_png:
+        url = run.mlflow_artifact_url(run.run_id, Path(result.pareto_png).name)
+        md += (
+            f"\n![Pareto: accuracy against latency]({url})\n"
+            if url
+            else f"\nPareto plot: `{result.pareto_png}`\n"
+        )
+    run.artifact(
+        "candidates", markdown=md, description="Candidate search: every variant, its figures, the best"
+    )
+    run.artifact("candidate-table", table=_table(result), description="Candidates (one row each)")
+
+
+def _table(result: C.SearchResult) -> list[dict[str, Any]]:
+    b = result.selection["rank_batch_size"]
+    rows = []
+    for r in result.candidates:
+        s = setting(r["bench"], b) if r["status"] == "ok" else None
+        rows.append(
+            {
+                "candidate": r["name"],
+                "status": r["status"],
+                "test_accuracy": round(r["test"]["accuracy"], 4) if r.get("test") else None,
+                f"p50_ms_b{b}": round(s["p50_ms"], 3) if s else None,
+                f"p95_ms_b{b}": round(s["p95_ms"], 3) if s else None,
+                "size_mb": round(r["file_bytes"] / 2**20, 2) if r.get("file_bytes") else None,
+                "pareto": bool(r.get("pareto")),
+                "note": r.get("reason", ""),
+            }
+        )
+    return rows
 
 
 def _markdown(result: C.SearchResult) -> str:

@@ -24,13 +24,14 @@ def model_card(
         f"- **Candidate**: source `{row['source']}`, variant `{row['variant']}`, target `{row['target']}`, "
         f"runtime `{row['runtime']}`",
         f"- **Data**: `{ctx.get('data_source', '?')}`, fingerprint `{str(ctx['data_fingerprint'])[:16]}`, "
-        f"splits {ctx.get('counts', {})}; Great Expectations: {ctx.get('gx', '?')}",
+        f"rows {_counts(ctx.get('counts'))}; Great Expectations: {ctx.get('gx', '?')}",
         f"- **Teacher**: `{ctx.get('teacher_model', '?')}`, test accuracy {ctx['teacher_accuracy']:.4f}",
     ]
-    if context.get("student"):
-        lines.append(f"- **Student**: {context['student']}")
-    if context.get("steps"):
-        lines.append(f"- **Compression steps**: {context['steps']}")
+    # what this candidate is made of: a teacher candidate has no student and no compression steps
+    if row["source"] in ("student", "compressed") and context.get("student"):
+        lines.append(f"- **Student**: {_student(context['student'])}")
+    if row["source"] == "compressed" and context.get("steps"):
+        lines.append(f"- **Compression steps**: {' → '.join(str(x) for x in context['steps'])}")
     lines += [
         f"- **Test accuracy**: {test['accuracy']:.4f} (macro F1 {test['f1']:.4f}, {test['rows']} rows)",
     ]
@@ -46,14 +47,42 @@ def model_card(
     lines.append(f"- **Size**: {row['file_bytes'] / 2**20:.1f} MiB")
     lines += ["", "## Gates", ""]
     lines += [f"- {g.describe()}" for g in verdict.gates]
-    lines += ["", "## Approval", ""]
-    if approval:
-        a = {"decision": "?", "reviewer": "?", "time": "?", "comment": "", **approval}
-        lines.append(f"- {a['decision']} by **{a['reviewer']}** at {a['time']}: {a['comment']}")
-    else:
-        lines.append("- not reviewed yet")
-    lines += [
-        "",
-        f"Pipeline run: `{context.get('run_id', '?')}`, git commit `{context.get('git_commit', '?')}`",
-    ]
+    lines += ["", APPROVAL_HEADING, "", approval_line(approval), ""]
+    lines.append(
+        f"Pipeline run: `{context.get('run_id', '?')}`, git commit `{context.get('git_commit', '?')}`"
+    )
     return "\n".join(lines) + "\n"
+
+
+APPROVAL_HEADING = "## Approval"
+
+
+def approval_line(approval: dict[str, str] | None) -> str:
+    if not approval:
+        return "- awaiting the promotion decision"
+    a = {"decision": "?", "reviewer": "", "time": "?", "comment": "", **approval}
+    if a["decision"] == "auto":
+        return f"- promoted without review at {a['time']} (approval.required is false)"
+    who = f" by **{a['reviewer']}**" if a["reviewer"] else ""
+    return f"- {a['decision']}{who} at {a['time']}" + (f": {a['comment']}" if a["comment"] else "")
+
+
+def with_approval(card: str, approval: dict[str, str]) -> str:
+    """The card with its approval line replaced by ``approval``'s (the rest unchanged)."""
+    head, sep, tail = card.partition(f"{APPROVAL_HEADING}\n\n")
+    if not sep:
+        return card.rstrip("\n") + f"\n\n{APPROVAL_HEADING}\n\n{approval_line(approval)}\n"
+    _, _, rest = tail.partition("\n")
+    return f"{head}{sep}{approval_line(approval)}\n{rest}"
+
+
+def _student(student: Any) -> str:
+    if isinstance(student, dict):
+        return ", ".join(f"{k} {v}" for k, v in student.items() if v not in (None, [], {}))
+    return str(student)
+
+
+def _counts(counts: Any) -> str:
+    if isinstance(counts, dict) and counts:
+        return ", ".join(f"{k} {v}" for k, v in counts.items())
+    return "?"

@@ -57,6 +57,7 @@ def register_candidate(
     version = str(info.registered_model_version)
     for k, v in tags.items():
         client.set_model_version_tag(model_name, version, k, redact(str(v))[:5000])
+    client.update_model_version(model_name, version, description=card)  # the card, shown on its page
     client.log_text(run_id, card, f"model_card_v{version}.md")
     client.set_model_version_tag(
         model_name, version, "slimflow.model_card", f"runs:/{run_id}/model_card_v{version}.md"
@@ -285,3 +286,13 @@ def resolve_candidate(ref: str, tracking_uri: str | None = None, dst: str | Path
             found = hits[0]
             return found if pattern == "*.onnx" and found.name != "model.onnx" else found.parent
     raise FileNotFoundError(f"{ref}: downloaded to {local}, but it holds no model slimflow can run")
+
+
+def record_approval(client: Any, model_name: str, version: str, approval: dict[str, str]) -> None:
+    """The review outcome on the version: ``slimflow.approval.*`` tags and the card's approval line."""
+    from slimflow.models.release.model_card import with_approval
+
+    for k, v in approval.items():
+        client.set_model_version_tag(model_name, version, f"slimflow.approval.{k}", redact(str(v))[:5000])
+    card = client.get_model_version(model_name, version).description or ""
+    client.update_model_version(model_name, version, description=with_approval(card, approval))

@@ -318,6 +318,8 @@ def start_prefect(plan: ServerPlan) -> dict[str, Any]:
     if auth:
         env["PREFECT_SERVER_API_AUTH_STRING"] = auth  # by environment: never on the command line
     env["PREFECT_SERVER_CSRF_PROTECTION_ENABLED"] = "true"
+    # the UI asks its settings where the API is: without this it sends the browser to :4200
+    env["PREFECT_UI_API_URL"] = f"http://{plan.host}:{plan.prefect_port}/api"
     exe = str(Path(sys.executable).parent / "prefect")
     # with its services (the scheduler is what makes cron deployments fire)
     cmd = [exe, "server", "start", "--host", plan.host, "--port", str(plan.prefect_port)]

@@ -99,6 +99,9 @@ def servers_status(state_dir: StateOpt = DEFAULT_STATE) -> None:
     """Which recorded servers are running, their URLs and logs."""
 
     st = servers.status(state_dir)
+    if not st:
+        err.print(f"no servers were started from {state_dir} (start them: slimflow servers start)")
+        raise typer.Exit(1)
     _print_servers(st)
     if not any(r["running"] for r in st.values()):
         raise typer.Exit(1)

@@ -167,6 +167,17 @@ def _wait_paused(cfg: PipelineConfig, timeout: float = 300) -> str:
     raise AssertionError("the pipeline never paused for approval")
 
 
+def _form_description(flow_run_id: str) -> str:
+    """The Markdown the Prefect UI shows above the approval form of a paused run."""
+    from prefect.client.orchestration import get_client
+    from prefect.input.actions import read_flow_run_input
+    from prefect.input.run_input import keyset_from_paused_state
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    return read_flow_run_input(keyset_from_paused_state(state)["description"], flow_run_id=flow_run_id)
+
+
 def _approve_cli(flow_run_id: str, *args: str) -> subprocess.CompletedProcess:
     from prefect.settings import PREFECT_API_URL
 
@@ -200,11 +211,19 @@ def test_approval_waits_then_slimflow_approve_promotes_and_reject_or_timeout_mov
         and tags["slimflow.approval.comment"] == "figures look right"
     )
     assert tags["slimflow.approval.decision"] == "approved" and tags["slimflow.approval.time"]
+    card = client.get_model_version("reviews-clf", champ).description  # the card is the version's page
+    assert card.startswith("# reviews-clf: ") and "- approved by **ana** at " in card
+    assert "awaiting" not in card
 
     # 2. rejected: every alias stays where it was
     before = {a: alias_version(client, "reviews-clf", a) for a in ("challenger", "champion", "previous")}
     t, box = _run_in_thread(cfg)
     fr = _wait_paused(cfg)
+    # what the reviewer sees in the Prefect UI's form: the evidence, against the champion of step 1
+    desc = _form_description(fr)
+    assert f"| | challenger v{before['challenger']} | champion v{champ} | teacher |" in desc, desc
+    assert "| min_retention | >= 0.9 |" in desc and "Great Expectations: passed" in desc
+    assert "| p95 latency, batch 1 |" in desc and "95% CI" in desc
     r = _approve_cli(fr, "--reviewer", "bo", "--reject", "--comment", "not tonight")
     assert r.returncode == 0, r.stderr
     t.join(300)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,22 @@ def test_search_builds_checks_measures_and_picks_a_candidate(tmp_path, tiny_mode
     assert "pareto.png" in arts
     parent = client.get_run(s["mlflow_run_id"])
     assert parent.data.tags["slimflow.best_candidate"] == sel["best"] and "best.p50_ms" in parent.data.metrics
+
+    # the flow run's page in the Prefect UI carries the candidate table (markdown and a table artifact)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as pc:
+        arts = pc.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[s["flow_run_id"]])))
+    by_type = {a.type: a for a in arts}
+    assert {"markdown", "table"} <= set(by_type) and "warnings" not in s
+    assert (
+        f"Best: **{sel['best']}**" in by_type["markdown"].data and "Pareto plot" in by_type["markdown"].data
+    )
+    table = (
+        json.loads(by_type["table"].data) if isinstance(by_type["table"].data, str) else by_type["table"].data
+    )
+    assert {row["candidate"] for row in table} == expected
 
     # a rerun takes every search task from the cache
     again = run_pipeline(_cfg(tmp_path, data, tiny_model_dir), progress=False)

@@ -187,6 +187,9 @@ def test_servers_bind_loopback_and_refuse_unauthenticated_or_rebound_requests(st
         assert rec["running"], name
         if "url" in rec:
             assert "127.0.0.1" in rec["url"], rec
+    # the UI finds its API on this (non-default) port, not on :4200
+    ui = httpx.get(stack.api.removesuffix("/api") + "/ui-settings", headers=stack.headers, timeout=10)
+    assert ui.status_code == 200 and ui.json()["api_url"] == stack.api, ui.text[:300]
     mlflow_cmd = " ".join(servers.records(stack.plan.state_dir)["mlflow"]["cmd"])
     assert servers.postgres_password(stack.plan.state_dir) not in mlflow_cmd  # never on a command line
 

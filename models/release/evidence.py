@@ -1,0 +1,149 @@
+"""What a reviewer sees where they decide: the challenger against the current champion and the
+teacher, every gate with its threshold and value, the data check, and links to the evidence.
+
+Plain Markdown (the Prefect UI renders a pause form's description as Markdown); built from the
+figures the pipeline already holds, nothing is measured here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from slimflow.models.core.redact import redact
+
+
+def _fmt(x: Any, spec: str = ".4f", unit: str = "") -> str:
+    if x is None or x == "":
+        return "–"
+    try:
+        return f"{float(x):{spec}}{unit}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def gated_setting(row: dict[str, Any], batch_size: int) -> dict[str, Any] | None:
+    """The benchmark setting the latency gate reads: the gated batch size at data lengths."""
+    for s in (row.get("bench") or {}).get("settings", []):
+        if s.get("batch_size") == batch_size and s.get("length") == "data":
+            return s
+    return None
+
+
+def links(
+    tracking_uri: str, experiment_id: str, run_id: str, model_name: str, version: str
+) -> dict[str, str]:
+    """Where the evidence lives: MLflow UI addresses for an HTTP tracking server, else how to open it."""
+    if tracking_uri.startswith(("http://", "https://")):
+        base = redact(tracking_uri).rstrip("/")
+        if "***" in base:  # never hand out a credentialed address; name the run instead
+            base = base.split("@", 1)[-1]
+            base = ("https://" if tracking_uri.startswith("https") else "http://") + base
+        return {
+            "run": f"{base}/#/experiments/{experiment_id}/runs/{run_id}",
+            "version": f"{base}/#/models/{quote(model_name)}/versions/{version}",
+        }
+    return {
+        "run": f"run `{run_id}` (open with `slimflow ui`)",
+        "version": f"`{model_name}` version {version} (open with `slimflow ui`)",
+    }
+
+
+def _link(text: str, target: str) -> str:
+    return f"[{text}]({target})" if target.startswith("http") else f"{text}: {target}"
+
+
+def review_evidence(
+    model_name: str,
+    version: str,
+    row: dict[str, Any],
+    verdict: dict[str, Any],
+    teacher_accuracy: float,
+    latency_batch_size: int,
+    champion: dict[str, Any] | None,
+    context: dict[str, Any],
+    where: dict[str, str],
+) -> str:
+    """Markdown for the approval form.
+
+    ``row`` is the challenger's candidate row (test figures, bench settings), ``verdict`` its gate
+    verdict (``gates.Verdict`` as a dict), ``champion`` the current champion's registered figures
+    (``version``, ``test_accuracy``, ``p50_ms``, ``p95_upper_ms``, ``size_mb``) or None.
+    """
+    test = row.get("test") or {}
+    acc = test.get("accuracy")
+    setting = gated_setting(row, latency_batch_size) or {}
+    size_mb = verdict.get("size_mb")
+    retention = (acc / teacher_accuracy) if acc is not None and teacher_accuracy else None
+    ch = champion or {}
+    lines = [
+        f"### Promote **{model_name}** version **{version}** (`{row.get('name', '?')}`) to `champion`?",
+        "",
+        f"Candidate: source `{row.get('source', '?')}`, variant `{row.get('variant', '?')}`, "
+        f"target `{row.get('target', '?')}`, runtime `{row.get('runtime', '?')}`.",
+        "",
+        f"| | challenger v{version} | "
+        + (f"champion v{champion['version']}" if champion else "champion (none yet)")
+        + " | teacher |",
+        "|---|---|---|---|",
+        f"| test accuracy | {_fmt(acc)} | {_fmt(ch.get('test_accuracy'))} | {_fmt(teacher_accuracy)} |",
+        f"| retention of teacher | {_fmt(retention, '.2%')} | "
+        f"{_fmt(_ratio(ch.get('test_accuracy'), teacher_accuracy), '.2%')} | 100% |",
+        f"| p50 latency, batch {latency_batch_size} | {_ci(setting, 'p50')} "
+        f"| {_fmt(ch.get('p50_ms'), '.2f', ' ms')} | – |",
+        f"| p95 latency, batch {latency_batch_size} | {_ci(setting, 'p95')} "
+        f"| upper {_fmt(ch.get('p95_upper_ms'), '.2f', ' ms')} | – |",
+        f"| size | {_fmt(size_mb, '.1f', ' MB')} | {_fmt(ch.get('size_mb'), '.1f', ' MB')} | – |",
+        "",
+        "**Gates**",
+        "",
+        "| gate | threshold | value | result |",
+        "|---|---|---|---|",
+    ]
+    for g in verdict.get("gates", []):
+        op = ">=" if str(g.get("gate", "")).startswith("min_") else "<="
+        passed = "pass" if g.get("passed") else "**FAIL**"
+        result = "not judged (unreliable)" if g.get("unreliable") else passed
+        threshold, value = _fmt(g.get("threshold"), ".4g"), _fmt(g.get("value"), ".4g")
+        lines.append(f"| {g.get('gate')} | {op} {threshold} | {value} | {result} |")
+    if setting and setting.get("reliable") is False:
+        lines += ["", f"Latency measurement marked unreliable: {setting.get('unreliable_reason', '?')}."]
+    counts = context.get("counts") or {}
+    lines += [
+        "",
+        f"**Data**: `{redact(str(context.get('data_source', '?')))}`, fingerprint "
+        f"`{str(context.get('data_fingerprint', '?'))[:16]}`, rows "
+        + (", ".join(f"{k} {v}" for k, v in counts.items()) if counts else "?")
+        + f"; Great Expectations: {context.get('gx', '?')}.",
+        "",
+        f"**Evidence**: {_link('MLflow run', where.get('run', ''))} · "
+        f"{_link('model version and card', where.get('version', ''))}",
+    ]
+    return "\n".join(lines)
+
+
+def _ratio(a: Any, b: float) -> float | None:
+    try:
+        return float(a) / b if a not in (None, "") and b else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _ci(setting: dict[str, Any], q: str) -> str:
+    if not setting:
+        return "not measured"
+    return (
+        f"{setting[f'{q}_ms']:.2f} ms [95% CI {setting[f'{q}_ci_low_ms']:.2f}, "
+        f"{setting[f'{q}_ci_high_ms']:.2f}]"
+    )
+
+
+def champion_figures(tags: dict[str, str], version: str) -> dict[str, Any]:
+    """The figures a registered version carries in its tags (see ``tasks/promote.py``)."""
+    return {
+        "version": version,
+        "test_accuracy": tags.get("slimflow.test_accuracy"),
+        "p50_ms": tags.get("slimflow.p50_ms"),
+        "p95_upper_ms": tags.get("slimflow.p95_upper_ms"),
+        "size_mb": tags.get("slimflow.size_mb"),
+    }
