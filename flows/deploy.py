@@ -26,7 +26,7 @@ DEFAULT_SAMPLE = [
 ]
 
 
-@flow(name="slimflow-deploy", log_prints=True)
+@flow(name="slimflow-deploy", flow_run_name="deploy-{model_name}-{alias}", log_prints=True)
 def deploy(
     model_name: str,
     tracking_uri: str | None = None,

@@ -3,6 +3,7 @@ One line per stage."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -23,7 +24,18 @@ from slimflow.tasks.finetune import finetune_teacher
 from slimflow.tasks.promote import PromotionResult
 
 
-@flow(name="slimflow-pipeline", log_prints=True)
+def _run_name() -> str:
+    """Flow runs named after the pipeline and the time (not Prefect's random adjective-animal)."""
+    import time
+
+    from prefect.runtime import flow_run
+
+    config = flow_run.parameters.get("config")
+    name = config.get("name", "pipeline") if isinstance(config, dict) else Path(str(config)).stem
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@flow(name="slimflow-pipeline", flow_run_name=_run_name, log_prints=True)
 def pipeline(
     config: dict[str, Any] | str,
     overrides: list[str] | None = None,

@@ -236,6 +236,10 @@ def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result:
     client.set_tag(parent, "slimflow.best_candidate", sel["best"] or "none")
     client.set_tag(run.run_id, "slimflow.best_candidate", sel["best"] or "none")
     client.set_terminated(parent, "FINISHED")
+    try:
+        _plots(run, result)
+    except Exception as e:  # noqa: BLE001 - a picture must not fail a run; say so in the summary
+        run.summary.setdefault("warnings", []).append(f"plots: {type(e).__name__}: {_reason(e)}")
     # the same evidence on the Prefect flow run's page
     md = _markdown(result)
     if result.pareto_png:
@@ -249,6 +253,41 @@ def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result:
         "candidates", markdown=md, description="Candidate search: every variant, its figures, the best"
     )
     run.artifact("candidate-table", table=_table(result), description="Candidates (one row each)")
+
+
+TRAINED = (("finetune-teacher", "teacher"), ("distill-student", "student"), ("compress", "recovery"))
+
+
+def _plots(run: PipelineRun, result: C.SearchResult) -> None:
+    """On the pipeline's MLflow run, under plots/: training curves, the best candidate's confusion
+    matrix and per-class figures on the test split, the candidates' latency; and tables of all
+    candidates and of the per-class figures (MLflow table artifacts, comparable across runs)."""
+    import pandas as pd
+
+    from slimflow.models.release import plots
+
+    out = run.workdir / "runs" / (run.flow_run_id or run.run_id)
+    histories: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for stage, prefix in TRAINED:
+        rid = (run.summary["stages"].get(stage) or {}).get("mlflow_run_id")
+        if rid:
+            histories[prefix] = {
+                key: [(m.step, m.value) for m in run.client.get_metric_history(rid, f"{prefix}.{key}")]
+                for key in ("train_loss", "val_loss", "val_accuracy", "val_f1")
+            }
+    sel, best = result.selection, result.best
+    pngs = [
+        plots.training_curves(histories, out / "training_curves.png"),
+        plots.latency(result.candidates, sel["rank_batch_size"], out / "latency.png", best=sel["best"]),
+    ]
+    report = (best or {}).get("test", {}).get("report")
+    if report:
+        pngs.append(plots.confusion(report, f"{best['name']}: test split", out / "confusion_matrix.png"))
+        run.client.log_table(run.run_id, pd.DataFrame(report["per_class"]), "tables/per_class_test.json")
+    for png in pngs:
+        if png is not None:
+            run.client.log_artifact(run.run_id, str(png), "plots")
+    run.client.log_table(run.run_id, pd.DataFrame(_table(result)), "tables/candidates.json")
 
 
 def _table(result: C.SearchResult) -> list[dict[str, Any]]:

@@ -41,7 +41,7 @@ def _texts(data: PreparedData, split: str, n: int | None = None) -> list[str]:
     return texts if n is None else texts[:n]
 
 
-@task(name="export-onnx", tags=["export"], **MODEL_TASK)
+@task(name="export-onnx", task_run_name="export-onnx-{target}", tags=["export"], **MODEL_TASK)
 @cpu_bound
 def export_source(
     cfg: ExportConfig,
@@ -68,7 +68,12 @@ def export_source(
     return out
 
 
-@task(name="build-candidate", tags=["candidate"], **MODEL_TASK)
+@task(
+    name="build-candidate",
+    task_run_name="build {spec[source]}/{spec[variant]}/{spec[target]}",
+    tags=["candidate"],
+    **MODEL_TASK,
+)
 @cpu_bound
 def build_candidate(
     spec: dict[str, str],
@@ -126,7 +131,7 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:500] if text else type(e).__name__
 
 
-@task(name="evaluate-candidate", tags=["candidate"], **MODEL_TASK)
+@task(name="evaluate-candidate", task_run_name="evaluate {name}", tags=["candidate"], **MODEL_TASK)
 @cpu_bound
 def evaluate_candidate(
     name: str, path: str, sha256: str, data: PreparedData, code_version: str, ctx: StageContext
@@ -140,7 +145,7 @@ def evaluate_candidate(
     }
 
 
-@task(name="benchmark-candidate", tags=["benchmark"], **MODEL_TASK)
+@task(name="benchmark-candidate", task_run_name="benchmark {name}", tags=["benchmark"], **MODEL_TASK)
 def benchmark_candidate(
     name: str,
     path: str,

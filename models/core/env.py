@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 DEFAULTS = {
-    # Offline by default: nothing may download weights here. Users with hub access unset these.
+    # Offline by default: nothing may download weights here. Users with hub access set both to 0.
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",

@@ -91,8 +91,9 @@ class TaskFamily:
         raise NotImplementedError
 
     # ---------------------------------------------------------------------- inference
-    def score(self, outputs: Any, gold: list[str], labels: list[str]) -> dict[str, float]:
-        """Test figures of raw model outputs against gold answers."""
+    def score(self, outputs: Any, gold: list[str], labels: list[str]) -> dict[str, Any]:
+        """Test figures of raw model outputs against gold answers (numbers; a family may add a
+        ``report`` with details such as per-class figures, for the run's plots)."""
         raise NotImplementedError
 
     def agreement(

@@ -222,7 +222,7 @@ def build_quantized(
 
 def score_on_test(
     path: str | Path, texts: list[str], labels: list[str], gold: list[str], threads: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The family's test figures of a candidate (classification: accuracy, macro F1), on raw test texts."""
     predictor = load_predictor(path, threads)
     return predictor.family.score(predictor.predict(texts), gold, predictor.info.labels or labels)

@@ -18,7 +18,7 @@ app = typer.Typer(
     help="Fine-tune a teacher, shrink it, validate it and promote it only when it meets its gates.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion for bash, zsh, fish, PowerShell
 )
 # Piped output (logs, CI) is not cut to 80 columns: tables keep one line per row.
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -38,6 +38,28 @@ SetOpt = Annotated[
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("slimflow")
+        except PackageNotFoundError:  # run from a source tree without installing
+            v = "unknown (not installed)"
+        out.print(f"slimflow {v}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Fine-tune a teacher, shrink it, validate it and promote it only when it meets its gates."""
 
 
 def fail(exc: BaseException, debug: bool) -> NoReturn:

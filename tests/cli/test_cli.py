@@ -341,3 +341,14 @@ def test_deploy_serves_the_champion_and_stop_stops_it(tmp_path, registry_with_mo
     assert r.returncode == 0 and "server stopped" in r.stdout
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_version_and_shell_completion_are_offered():
+    from typer.testing import CliRunner
+
+    from slimflow.cli import app
+
+    r = CliRunner().invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.startswith("slimflow ")
+    r = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert "--install-completion" in r.output and "--version" in r.output

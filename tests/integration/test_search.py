@@ -101,6 +101,13 @@ def test_search_builds_checks_measures_and_picks_a_candidate(tmp_path, tiny_mode
     parent = client.get_run(s["mlflow_run_id"])
     assert parent.data.tags["slimflow.best_candidate"] == sel["best"] and "best.p50_ms" in parent.data.metrics
 
+    # pictures and tables on the pipeline's run: curves, confusion matrix of the best, latency
+    plotted = {a.path for a in client.list_artifacts(s["mlflow_run_id"], "plots")}
+    assert {"plots/training_curves.png", "plots/latency.png", "plots/confusion_matrix.png"} <= plotted
+    tables = {a.path for a in client.list_artifacts(s["mlflow_run_id"], "tables")}
+    assert {"tables/candidates.json", "tables/per_class_test.json"} <= tables
+    assert rows[sel["best"]]["test"]["report"]["confusion"]  # per-class figures of every candidate
+
     # the flow run's page in the Prefect UI carries the candidate table (markdown and a table artifact)
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId

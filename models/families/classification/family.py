@@ -129,11 +129,26 @@ class SequenceClassification(TaskFamily):
         return alpha * soft + (1.0 - alpha) * hard
 
     # ---------------------------------------------------------------------- inference
-    def score(self, outputs: Any, gold: list[str], labels: list[str]) -> dict[str, float]:
-        """Test accuracy and macro F1 of logits against gold label names."""
+    def score(self, outputs: Any, gold: list[str], labels: list[str]) -> dict[str, Any]:
+        """Test accuracy and macro F1 of logits against gold label names, and a ``report``: the
+        confusion matrix (rows: true label, columns: predicted) and per-class precision/recall/F1."""
+        from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
         label_id = {lab: i for i, lab in enumerate(labels)}
         y = np.array([label_id[g] for g in gold])
-        return {**self.metrics_of(np.asarray(outputs).argmax(-1), y, len(labels)), "rows": len(y)}
+        preds = np.asarray(outputs).argmax(-1)
+        ids = list(range(len(labels)))
+        prec, rec, f1, support = precision_recall_fscore_support(y, preds, labels=ids, zero_division=0)
+        report = {
+            "labels": list(labels),
+            "confusion": confusion_matrix(y, preds, labels=ids).tolist(),
+            "per_class": [
+                {"label": lab, "precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
+                 "support": int(support[i])}
+                for i, lab in enumerate(labels)
+            ],
+        }  # fmt: skip
+        return {**self.metrics_of(preds, y, len(labels)), "rows": len(y), "report": report}
 
     def agreement(
         self, reference: Any, candidate: Any, labels: list[str], cfg: AgreementConfig

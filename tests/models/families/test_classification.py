@@ -53,3 +53,17 @@ def test_agreement_passes_close_models_and_flags_disagreement_and_collapse():
     collapsed = np.tile([[1.0, 0.0]], (400, 1)).astype(np.float32)  # always 'neg'
     rep = FAMILY.agreement(ref, collapsed, labels, AgreementConfig(min_agreement=0.1))
     assert not rep.passed and "collapse" in rep.message and "'pos'" in rep.message
+
+
+def test_score_reports_accuracy_f1_confusion_and_per_class_figures():
+    logits = np.array([[2.0, 0.1], [0.2, 1.0], [1.5, 0.3], [0.1, 0.9], [0.9, 0.2]])  # pred: a b a b a
+    gold = ["a", "b", "b", "b", "a"]
+    s = FAMILY.score(logits, gold, ["a", "b"])
+    assert s["accuracy"] == pytest.approx(0.8) and s["rows"] == 5
+    rep = s["report"]
+    assert rep["labels"] == ["a", "b"] and rep["confusion"] == [[2, 0], [1, 2]]  # rows: true, cols: predicted
+    a, b = rep["per_class"]
+    assert (a["label"], a["support"], b["support"]) == ("a", 2, 3)
+    assert a["precision"] == pytest.approx(2 / 3) and a["recall"] == 1.0
+    assert b["precision"] == 1.0 and b["recall"] == pytest.approx(2 / 3)
+    assert s["f1"] == pytest.approx((a["f1"] + b["f1"]) / 2)
