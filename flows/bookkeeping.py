@@ -228,15 +228,6 @@ class PipelineRun:
             return None
         return key
 
-    def mlflow_artifact_url(self, run_id: str, path: str) -> str | None:
-        """An address the browser can load an MLflow artifact from (HTTP tracking servers only)."""
-        from urllib.parse import quote
-
-        uri = self.ctx.tracking_uri
-        if not uri.startswith(("http://", "https://")) or redact(uri) != uri:
-            return None
-        return f"{uri.rstrip('/')}/get-artifact?path={quote(path)}&run_uuid={run_id}"
-
     def say(self, text: str) -> None:
         """One progress line on stderr (a stage started / ended, with its time and headline figure);
         off when the run was started with progress=False."""
@@ -284,9 +275,8 @@ class PipelineRun:
             except AttributeError:
                 pass
         down = tracking.unreachable(exc, self.ctx.tracking_uri) if exc is not None else None
-        if (
-            down
-        ):  # the MLflow run stays RUNNING on the server; once its lease lapses the next pipeline closes it
+        # the MLflow run stays RUNNING on the server; once its lease lapses the next pipeline closes it
+        if down:
             self.summary.update(status="tracking_unavailable", error=down)
             self.summary["decision"]["reason"] = down
             self._write_summary()

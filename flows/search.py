@@ -22,6 +22,7 @@ from slimflow.models.data.prepare import PreparedData
 from slimflow.models.optimize import candidates as C
 from slimflow.models.optimize.bench import flat_metrics, setting
 from slimflow.models.optimize.config import DaskRunner, OptimizeConfig, ThreadsRunner
+from slimflow.models.release.evidence import artifact_url
 from slimflow.models.release.tracking import log_params
 from slimflow.tasks.common import ModelRef
 from slimflow.tasks.optimize import benchmark_candidate, build_candidate, evaluate_candidate, export_source
@@ -243,7 +244,7 @@ def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result:
     # the same evidence on the Prefect flow run's page
     md = _markdown(result)
     if result.pareto_png:
-        url = run.mlflow_artifact_url(run.run_id, Path(result.pareto_png).name)
+        url = artifact_url(run.ctx.tracking_uri, run.run_id, Path(result.pareto_png).name)
         md += (
             f"\n![Pareto: accuracy against latency]({url})\n"
             if url
@@ -270,11 +271,16 @@ def _plots(run: PipelineRun, result: C.SearchResult) -> None:
     histories: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for stage, prefix in TRAINED:
         rid = (run.summary["stages"].get(stage) or {}).get("mlflow_run_id")
-        if rid:
-            histories[prefix] = {
-                key: [(m.step, m.value) for m in run.client.get_metric_history(rid, f"{prefix}.{key}")]
-                for key in ("train_loss", "val_loss", "val_accuracy", "val_f1")
-            }
+        if not rid:
+            continue
+        # what tracking.epoch_logger logs each epoch (the family's own validation figures)
+        logged = run.client.get_run(rid).data.metrics
+        names = [k.removeprefix(f"{prefix}.") for k in logged if k.startswith(f"{prefix}.")]
+        keys = [k for k in names if k == "train_loss" or (k.startswith("val_") and not k.endswith("_best"))]
+        histories[prefix] = {
+            key: [(m.step, m.value) for m in run.client.get_metric_history(rid, f"{prefix}.{key}")]
+            for key in keys
+        }
     sel, best = result.selection, result.best
     pngs = [
         plots.training_curves(histories, out / "training_curves.png"),

@@ -96,8 +96,6 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp.rename(final)
 
 
-# Options of every model-producing task: cached on inputs, results persisted, one retry for
-# network/IO hiccups only.
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -113,6 +111,8 @@ def cpu_bound(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# Options of every model-producing task: cached on inputs, results persisted, one retry for
+# network/IO hiccups only.
 MODEL_TASK = {
     "cache_policy": STAGE_CACHE,
     **persistence(),  # JSON records, never pickles (tasks/results.py)

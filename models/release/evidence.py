@@ -11,6 +11,8 @@ from typing import Any
 from urllib.parse import quote
 
 from slimflow.models.core.redact import redact
+from slimflow.models.optimize.bench import setting as bench_setting
+from slimflow.models.release.model_card import counts_text
 
 
 def _fmt(x: Any, spec: str = ".4f", unit: str = "") -> str:
@@ -22,23 +24,23 @@ def _fmt(x: Any, spec: str = ".4f", unit: str = "") -> str:
         return str(x)
 
 
-def gated_setting(row: dict[str, Any], batch_size: int) -> dict[str, Any] | None:
-    """The benchmark setting the latency gate reads: the gated batch size at data lengths."""
-    for s in (row.get("bench") or {}).get("settings", []):
-        if s.get("batch_size") == batch_size and s.get("length") == "data":
-            return s
-    return None
+def ui_base(tracking_uri: str) -> str | None:
+    """The MLflow server's address for a browser, without credentials (None: not an HTTP server)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    base = redact(tracking_uri).rstrip("/")
+    if "***" in base:  # never hand out a credentialed address
+        scheme, _, rest = base.partition("://")
+        base = f"{scheme}://{rest.split('@', 1)[-1]}"
+    return base
 
 
 def links(
     tracking_uri: str, experiment_id: str, run_id: str, model_name: str, version: str
 ) -> dict[str, str]:
     """Where the evidence lives: MLflow UI addresses for an HTTP tracking server, else how to open it."""
-    if tracking_uri.startswith(("http://", "https://")):
-        base = redact(tracking_uri).rstrip("/")
-        if "***" in base:  # never hand out a credentialed address; name the run instead
-            base = base.split("@", 1)[-1]
-            base = ("https://" if tracking_uri.startswith("https") else "http://") + base
+    base = ui_base(tracking_uri)
+    if base:
         return {
             "run": f"{base}/#/experiments/{experiment_id}/runs/{run_id}",
             "version": f"{base}/#/models/{quote(model_name)}/versions/{version}",
@@ -47,6 +49,12 @@ def links(
         "run": f"run `{run_id}` (open with `slimflow ui`)",
         "version": f"`{model_name}` version {version} (open with `slimflow ui`)",
     }
+
+
+def artifact_url(tracking_uri: str, run_id: str, path: str) -> str | None:
+    """An address a browser (and a Markdown image) can load a run's artifact from."""
+    base = ui_base(tracking_uri)
+    return f"{base}/get-artifact?path={quote(path)}&run_uuid={run_id}" if base else None
 
 
 def _link(text: str, target: str) -> str:
@@ -72,7 +80,10 @@ def review_evidence(
     """
     test = row.get("test") or {}
     acc = test.get("accuracy")
-    setting = gated_setting(row, latency_batch_size) or {}
+    try:
+        setting = bench_setting(row["bench"], latency_batch_size)
+    except (KeyError, TypeError):  # not measured at the gated batch size
+        setting = {}
     size_mb = verdict.get("size_mb")
     retention = (acc / teacher_accuracy) if acc is not None and teacher_accuracy else None
     ch = champion or {}
@@ -108,13 +119,11 @@ def review_evidence(
         lines.append(f"| {g.get('gate')} | {op} {threshold} | {value} | {result} |")
     if setting and setting.get("reliable") is False:
         lines += ["", f"Latency measurement marked unreliable: {setting.get('unreliable_reason', '?')}."]
-    counts = context.get("counts") or {}
     lines += [
         "",
         f"**Data**: `{redact(str(context.get('data_source', '?')))}`, fingerprint "
-        f"`{str(context.get('data_fingerprint', '?'))[:16]}`, rows "
-        + (", ".join(f"{k} {v}" for k, v in counts.items()) if counts else "?")
-        + f"; Great Expectations: {context.get('gx', '?')}.",
+        f"`{str(context.get('data_fingerprint', '?'))[:16]}`, rows {counts_text(context.get('counts'))}; "
+        f"Great Expectations: {context.get('gx', '?')}.",
         "",
         f"**Evidence**: {_link('MLflow run', where.get('run', ''))} · "
         f"{_link('model version and card', where.get('version', ''))}",

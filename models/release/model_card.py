@@ -24,7 +24,7 @@ def model_card(
         f"- **Candidate**: source `{row['source']}`, variant `{row['variant']}`, target `{row['target']}`, "
         f"runtime `{row['runtime']}`",
         f"- **Data**: `{ctx.get('data_source', '?')}`, fingerprint `{str(ctx['data_fingerprint'])[:16]}`, "
-        f"rows {_counts(ctx.get('counts'))}; Great Expectations: {ctx.get('gx', '?')}",
+        f"rows {counts_text(ctx.get('counts'))}; Great Expectations: {ctx.get('gx', '?')}",
         f"- **Teacher**: `{ctx.get('teacher_model', '?')}`, test accuracy {ctx['teacher_accuracy']:.4f}",
     ]
     # what this candidate is made of: a teacher candidate has no student and no compression steps
@@ -82,7 +82,7 @@ def _student(student: Any) -> str:
     return str(student)
 
 
-def _counts(counts: Any) -> str:
+def counts_text(counts: Any) -> str:
     if isinstance(counts, dict) and counts:
         return ", ".join(f"{k} {v}" for k, v in counts.items())
     return "?"

@@ -123,6 +123,7 @@ def enable_wal(db: Path) -> None:
         raise RuntimeError(f"{db}: sqlite refused write-ahead logging (journal_mode={mode})")
 
 
+# requests/urllib3 (MLflow) and httpx (Prefect) wordings of a server that does not answer
 _UNREACHABLE = (
     "Max retries exceeded",
     "Connection refused",
@@ -134,7 +135,7 @@ _UNREACHABLE = (
     "ConnectTimeout",
     "ConnectError",
     "PoolTimeout",
-)  # fmt: skip (+ httpx's)
+)
 
 
 def server_silent(exc: BaseException) -> bool:

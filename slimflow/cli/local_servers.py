@@ -295,14 +295,11 @@ def recorded_auth(state_dir: Path) -> str | None:
     return None
 
 
-def auth_headers(state_dir: Path | None = None) -> dict[str, str]:
-    """Prefect's basic-auth header for the server's auth string (clients use PREFECT_API_AUTH_STRING)."""
+def auth_headers(state_dir: Path) -> dict[str, str]:
+    """Prefect's basic-auth header for the auth string of the server recorded in ``state_dir``."""
     import base64
 
-    if state_dir is not None:
-        auth = recorded_auth(state_dir)
-    else:
-        auth = os.environ.get("PREFECT_API_AUTH_STRING") or os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
+    auth = recorded_auth(state_dir)
     return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
 
 
