@@ -77,6 +77,9 @@ def candidate_search(
     def fail(name: str, reason: str) -> None:
         rows[name].update(status="failed", reason=reason)
 
+    def reject(name: str, reason: str) -> None:  # its check said no, as designed: not an error
+        rows[name].update(status="rejected", reason=reason)
+
     # 1. export every (source, target) that has ONNX candidates
     pairs = sorted({(s.source, s.target) for s in specs if s.runtime == "onnxruntime"})
     exports = run.fan_out(
@@ -111,7 +114,7 @@ def candidate_search(
         if isinstance(res, BaseException):
             fail(name, _reason(res))
         elif "rejected" in res:  # a verdict (cached: a rerun does not rebuild it)
-            fail(name, res["rejected"])
+            reject(name, res["rejected"])
         else:
             rows[name].update(build=res, path=res["path"], file_bytes=res["file_bytes"])
 
@@ -216,7 +219,8 @@ def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result:
         if m:
             client.log_batch(child, metrics=[me.Metric(k, float(v), now, 0) for k, v in m.items()])
         client.log_text(child, json.dumps(r, indent=2, default=str), "candidate.json")
-        client.set_terminated(child, "FINISHED" if r["status"] == "ok" else "FAILED")
+        # a candidate its own check rejected finished its job: only errors show as FAILED in MLflow
+        client.set_terminated(child, "FAILED" if r["status"] == "failed" else "FINISHED")
     client.log_text(parent, json.dumps(result.model_dump(), indent=2, default=str), "candidates.json")
     client.log_text(parent, _markdown(result), "candidates.md")
     if result.pareto_png:
@@ -275,11 +279,9 @@ def _plots(run: PipelineRun, result: C.SearchResult) -> None:
             continue
         # what tracking.epoch_logger logs each epoch (the family's own validation figures)
         logged = run.client.get_run(rid).data.metrics
-        names = [k.removeprefix(f"{prefix}.") for k in logged if k.startswith(f"{prefix}.")]
-        keys = [k for k in names if k == "train_loss" or (k.startswith("val_") and not k.endswith("_best"))]
+        keys = [k for k in logged if k == "train_loss" or (k.startswith("val_") and not k.endswith("_best"))]
         histories[prefix] = {
-            key: [(m.step, m.value) for m in run.client.get_metric_history(rid, f"{prefix}.{key}")]
-            for key in keys
+            key: [(m.step, m.value) for m in run.client.get_metric_history(rid, key)] for key in keys
         }
     sel, best = result.selection, result.best
     pngs = [

@@ -49,25 +49,23 @@ def compress_model(
                 teacher.sha256,
                 tmp,
                 Path(ctx.workdir) / "cache",
-                on_epoch=tracking.epoch_logger("recovery"),
+                on_epoch=tracking.epoch_logger(),
                 progress=ctx.progress,
             )
         metrics = {
-            "compress.params_before": result.before["params"],
-            "compress.params_after": result.after["params"],
-            "compress.params_no_emb_before": result.before["params_no_embeddings"],
-            "compress.params_no_emb_after": result.after["params_no_embeddings"],
-            "compress.file_bytes_before": result.file_bytes_before,
-            "compress.file_bytes_after": result.file_bytes_after,
-            **{f"compress.test_{k}_before": v for k, v in result.test_before.items() if k != "loss"},
-            **{f"compress.test_{k}_pruned": v for k, v in result.test_pruned.items() if k != "loss"},
-            **{f"compress.test_{k}": v for k, v in result.test.items() if k != "loss"},
-            "compress.recovery_seconds": result.recovery_seconds,
-            "compress.recovery_epoch": result.recovery_epoch,
+            "params_before": result.before["params"],
+            "params_after": result.after["params"],
+            "params_no_emb_before": result.before["params_no_embeddings"],
+            "params_no_emb_after": result.after["params_no_embeddings"],
+            "file_bytes_before": result.file_bytes_before,
+            "file_bytes_after": result.file_bytes_after,
+            **{f"test_{k}_before": v for k, v in result.test_before.items() if k != "loss"},
+            **{f"test_{k}_pruned": v for k, v in result.test_pruned.items() if k != "loss"},
+            **{f"test_{k}": v for k, v in result.test.items() if k != "loss"},
+            "recovery_seconds": result.recovery_seconds,
+            "recovery_epoch": result.recovery_epoch,
         }
         for i, step in enumerate(result.steps):
-            metrics.update(
-                {f"compress.step{i}.{k}": float(v) for k, v in step.items() if isinstance(v, int | float)}
-            )
+            metrics.update({f"step{i}.{k}": float(v) for k, v in step.items() if isinstance(v, int | float)})
         mlflow.log_metrics(metrics)
         return publish_model(result, final, run, "compressed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from prefect import task
@@ -30,9 +31,11 @@ def log_dataset(prepared: PreparedData, run_id: str) -> None:
     from mlflow.entities import DatasetInput, InputTag
 
     df = pd.read_parquet(prepared.path("train"))
-    ds = mlflow.data.from_pandas(
-        df, source=prepared.source_path, name=f"train-{prepared.data_fingerprint[:12]}", targets="label"
-    )
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": both are local files
+        warnings.filterwarnings("ignore", message="The specified dataset source", category=UserWarning)
+        ds = mlflow.data.from_pandas(
+            df, source=prepared.source_path, name=f"train-{prepared.data_fingerprint[:12]}", targets="label"
+        )
     tags = [
         InputTag("mlflow.data.context", "train"),
         InputTag("slimflow.source", redact(prepared.source)),

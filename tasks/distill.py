@@ -53,18 +53,18 @@ def distill_student(
                 teacher.sha256,
                 tmp,
                 Path(ctx.workdir) / "cache",
-                on_epoch=tracking.epoch_logger("student"),
+                on_epoch=tracking.epoch_logger(),
                 progress=ctx.progress,
             )
         mlflow.log_metrics(
             {
-                **{f"student.test_{k}": v for k, v in result.test.items() if k != "loss"},
-                **{f"student.teacher_test_{k}": v for k, v in result.teacher_test.items() if k != "loss"},
-                f"student.{result.primary_metric}_retention": result.retention,
-                "student.params": result.student_params,
-                "student.teacher_params": result.teacher_params,
-                "student.best_epoch": result.best_epoch,
-                "student.train_seconds": result.train_seconds,
+                **{f"test_{k}": v for k, v in result.test.items() if k != "loss"},
+                **{f"teacher_test_{k}": v for k, v in result.teacher_test.items() if k != "loss"},
+                f"{result.primary_metric}_retention": result.retention,
+                "params": result.student_params,
+                "teacher_params": result.teacher_params,
+                "best_epoch": result.best_epoch,
+                "train_seconds": result.train_seconds,
             }
         )
         mlflow.set_tag("slimflow.teacher_logits_cached", str(result.teacher_logits_cached))

@@ -31,7 +31,7 @@ def finetune_teacher(
         mlflow.set_tag("slimflow.data.split_fingerprint", data.split_fingerprint)
 
         def on_ready(info: dict) -> None:
-            mlflow.log_metrics({f"teacher.{k}": float(v) for k, v in info.items()})
+            mlflow.log_metrics({k: float(v) for k, v in info.items()})
 
         cache_dir = Path(ctx.workdir)
         with atomic_dir(final) as tmp:
@@ -40,19 +40,19 @@ def finetune_teacher(
                 data,
                 tmp,
                 cache_dir,
-                on_epoch=tracking.epoch_logger("teacher"),
+                on_epoch=tracking.epoch_logger(),
                 on_ready=on_ready,
                 progress=ctx.progress,
                 hub_token=resolve_secret(cfg.hub_token) if cfg.hub_token else None,
             )
         final_metrics = {
-            **{f"teacher.test_{k}": v for k, v in result.test.items() if k != "loss"},
-            **{f"teacher.val_{k}_best": v for k, v in result.validation.items() if k != "loss"},
-            "teacher.best_epoch": result.best_epoch,
-            "teacher.train_seconds": result.train_seconds,
+            **{f"test_{k}": v for k, v in result.test.items() if k != "loss"},
+            **{f"val_{k}_best": v for k, v in result.validation.items() if k != "loss"},
+            "best_epoch": result.best_epoch,
+            "train_seconds": result.train_seconds,
         }
         if result.merge_max_abs_diff is not None:
-            final_metrics["teacher.merge_max_abs_diff"] = result.merge_max_abs_diff
+            final_metrics["merge_max_abs_diff"] = result.merge_max_abs_diff
         mlflow.log_metrics(final_metrics)
         mlflow.set_tag("slimflow.model.merged", str(result.merged).lower())
         return publish_model(result, final, run, "teacher")

@@ -68,32 +68,57 @@ def allowed_keys(root: type[BaseModel], raw: Any, loc: tuple[Any, ...]) -> list[
     return sorted(model.model_fields) if model is not None else []
 
 
-_OVERRIDE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)=(.*)$", re.S)
+_KEY = r"[A-Za-z_][A-Za-z0-9_]*"
+_OVERRIDE = re.compile(rf"^({_KEY}(?:\.(?:{_KEY}|\d+))*)=(.*)$", re.S)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=VALUE`` overrides; VALUE is parsed as YAML (numbers, lists, null...)."""
+    """Apply ``a.b.c=VALUE`` overrides; VALUE is parsed as YAML (numbers, lists, null...). A
+    number in the path indexes a list (``compress.steps.0.ratio=0.2``)."""
     for item in overrides:
         m = _OVERRIDE.match(item)
         shown = redact_override(item)  # what error messages may show of it
         if not m:
-            raise ConfigError(f"--set {shown!r}: expected KEY.PATH=VALUE, e.g. finetune.train.epochs=2")
+            raise ConfigError(
+                f"--set {shown!r}: expected KEY.PATH=VALUE, e.g. finetune.train.epochs=2 or "
+                "compress.steps.0.ratio=0.2 (a number indexes a list)"
+            )
         path, text = m.group(1).split("."), m.group(2)
         try:
             value = load_yaml(text, f"--set {shown!r}") if text.strip() else ""
         except yaml.YAMLError as e:
             detail = "" if SECRETISH.search(m.group(1)) else f": {e}"
             raise ConfigError(f"--set {shown!r}: value is not valid YAML{detail}") from None
-        node = raw
-        for i, key in enumerate(path[:-1]):
+        node: Any = raw
+        for i, key in enumerate(path):
+            where = ".".join(path[: i + 1])
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                if not key.isdigit():
+                    raise ConfigError(
+                        f"--set {shown!r}: {'.'.join(path[:i])} is a list; index it with a number"
+                    )
+                if int(key) >= len(node):
+                    raise ConfigError(
+                        f"--set {shown!r}: {where} is past the end of the list ({len(node)} item(s): "
+                        f"0..{len(node) - 1})"
+                    )
+                if last:
+                    node[int(key)] = value
+                else:
+                    node = node[int(key)]
+                continue
+            if key.isdigit():
+                raise ConfigError(f"--set {shown!r}: {'.'.join(path[:i]) or key} is not a list")
+            if last:
+                node[key] = value
+                break
             child = node.get(key)
             if child is None:
                 child = node[key] = {}
-            elif not isinstance(child, dict):
-                where = ".".join(path[: i + 1])
+            elif not isinstance(child, dict | list):
                 raise ConfigError(f"--set {shown!r}: {where} is a value, not a section")
             node = child
-        node[path[-1]] = value
     return raw
 
 

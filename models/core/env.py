@@ -10,6 +10,8 @@ DEFAULTS = {
     "TRANSFORMERS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "GX_ANALYTICS_ENABLED": "false",
+    # MLflow draws a progress bar per artifact download: dozens of lines in a log file, no news.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "TOKENIZERS_PARALLELISM": "false",
     # Prefect's local mode starts a temporary server; on a busy 2-core box it can need more than
     # the default 20 s. No telemetry from a machine that may have no network.
@@ -29,6 +31,20 @@ def apply_defaults() -> None:
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
     redact_log_records()
+    quiet_known_noise()
+
+
+# Loggers whose warnings say nothing a user can act on here: torchao's CUDA/Triton kernels failing to
+# load on a CPU-only machine (three lines at every import) and torch's note about torchao's enums.
+NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def quiet_known_noise() -> None:
+    """Raise the known-noisy loggers to ERROR, so real warnings are not lost among them."""
+    import logging
+
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def cpu_flags() -> set[str]:

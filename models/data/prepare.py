@@ -86,7 +86,7 @@ def prepare(
     if not v.run("schema", raw):
         fail()
     canon = D.canonical(raw, cfg)
-    if not v.run("content", content_frame(canon)):
+    if not v.run("content", content_frame(canon, cfg.labels)):
         fail()
     cleaned, stats = D.clean(canon)
     data_fp = D.fingerprint(cleaned)

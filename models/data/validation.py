@@ -167,8 +167,10 @@ def _expectations(
 
 
 # ------------------------------------------------------------------------------- derived columns
-def content_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """Canonical frame plus the per-row facts that GX checks (GX has no cross-row rules for pandas)."""
+def content_frame(df: pd.DataFrame, declared: list[str] | None = None) -> pd.DataFrame:
+    """Canonical frame plus the per-row facts that GX checks (GX has no cross-row rules for pandas).
+    ``rows_in_class`` counts declared classes only: a row with an undeclared label is reported by
+    'labels within ...', not as the smallest class."""
     out = df.copy()
     stripped = out[TEXT].str.strip()
     out["text_stripped"] = stripped.where(stripped != "", None)
@@ -181,6 +183,8 @@ def content_frame(df: pd.DataFrame) -> pd.DataFrame:
     counts = distinct.groupby(LABEL).size()
     out["rows_in_class"] = out[LABEL].map(counts).fillna(0).astype(int)
     out.loc[~usable, "rows_in_class"] = None
+    if declared is not None:
+        out.loc[~out[LABEL].isin(declared), "rows_in_class"] = None
     return out
 
 
@@ -304,8 +308,12 @@ def _outcome(suite: str, r: Any) -> Outcome:
         observed = f"smallest class has {_num(res.get('observed_value'))} distinct rows"
     elif c.type == "expect_column_distinct_values_to_contain_set":
         want = set(c.kwargs.get("value_set") or [])
-        missing = sorted(want - set(res.get("observed_value") or []))
-        observed = "all present" if not missing else f"missing: {missing}"
+        seen = res.get("observed_value")
+        if seen is None:  # GX 1.24 leaves it out when the check passes
+            observed = "all present" if r.success else "some missing (GX gave no details)"
+        else:
+            missing = sorted(want - set(seen))
+            observed = "all present" if not missing else f"missing: {missing}"
     else:
         observed = f"observed {_num(res.get('observed_value'))}"
     examples = [repr(v)[:60] for v in (res.get("partial_unexpected_list") or [])][:5]

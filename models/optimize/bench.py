@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import subprocess
@@ -80,6 +81,19 @@ def summarize(times_s: np.ndarray, batch_size: int, n_boot: int = 1000, seed: in
     return out
 
 
+def median_ci_halfwidth(times: list[float] | np.ndarray) -> float:
+    """Half-width of a distribution-free 95% CI of the median (order statistics), relative to the
+    median: cheap enough to check while timing, and no narrower than the bootstrap reported later."""
+    x = np.sort(np.asarray(times, dtype=float))
+    n = len(x)
+    if n < 5:
+        return float("inf")
+    half = 1.96 * math.sqrt(n) / 2
+    lo, hi = max(0, math.floor(n / 2 - half) - 1), min(n - 1, math.ceil(n / 2 + half))
+    med = float(np.median(x))
+    return float((x[hi] - x[lo]) / 2 / med) if med > 0 else float("inf")
+
+
 def time_calls(
     fn: Callable[[Any], Any],
     inputs: list[Any],
@@ -87,8 +101,11 @@ def time_calls(
     iterations: int,
     budget_s: float | None,
     min_iterations: int,
+    target_ci: float | None = None,
 ) -> np.ndarray:
-    """Call ``fn`` on ``inputs`` (cycled): ``warmup`` untimed calls, then up to ``iterations`` timed ones."""
+    """Call ``fn`` on ``inputs`` (cycled): ``warmup`` untimed calls, then up to ``iterations`` timed
+    ones; stop early after ``min_iterations`` when the time budget is spent or, with ``target_ci``,
+    once the p50's 95% CI is within +-target_ci of it (checked every 10 calls)."""
     for i in range(warmup):
         fn(inputs[i % len(inputs)])
     times = []
@@ -97,7 +114,11 @@ def time_calls(
         t0 = time.perf_counter_ns()
         fn(inputs[i % len(inputs)])
         times.append((time.perf_counter_ns() - t0) / 1e9)
-        if budget_s is not None and i + 1 >= min_iterations and time.perf_counter() - start > budget_s:
+        if i + 1 < min_iterations:
+            continue
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            break
+        if target_ci is not None and (i + 1) % 10 == 0 and median_ci_halfwidth(times) <= target_ci:
             break
     return np.asarray(times)
 
@@ -186,8 +207,9 @@ def _measure(
             attempt += 1
             watch = CpuWatch()
             times = time_calls(
-                predictor.logits, inputs, cfg.warmup, cfg.iterations, cfg.time_budget_s, cfg.min_iterations
-            )
+                predictor.logits, inputs, cfg.warmup, cfg.iterations, cfg.time_budget_s, cfg.min_iterations,
+                cfg.target_ci,
+            )  # fmt: skip
             others = watch.others_share()
             stats = summarize(times, b, cfg.bootstrap, cfg.seed)
             problems = reliability_problems(stats, others, cfg)

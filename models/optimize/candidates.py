@@ -8,6 +8,7 @@ pattern): the caller records it as failed with the message and the search goes o
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -116,6 +117,10 @@ def plan(
             variants += [(kind, cls.runtime) for kind, cls in quant]
             for variant, runtime in variants:
                 spec = CandidateSpec(source, variant, target_name, runtime, target.int8_preset)
+                rule = next((r for r in cfg.skip if fnmatch.fnmatchcase(spec.name, r.match)), None)
+                if rule is not None:
+                    skipped.append(Skipped(spec.name, f"left out by optimize.skip: {rule.reason}"))
+                    continue
                 if not ok:
                     skipped.append(Skipped(spec.name, f"target {target_name} unavailable: {why}"))
                     continue
@@ -363,9 +368,22 @@ def plot_pareto(rows: list[dict[str, Any]], selection: dict[str, Any], path: Pat
     ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency at batch {b}, test-text lengths (ms, log scale; bars = 95% CI)")
     ax.set_ylabel("test accuracy")
-    ax.set_title("Candidates: accuracy vs latency (green = meets the bar)")
+    ax.set_title("Candidates: test accuracy vs latency")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    from matplotlib.lines import Line2D
+
+    # what the marker shapes and colours mean, beside the lines' own entries
+    handles, _ = ax.get_legend_handles_labels()
+    sources = sorted({r["source"] for r in measured}, key=lambda s: (s not in markers, s))
+    handles += [
+        Line2D([], [], ls="", marker=markers.get(s, "o"), color="black", label=f"from the {s}")
+        for s in sources
+    ]
+    handles += [
+        Line2D([], [], ls="", marker="o", color="tab:green", label="meets the accuracy bar"),
+        Line2D([], [], ls="", marker="o", color="tab:gray", label="below the accuracy bar"),
+    ]
+    ax.legend(handles=handles, fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -60,6 +60,13 @@ class BenchConfig(Strict):
         8.0, gt=0, description="Stop a setting early after this many seconds (>= min_iterations); None = off."
     )
     min_iterations: int = Field(20, ge=5, description="Timed calls per setting even when over budget.")
+    target_ci: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Stop a setting once its p50's 95% CI is within +-this share of it (0.03 = +-3%), "
+        "after min_iterations; None = off (iterations and time_budget_s only).",
+    )
     threads: int | None = Field(
         None,
         ge=1,
@@ -124,6 +131,19 @@ class AccuracyBar(Strict):
     )
 
 
+class SkipRule(Strict):
+    """A candidate left out on purpose, with the measurement that justifies it (shown in the summary)."""
+
+    match: str = Field(
+        ...,
+        min_length=1,
+        description="Glob on candidate names SOURCE/VARIANT/TARGET, e.g. '*/ort_int8_static/*'.",
+    )
+    reason: str = Field(
+        ..., min_length=3, description="Why, with the figures that showed it (said in the summary)."
+    )
+
+
 class ThreadsRunner(Strict):
     kind: Literal["threads"] = "threads"
 
@@ -164,6 +184,11 @@ class OptimizeConfig(Strict):
     include_onnx_fp32: bool = Field(True, description="Keep the ONNX FP32 export itself as a candidate.")
     include_torch_fp32: bool = Field(
         False, description="Add each source in PyTorch FP32 eager as a (baseline) candidate."
+    )
+    skip: list[SkipRule] = Field(
+        default_factory=list,
+        description="Candidates not built, each with its reason (variants known to fail or lose on this "
+        "target); they are listed as skipped in the summary and the run's candidate table.",
     )
     export: ExportConfig = ExportConfig()
     agreement: AgreementConfig = AgreementConfig()

@@ -236,17 +236,18 @@ def log_json(obj: Any, artifact_file: str) -> None:
     mlflow.log_text(json.dumps(obj, indent=2, default=str), artifact_file)
 
 
-def epoch_logger(prefix: str) -> Any:
-    """A training-loop ``on_epoch`` callback that logs the epoch's figures under ``prefix``."""
+def epoch_logger() -> Any:
+    """A training-loop ``on_epoch`` callback that logs the epoch's figures (on the stage's own run:
+    ``train_loss``, ``val_<metric>``, ``learning_rate``, ``epoch_seconds``; step = epoch)."""
     import mlflow
 
     def log(rec: Any) -> None:
         mlflow.log_metrics(
             {
-                f"{prefix}.train_loss": rec.train_loss,
-                **{f"{prefix}.val_{k}": v for k, v in rec.val.items()},
-                f"{prefix}.learning_rate": rec.learning_rate,
-                f"{prefix}.epoch_seconds": rec.seconds,
+                "train_loss": rec.train_loss,
+                **{f"val_{k}": v for k, v in rec.val.items()},
+                "learning_rate": rec.learning_rate,
+                "epoch_seconds": rec.seconds,
             },
             step=rec.epoch,
         )

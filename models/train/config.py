@@ -44,10 +44,12 @@ class TrainConfig(Strict):
     max_train_examples: int | None = Field(
         None, ge=1, description="Use at most this many training rows (stratified); None = all."
     )
-    mixed_precision: Literal["auto", "off", "fp16", "bf16"] = Field(
+    mixed_precision: Literal["auto", "off", "fp16", "bf16", "bf16_if_native"] = Field(
         "auto",
         description="'auto' = bf16/fp16 autocast on a CUDA device, off on CPU; 'bf16' also autocasts "
-        "on a CPU with avx512_bf16/AMX (training only: evaluation stays FP32).",
+        "on a CPU with avx512_bf16/AMX (an error on a CPU without); 'bf16_if_native' = bf16 wherever "
+        "the device computes it natively (such a CPU, a bf16 GPU), else FP32 (training only: "
+        "evaluation stays FP32).",
     )
     seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
     data_parallel: int = Field(

@@ -137,14 +137,15 @@ def teacher_targets(
     family = family_of(teacher_dir)
     teacher, t_tok = family.load_trained(teacher_dir)
     t_len = int(read_meta(teacher_dir).get("max_length", tc.max_length))
+    amp = T.autocast_dtype(device, tc.mixed_precision)  # the stage's training precision
     key = teacher_logits_key(
-        teacher_sha256, f"{data.split_fingerprint}|{len(frames['train'])}|{tc.seed}", t_len
+        teacher_sha256, f"{data.split_fingerprint}|{len(frames['train'])}|{tc.seed}|{amp}", t_len
     )
     t_train = family.encode(t_tok, frames["train"], data.labels, t_len)
     teacher = teacher.to(device)
     pad = adapter_of(teacher).pad_id(t_tok)
     logits, hit = cached_teacher_logits(
-        lambda: T.predict_logits(teacher, t_train, tc.eval_batch_size, pad),
+        lambda: T.predict_logits(teacher, t_train, tc.eval_batch_size, pad, autocast_dtype=amp),
         Path(cache_dir),
         key,
     )

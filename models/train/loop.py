@@ -44,9 +44,20 @@ def device_for(preferred: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def autocast_dtype(device: torch.device, mode: str) -> torch.dtype | None:
+    """The dtype training autocasts to for ``train.mixed_precision`` on ``device`` (None: FP32)."""
+    use, dtype = _autocast(device, mode)
+    return dtype if use else None
+
+
 def _autocast(device: torch.device, mode: str) -> tuple[bool, torch.dtype | None]:
     if mode == "off":
         return False, None
+    if mode == "bf16_if_native":
+        native = env.cpu_has_bf16() if device.type == "cpu" else (
+            device.type == "cuda" and torch.cuda.is_bf16_supported()
+        )  # fmt: skip
+        return (True, torch.bfloat16) if native else (False, None)
     if device.type == "cpu":
         # only when asked ('auto' keeps FP32 on a CPU): the forward/backward of a LoRA step on
         # SmolLM2 took 0.6x the FP32 time on an AMD EPYC with avx512_bf16

@@ -13,6 +13,25 @@ from rich.markup import escape
 from slimflow.models.core.errors import SlimflowError
 from slimflow.models.core.redact import redact
 
+
+def _flags_without_a_type() -> None:
+    """typer 0.29 shows ``<bool>`` after every flag (``--debug <bool>``, even ``--help <bool>``),
+    which reads as if the flag took a value: flags show no type, options keep theirs."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_slimflow", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._slimflow = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_a_type()
+
 app = typer.Typer(
     name="slimflow",
     help="Fine-tune a teacher, shrink it, validate it and promote it only when it meets its gates.",

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from slimflow.api import check
 from slimflow.cli.app import ConfigOpt, DebugOpt, SetOpt, app, err, fail, load, out
 from slimflow.models.core.env import apply_defaults
 from slimflow.models.core.errors import ConfigError, SlimflowError
@@ -32,21 +33,6 @@ def _quiet_expected_tracebacks() -> None:
         handler.addFilter(_Filter())
 
 
-def _preflight(cfg) -> None:
-    """Cheap checks that would otherwise fail minutes into a run (files, model shapes)."""
-    from slimflow.models.preflight import preflight
-
-    preflight(cfg)
-    if cfg.promote and cfg.promote.approval.required:
-        from prefect.settings import PREFECT_API_URL
-
-        if not PREFECT_API_URL.value():
-            raise ConfigError(
-                "promote.approval.required needs a Prefect server a reviewer can reach: set PREFECT_API_URL "
-                "(e.g. `prefect server start --host 127.0.0.1`), or set promote.approval.required: false"
-            )
-
-
 @app.command()
 def run(
     config: ConfigOpt,
@@ -61,7 +47,7 @@ def run(
     apply_defaults()
     try:
         cfg = load(config, set_)
-        _preflight(cfg)
+        check(cfg)
     except Exception as e:
         fail(e, debug)
     err.print(
@@ -139,7 +125,8 @@ def _print_candidates(search: dict) -> None:
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in search["candidates"]:
         if r["status"] != "ok":
-            t.add_row(r["name"], f"[red]{r['status']}[/]", "", "", "", "", escape(r.get("reason", "")))
+            colour = "yellow" if r["status"] == "rejected" else "red"
+            t.add_row(r["name"], f"[{colour}]{r['status']}[/]", "", "", "", "", escape(r.get("reason", "")))
             continue
         st = setting(r["bench"], b)
         notes = [n for n, on in (("best", r["name"] == sel["best"]), ("Pareto", r.get("pareto"))) if on]
@@ -164,12 +151,49 @@ def _print_candidates(search: dict) -> None:
 
 
 @app.command("show-config")
-def show_config(config: ConfigOpt, set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Print the resolved configuration (defaults filled in, overrides applied) as YAML."""
+def show_config(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="Pipeline YAML (default: none, every default).", show_default=False
+        ),
+    ] = None,
+    set_: SetOpt = None,
+    plain: Annotated[
+        bool, typer.Option("--plain", help="Values only, without the field descriptions.")
+    ] = False,
+    schema: Annotated[
+        bool,
+        typer.Option(
+            "--schema",
+            help="Print the config's JSON Schema instead (for editor completion: "
+            "`slimflow show-config --schema > slimflow.schema.json`).",
+        ),
+    ] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Print the resolved configuration (defaults filled in, overrides applied) as YAML, each field
+    with its description; or the JSON Schema of every config."""
     try:
+        if schema:
+            import json
+
+            from slimflow.models.config.describe import json_schema
+            from slimflow.models.pipeline_config import PipelineConfig
+
+            if config is not None or set_:
+                raise ConfigError("--schema describes every config: give it without --config/--set")
+            typer.echo(json.dumps(json_schema(PipelineConfig), indent=2))  # raw: never wrapped
+            return
         cfg = load(config, set_)
     except Exception as e:
         fail(e, debug)
-    import yaml
+    if plain:
+        import yaml
 
-    out.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), highlight=False, markup=False)
+        text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    else:
+        from slimflow.models.config.describe import commented_yaml
+
+        text = commented_yaml(cfg)
+    typer.echo(text)  # raw text, never wrapped: it is YAML to copy or redirect

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,10 +104,47 @@ def test_unsafe_model_folder_exits_2(tmp_path):
     assert r.returncode == 2 and "safetensors" in r.stderr
 
 
-def test_show_config_prints_the_resolved_yaml(tmp_path):
+def test_show_config_prints_the_resolved_yaml_with_each_fields_meaning(tmp_path):
+    import yaml
+
     cfg = write_config(tmp_path, tmp_path / "d.csv")
     r = slimflow("show-config", "-c", str(cfg), "--set", "finetune.method.r=4", cwd=tmp_path)
-    assert r.returncode == 0 and "r: 4" in r.stdout and "learning_rate:" in r.stdout
+    assert r.returncode == 0 and "learning_rate:" in r.stdout
+    assert re.search(r"^    r: 4 +# ", r.stdout, re.M)  # the value and its description
+    assert "# Peak AdamW learning rate." in r.stdout
+    from slimflow.models.pipeline_config import load_config
+
+    assert yaml.safe_load(r.stdout) == load_config(cfg, ["finetune.method.r=4"]).model_dump(mode="json")
+    r = slimflow("show-config", cwd=tmp_path)  # no config: every default
+    assert r.returncode == 0 and "name: slimflow" in r.stdout
+    r = slimflow("show-config", "-c", str(cfg), "--plain", cwd=tmp_path)
+    assert r.returncode == 0 and "#" not in r.stdout
+
+
+def test_show_config_schema_lets_an_editor_check_every_plugin_kind(tmp_path):
+    import jsonschema
+    import yaml
+
+    r = slimflow("show-config", "--schema", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    check = jsonschema.Draft202012Validator(json.loads(r.stdout))
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        assert not list(check.iter_errors(yaml.safe_load(path.read_text()))), path
+    lora = {"finetune": {"method": {"kind": "lora", "r": 8, "alpah": 16}}}  # misspelt: flagged
+    assert list(check.iter_errors(lora))
+    assert not list(check.iter_errors({"finetune": {"method": {"kind": "lora", "r": 8, "alpha": 16}}}))
+    assert list(check.iter_errors({"optimize": {"quantize": [{"kind": "no_such_quantizer"}]}}))
+
+
+def test_flags_show_no_value_type_in_help():
+    from typer.testing import CliRunner
+
+    from slimflow.cli import app
+
+    for cmd in (["run", "--help"], ["init", "--help"], ["gc", "--help"]):
+        r = CliRunner().invoke(app, cmd, env={"COLUMNS": "200"})
+        assert r.exit_code == 0 and "--debug" in r.output and "<bool>" not in r.output, r.output
+        assert "<path>" in r.output or "<str>" in r.output or "<int" in r.output  # options keep theirs
 
 
 def test_validate_data_passes_good_data(tmp_path):

@@ -8,3 +8,11 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """PostgreSQL, MLflow, Prefect (auth on) and a worker on loopback ports, for one test module."""
+    from tests.integration.servers_stack import start_stack
+
+    yield from start_stack()

@@ -57,9 +57,7 @@ def _wait_for_training(client, experiment: str, timeout_s: float = 300) -> str:
         except Exception:  # the store may not exist yet
             runs = []
         for r in runs:
-            if r.data.tags.get("slimflow.stage") == "finetune-teacher" and r.data.metrics.get(
-                "teacher.train_loss"
-            ):
+            if r.data.tags.get("slimflow.stage") == "finetune-teacher" and r.data.metrics.get("train_loss"):
                 return r.info.run_id
         time.sleep(0.5)
     pytest.fail("fine-tuning never started")

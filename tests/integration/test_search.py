@@ -186,6 +186,14 @@ def test_a_rejected_candidate_is_a_cached_verdict(tmp_path, tiny_model_dir):
     for s in (first, again):
         rows = {r["name"]: r for r in s["search"]["candidates"]}
         rejected = [r for r in rows.values() if r["variant"] == "ort_weight_int8"]
-        assert rejected and all(r["status"] == "failed" and "no_such_matmul" in r["reason"] for r in rejected)
+        assert rejected and all(
+            r["status"] == "rejected" and "no_such_matmul" in r["reason"] for r in rejected
+        )
     build = again["stages"]["build-candidates"]
     assert build["cached"] == build["jobs"] > 0 and build["failed"] == 0
+    # in MLflow a rejected candidate's run is FINISHED (its check did its job), tagged as rejected
+    from slimflow.models.release import tracking
+
+    client = tracking.client(again["tracking_uri"])
+    runs = client.search_runs([again["mlflow_experiment_id"]], "tags.`slimflow.status` = 'rejected'")
+    assert runs and {r.info.status for r in runs} == {"FINISHED"}

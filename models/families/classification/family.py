@@ -4,6 +4,7 @@ logits, label agreement with a collapse guard for quantized candidates, label + 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,6 +15,8 @@ from slimflow.models.assets import resolve_pretrained
 from slimflow.models.core.modelfiles import write_meta
 from slimflow.models.families.base import AgreementConfig, AgreementReport, TaskFamily
 from slimflow.models.families.classification.schema import PredictResponse, request_model
+
+log = logging.getLogger(__name__)
 
 
 class SequenceClassification(TaskFamily):
@@ -47,9 +50,26 @@ class SequenceClassification(TaskFamily):
             for key in arch.dropout_keys:
                 if hasattr(config, key):
                     setattr(config, key, dropout)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            src, config=config, use_safetensors=True, trust_remote_code=False, token=token
-        )
+        from transformers.utils import logging as hf_logging
+
+        # transformers warns that the new head is "newly initialized" (twice: stage and preflight
+        # loads): that is the point here. Only weights missing *outside* the head are worth a word.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                src, config=config, use_safetensors=True, trust_remote_code=False, token=token,
+                output_loading_info=True,
+            )  # fmt: skip
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        heads = (*self.head_names, *arch.head_modules)
+        stray = [k for k in info.get("missing_keys", []) if not set(k.split(".")) & set(heads)]
+        if stray:
+            log.warning(
+                "%s: %d weight(s) outside the classification head are not in the checkpoint and start "
+                "at random: %s", ref, len(stray), ", ".join(stray[:8]),
+            )  # fmt: skip
         tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False, token=token)
         arch.prepare(model, tokenizer)  # pad-token policy: the head must find the last real token
         return model, tokenizer

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from slimflow.models.optimize.quantizers.base import (
     QuantContext,
@@ -30,6 +30,16 @@ class TorchInt8Config(QuantizerConfig):
         description="Glob patterns of nn.Linear module names kept in FP32 (mixed precision), "
         "e.g. 'classifier' or 'bert.encoder.layer.0.*'.",
     )
+
+    @model_validator(mode="after")
+    def _installed(self) -> TorchInt8Config:
+        import importlib.util
+
+        if importlib.util.find_spec("torchao") is None:
+            raise ValueError(
+                "torch_int8 needs torchao: pip install 'slimflow[torchao]' (or drop this quantizer)"
+            )
+        return self
 
 
 def quantize_module(model: Any, recipe: dict[str, Any]) -> int:

@@ -24,6 +24,12 @@ def head_importance(model: Any, ctx: Any) -> Any:
     was_training = model.training
     model.eval()
     score = torch.zeros(n_layers, n_heads, device=device)
+    from transformers.utils import logging as hf_logging
+
+    # a head mask makes SDPA attention fall back to the eager kernel, and transformers says so: that
+    # fallback is what this pass needs, not news for the user
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         for inputs, labels, _ in batches(ctx.calibration, ctx.batch_size, ctx.pad_id, shuffle=False):
             inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -31,6 +37,7 @@ def head_importance(model: Any, ctx: Any) -> Any:
             (grad,) = torch.autograd.grad(loss, mask)
             score += grad.abs().detach()
     finally:
+        hf_logging.set_verbosity(verbosity)
         for h in hooks:
             h.remove()
         model.train(was_training)

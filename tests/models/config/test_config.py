@@ -93,6 +93,23 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
         apply_overrides({"name": "x"}, ["name.sub=1"])
 
 
+def test_overrides_index_lists_and_name_a_bad_index(tmp_path):
+    p = write(
+        tmp_path,
+        "compress:\n  steps:\n    - {kind: prune_heads, ratio: 0.3}\n    - {kind: prune_ffn, ratio: 0.3}\n",
+    )
+    cfg = load_config(p, ["compress.steps.1.ratio=0.2"])
+    assert [s.ratio for s in cfg.compress.steps] == [0.3, 0.2]
+    raw = {"compress": {"steps": [{"kind": "prune_heads"}]}, "name": "x"}
+    for bad, message in (
+        ("compress.steps.3.ratio=1", r"compress.steps.3 is past the end of the list \(1 item\(s\): 0..0\)"),
+        ("compress.steps.ratio=1", "compress.steps is a list; index it with a number"),
+        ("compress.0=1", "compress is not a list"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            apply_overrides(raw, [bad])
+
+
 def test_method_defaults_to_lora_and_each_kind_is_typed():
     assert isinstance(PipelineConfig().finetune.method, LoraMethod)
     cfg = PipelineConfig.model_validate({"finetune": {"method": {"r": 4}}})

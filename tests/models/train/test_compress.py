@@ -253,9 +253,11 @@ def test_bf16_is_refused_before_any_work_on_a_cpu_without_native_bf16(tmp_path, 
     cpu = torch.device("cpu")
     assert loop._autocast(cpu, "bf16") == (True, torch.bfloat16)
     assert loop._autocast(cpu, "auto") == (False, None) and loop._autocast(cpu, "off") == (False, None)
+    assert loop._autocast(cpu, "bf16_if_native") == (True, torch.bfloat16)
     monkeypatch.setattr(env, "cpu_has_bf16", lambda: False)
     with pytest.raises(ValueError, match="without avx512_bf16"):
         loop._autocast(cpu, "bf16")
+    assert loop._autocast(cpu, "bf16_if_native") == (False, None)  # FP32 where bf16 would be slow
 
 
 def test_bf16_autocast_trains_on_a_cpu_that_has_it(tmp_path):
