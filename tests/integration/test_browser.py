@@ -103,6 +103,23 @@ def _paused_run(stack, name: str, timeout_s: float = 600) -> dict:
     pytest.fail(f"no paused flow run named like {name!r} after {timeout_s} s")
 
 
+def _open_resume_form(driver) -> None:
+    """The run page's action menu ('Open menu') holds 'Resume' while the run is paused."""
+    from selenium.webdriver.common.by import By
+
+    for button in driver.find_elements(By.CSS_SELECTOR, "button[aria-haspopup=menu]"):
+        button.click()
+        items = _wait(
+            driver, lambda d: d.find_elements(By.CSS_SELECTOR, "[role=menuitem]"), "the action menu"
+        )
+        resume = [i for i in items if i.text.strip() == "Resume"]
+        if resume:
+            resume[0].click()
+            return
+        button.send_keys("\ue00c")  # Escape: close this menu, try the next
+    pytest.fail("no 'Resume' action on the paused run's page")
+
+
 def test_a_reviewer_approves_in_the_prefect_ui_and_sees_the_card_in_mlflow(
     stack, tmp_path, tiny_model_dir, browser
 ):
@@ -123,43 +140,50 @@ def test_a_reviewer_approves_in_the_prefect_ui_and_sees_the_card_in_mlflow(
     workdir = tmp_path / "it-browser"
     try:
         fr = _paused_run(stack, "it-browser")
-        ui = stack.api.removesuffix("/api")
-        assert ui.rsplit(":", 1)[1] != "4200"  # non-default ports: the UI must find its API anyway
+        root = stack.api.removesuffix("/api")
+        assert root.rsplit(":", 1)[1] != "4200"  # non-default ports: the UI must find its API anyway
+        settings = httpx.get(f"{root}/ui-settings", timeout=10).json()
+        assert settings["api_url"] == stack.api and settings["auth"] == "BASIC"
+        ui = root + settings[f"{settings['default_ui']}_base_url"].rstrip("/")
 
         # 1. the Prefect UI asks for the auth string, then shows the paused run
         browser.get(f"{ui}/runs/flow-run/{fr['id']}")
         password = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"), "login")
         password[0].send_keys(servers.auth_file(stack.plan.state_dir).read_text().strip(), Keys.ENTER)
         _wait(browser, _text_visible(fr["name"]), "the flow run page")
-        resume = _wait(browser, lambda d: [b for b in d.find_elements(By.TAG_NAME, "button")
-                                           if b.text.strip() == "Resume"], "the Resume button")  # fmt: skip
-        resume[0].click()
-        _wait(browser, _text_visible("Resume Flow Run"), "the approval form")
+        _wait(browser, _text_visible("Paused"), "the paused state")
+        _open_resume_form(browser)
+        dialog = _wait(
+            browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[role=dialog]"), "the approval form"
+        )[0]
+        _wait(browser, _text_visible("Resume Flow Run"), "the approval form's title")
 
         # 2. the evidence is in the form's description
         _wait(browser, _text_visible("Promote browser-clf version"), "the evidence")
-        modal = browser.find_element(By.CSS_SELECTOR, "[role=dialog]")
-        text = modal.text
+        text = dialog.text
         for expected in ("challenger", "champion", "teacher", "test accuracy", "retention of teacher",
                          "p95 latency, batch 1", "95% CI", "min_retention", "Great Expectations: passed",
                          "MLflow run", "model version"):  # fmt: skip
             assert expected in text, f"{expected!r} not in the form:\n{text}"
-        links = [a.get_attribute("href") for a in modal.find_elements(By.TAG_NAME, "a")]
+        links = [a.get_attribute("href") or "" for a in dialog.find_elements(By.TAG_NAME, "a")]
         assert any(
-            h and h.startswith(stack.mlflow_url) and "/#/models/browser-clf/versions/" in h for h in links
-        )
+            h.startswith(stack.mlflow_url) and "/#/models/browser-clf/versions/" in h for h in links
+        ), links
+        _save(browser, tmp_path / "prefect-approval-form.png")
 
-        # 3. the reviewer fills in the form and submits
-        fields = modal.find_elements(By.CSS_SELECTOR, "input[type=text], input:not([type]), textarea")
-        assert len(fields) >= 2, [f.get_attribute("outerHTML")[:200] for f in fields]
+        # 3. the reviewer fills in the form (approve, reviewer, comment: the RunInput's fields) and submits
+        switch = dialog.find_elements(By.CSS_SELECTOR, "[role=switch], input[type=checkbox]")
+        fields = dialog.find_elements(By.CSS_SELECTOR, "textarea, input[type=text]")
+        assert switch and len(fields) >= 2, dialog.get_attribute("innerHTML")[:2000]
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", switch[0])
+        switch[0].click()
         fields[0].send_keys("alice-in-chromium")
         fields[1].send_keys("approved from the browser test")
-        toggle = modal.find_elements(By.CSS_SELECTOR, "input[type=checkbox], [role=switch]")
-        assert toggle, "no approve toggle in the form"
-        browser.execute_script("arguments[0].click()", toggle[0])
-        _save(browser, tmp_path / "prefect-approval-form.png")
-        submit = [b for b in modal.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Submit"]
-        submit[0].click()
+        _save(browser, tmp_path / "prefect-approval-filled.png")
+        resume = [b for b in dialog.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Resume"]
+        assert resume, [b.text for b in dialog.find_elements(By.TAG_NAME, "button")]
+        resume[0].click()
+        _wait(browser, _text_visible("Flow run resumed"), "the UI's confirmation")
 
         done = _wait_state(stack, fr["id"], {"COMPLETED"}, timeout_s=600)
         assert done["state"]["type"] == "COMPLETED"
@@ -182,7 +206,8 @@ def test_a_reviewer_approves_in_the_prefect_ui_and_sees_the_card_in_mlflow(
         page = browser.find_element(By.TAG_NAME, "body").text
         assert "challenger" in page and "champion" in page
         _save(browser, tmp_path / "mlflow-model-version.png")
-        print(f"\nscreenshots in {tmp_path}: prefect-approval-form.png, mlflow-model-version.png")
+        print(f"\nscreenshots in {tmp_path}: prefect-approval-form.png, prefect-approval-filled.png, "
+              "mlflow-model-version.png")  # fmt: skip
     finally:
         if run.poll() is None:
             run.terminate()
