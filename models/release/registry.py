@@ -11,7 +11,6 @@ a crash or a dead tracking server between the writes never leaves a version out 
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +45,7 @@ def register_candidate(
     import mlflow
 
     tracking.use(client.tracking_uri)
-    with mlflow.start_run(run_id=run_id, nested=True), warnings.catch_warnings():
-        # "add type hints to predict": the signature comes from the family's input example instead
-        warnings.filterwarnings(
-            "ignore", message=".*type hints to the `predict` method", category=UserWarning
-        )
+    with mlflow.start_run(run_id=run_id, nested=True):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(ENTRY),

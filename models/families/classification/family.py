@@ -1,6 +1,7 @@
 """The ``sequence-classification`` family: ``AutoModelForSequenceClassification`` with a new head
-for the configured labels, cross-entropy, accuracy and macro F1, Hinton-style distillation on the
-logits, label agreement with a collapse guard for quantized candidates, label + score serving."""
+for the configured labels, cross-entropy, accuracy, macro F1/precision/recall and weighted F1,
+Hinton-style distillation on the logits, label agreement with a collapse guard for quantized
+candidates, label + score serving."""
 
 from __future__ import annotations
 
@@ -120,13 +121,20 @@ class SequenceClassification(TaskFamily):
 
     @staticmethod
     def metrics_of(preds: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
-        from sklearn.metrics import accuracy_score, f1_score
+        """Accuracy, macro F1 (the early-stopping choices), macro precision and recall, and F1
+        weighted by class support (what an imbalanced test split reads best by)."""
+        from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
+        ids = list(range(num_labels))
+        prec, rec, _, _ = precision_recall_fscore_support(
+            labels, preds, labels=ids, average="macro", zero_division=0
+        )
         return {
             "accuracy": float(accuracy_score(labels, preds)),
-            "f1": float(
-                f1_score(labels, preds, average="macro", labels=list(range(num_labels)), zero_division=0)
-            ),
+            "f1": float(f1_score(labels, preds, average="macro", labels=ids, zero_division=0)),
+            "precision": float(prec),
+            "recall": float(rec),
+            "f1_weighted": float(f1_score(labels, preds, average="weighted", labels=ids, zero_division=0)),
         }
 
     def kd_loss(

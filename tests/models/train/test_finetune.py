@@ -180,7 +180,8 @@ def test_finetune_saves_a_merged_safetensors_model_that_reloads_identically(tiny
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
     assert not list(out.glob("*.bin"))
     assert [e.epoch for e in epochs] == [1, 2]
-    assert 0 < res.trainable_share < 1 and set(res.test) == {"loss", "accuracy", "f1"}
+    assert 0 < res.trainable_share < 1
+    assert set(res.test) == {"loss", "accuracy", "f1", "precision", "recall", "f1_weighted"}
     model, tok = FAMILY.load_trained(out)
     assert model.config.id2label == {0: "neg", 1: "pos"}
     import pandas as pd
