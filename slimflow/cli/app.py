@@ -57,6 +57,14 @@ SetOpt = Annotated[
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+# Commands that only need a config's workdir and tracking store, and default to ./.slimflow.
+WorkdirConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Use this config's workdir and tracking store (default: ./.slimflow).",
+        show_default=False,
+    ),
+]  # fmt: skip
 
 
 def _version(value: bool) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from slimflow.cli.app import DebugOpt, app, err, fail, load, out
+from slimflow.cli.app import DebugOpt, WorkdirConfigOpt, app, err, fail, load, out
 
 
 def _mb(n: int) -> str:
@@ -18,12 +17,7 @@ def _mb(n: int) -> str:
 
 @app.command()
 def gc(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", "-c", help="Clean this config's workdir (default: ./.slimflow).", show_default=False
-        ),
-    ] = None,
+    config: WorkdirConfigOpt = None,
     keep_runs: Annotated[
         int,
         typer.Option(

@@ -68,12 +68,12 @@ def run(
         if summary and summary.exists():
             err.print(f"summary written to {summary}")
         fail(e, debug)
-    _print_summary(result)
+    _print_summary(result, config)
     if summary:
         err.print(f"summary written to {summary}")
 
 
-def _print_summary(s: dict) -> None:
+def _print_summary(s: dict, config: Path | None = None) -> None:
     t = Table(title=f"slimflow run {s.get('mlflow_run_id', '')[:12]}", show_lines=False)
     t.add_column("stage")
     t.add_column("status")
@@ -102,9 +102,10 @@ def _print_summary(s: dict) -> None:
     if dep:
         out.print(
             f"serving {d.get('model_name')} v{dep['version']} at {dep['endpoint']} "
-            f"(POST /predict, GET /health; `slimflow deploy --stop` stops it)"
+            f"(POST /predict, GET /health; `slimflow deploy --stop -c {config}` stops it)"
         )
-    out.print(f"MLflow: {s.get('tracking_uri')} (run {s.get('mlflow_run_id')}); `slimflow ui` to browse")
+    ui = f"`slimflow ui -c {config}`" if config else "`slimflow ui`"
+    out.print(f"MLflow: {s.get('tracking_uri')} (run {s.get('mlflow_run_id')}); {ui} to browse")
 
 
 def _print_candidates(search: dict) -> None:

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from slimflow.cli.app import DebugOpt, app, err, fail, load
+from slimflow.cli.app import DebugOpt, WorkdirConfigOpt, app, err, fail, load
 
 
 @app.command()
 def ui(
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="Use this config's tracking store (default: ./.slimflow)."),
-    ] = None,
+    config: WorkdirConfigOpt = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
     debug: DebugOpt = False,
 ) -> None:

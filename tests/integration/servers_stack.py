@@ -140,3 +140,17 @@ def _wait_state(stack: Stack, flow_run_id: str, types: set[str], timeout_s: floa
             pytest.fail(f"flow run {flow_run_id} ended {state.get('type')}: {state.get('message')}")
         time.sleep(2)
     pytest.fail(f"flow run {flow_run_id} not in {types} after {timeout_s} s (last: {state.get('type')})")
+
+
+def approved_champion(stack: Stack, model_name: str, reviewer: str) -> tuple[str, dict[str, str]]:
+    """The champion version after an approval, checked to carry the approval; and its tags."""
+    from slimflow.models.release import tracking
+    from slimflow.models.release.registry import alias_version
+
+    client = tracking.client(stack.mlflow_url)
+    champion = alias_version(client, model_name, "champion")
+    assert champion is not None, f"{model_name} has no champion"
+    tags = client.get_model_version(model_name, champion).tags
+    assert tags["slimflow.approval.decision"] == "approved"
+    assert tags["slimflow.approval.reviewer"] == reviewer
+    return champion, tags

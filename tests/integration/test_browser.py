@@ -20,9 +20,7 @@ import httpx
 import pytest
 
 from slimflow.cli import local_servers as servers
-from slimflow.models.release import tracking
-from slimflow.models.release.registry import alias_version
-from tests.integration.servers_stack import BIN, _api, _wait_state, pipeline_yaml
+from tests.integration.servers_stack import BIN, _api, _wait_state, approved_champion, pipeline_yaml
 from tests.integration.test_promotion import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -188,12 +186,7 @@ def test_a_reviewer_approves_in_the_prefect_ui_and_sees_the_card_in_mlflow(
         done = _wait_state(stack, fr["id"], {"COMPLETED"}, timeout_s=600)
         assert done["state"]["type"] == "COMPLETED"
         run.wait(120)
-        client = tracking.client(stack.mlflow_url)
-        champion = alias_version(client, "browser-clf", "champion")
-        assert champion is not None
-        mv = client.get_model_version("browser-clf", champion)
-        assert mv.tags["slimflow.approval.reviewer"] == "alice-in-chromium"
-        assert mv.tags["slimflow.approval.decision"] == "approved"
+        champion, _ = approved_champion(stack, "browser-clf", "alice-in-chromium")
         r = httpx.post(
             f"http://127.0.0.1:{port}/predict", json={"texts": ["good great film", "bad awful dull"]}
         )

@@ -22,7 +22,15 @@ import pytest
 from slimflow.cli import local_servers as servers
 from slimflow.models.release import tracking
 from slimflow.models.release.registry import alias_version
-from tests.integration.servers_stack import BIN, ROOT, _api, _postgres_available, _wait_state, pipeline_yaml
+from tests.integration.servers_stack import (
+    BIN,
+    ROOT,
+    _api,
+    _postgres_available,
+    _wait_state,
+    approved_champion,
+    pipeline_yaml,
+)
 from tests.integration.test_promotion import free_port
 
 pytestmark = pytest.mark.integration
@@ -106,13 +114,8 @@ def test_deployment_round_trip_schedule_worker_approval_champion_endpoint(stack,
     t_done = time.monotonic() - t0
     workdir = tmp_path / "it-deployed"
     try:
-        client = tracking.client(stack.mlflow_url)
-        champion = alias_version(client, "reviews-clf", "champion")
-        assert champion is not None
-        mv = client.get_model_version("reviews-clf", champion)
-        assert mv.tags["slimflow.approval.decision"] == "approved"
-        assert mv.tags["slimflow.approval.reviewer"] == "alice"
-        assert mv.tags["slimflow.deployed.endpoint"] == f"http://127.0.0.1:{port}"
+        champion, tags = approved_champion(stack, "reviews-clf", "alice")
+        assert tags["slimflow.deployed.endpoint"] == f"http://127.0.0.1:{port}"
         summary = json.loads(next((workdir / "runs").glob("*.json")).read_text())
         assert summary["flow_run_id"] == fr["id"] and summary["tracking_uri"] == stack.mlflow_url
         assert summary["decision"]["champion"] == champion
