@@ -22,11 +22,11 @@ import pandas as pd
 from slimflow.models.core.errors import ConfigError, DataError
 from slimflow.models.data.config import DataConfig
 from slimflow.models.data.tables import label_text, load_raw, resolve_format
+from slimflow.models.families import DEFAULT_TASK
 
 TEXT_NAMES = ("text", "sentence", "review", "content", "body", "comment", "document", "utterance", "message")
 LABEL_NAMES = ("label", "labels", "class", "category", "target", "sentiment", "intent", "y")
 MAX_CLASSES = 100
-DEFAULT_TEACHER = "packaged:all-MiniLM-L6-v2"
 # Wall-time the sizing aims at for the teacher's fine-tuning on a machine without a GPU.
 TEACHER_BUDGET_S = 600.0
 
@@ -169,44 +169,17 @@ def profile(
     return prof
 
 
-def token_lengths(texts: list[str], teacher: str, cache_dir: Path) -> list[int]:
-    """Token counts of ``texts`` under the teacher's own tokenizer (special tokens included)."""
-    from transformers import AutoTokenizer
-
-    from slimflow.models.assets import resolve_pretrained
-
-    tok = AutoTokenizer.from_pretrained(resolve_pretrained(teacher, cache_dir))
-    return [len(ids) for ids in tok(texts, add_special_tokens=True, truncation=False)["input_ids"]]
-
-
 def percentile(values: list[int], q: float) -> int:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
 
 
-def measure_speed(
-    teacher: str, cache_dir: Path, texts: list[str], seq_len: int, n_labels: int, batch: int = 32
-) -> float:
-    """Training examples per second of the teacher here: two timed steps after one warm-up
-    (forward, backward, AdamW step) on ``batch`` of the user's texts padded to ``seq_len`` tokens."""
+def measure_speed(model: Any, tok: Any, texts: list[str], seq_len: int, batch: int = 32) -> float:
+    """Training examples per second of ``model`` here: two timed steps after one warm-up (forward,
+    backward, AdamW step) on ``batch`` of the user's texts padded to ``seq_len`` tokens."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    from slimflow.models.assets import resolve_pretrained
-
-    src = resolve_pretrained(teacher, cache_dir)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the new head's "newly initialized" warning is expected here
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            src, num_labels=n_labels, use_safetensors=True
-        )
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    tok = AutoTokenizer.from_pretrained(src)
-    if tok.pad_token is None:  # decoder tokenizers: pad with end-of-text, as training does
-        tok.pad_token = tok.eos_token
+    n_labels = int(model.config.num_labels)
     rows = (texts * (batch // max(1, len(texts)) + 1))[:batch]
     enc = tok(rows, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
     y = torch.arange(batch) % n_labels
@@ -241,7 +214,11 @@ def size_run(prof: DataProfile, teacher: str, cache_dir: Path, measure: bool = T
     machine (no GPU) would take far longer than ``TEACHER_BUDGET_S`` to fine-tune on every row."""
     import torch
 
-    lengths = token_lengths(prof.sample, teacher, cache_dir)
+    from slimflow.models.families import get_family
+
+    # the family's own loader: the pad-token policy and head of training, its warnings handled
+    model, tok = get_family(DEFAULT_TASK).load_pretrained(teacher, prof.labels, cache_dir)
+    lengths = [len(ids) for ids in tok(prof.sample, add_special_tokens=True, truncation=False)["input_ids"]]
     p50, p99 = percentile(lengths, 0.5), percentile(lengths, 0.99)
     max_length = min(512, max(16, 8 * math.ceil(p99 / 8)))
     train_rows = int(prof.usable * 0.7)
@@ -251,8 +228,7 @@ def size_run(prof: DataProfile, teacher: str, cache_dir: Path, measure: bool = T
     speed = None
     if measure and not gpu:
         # bucketed batches pad to about the typical length, not max_length
-        seq = max(8, min(max_length, 8 * math.ceil(p50 * 1.3 / 8)))
-        speed = measure_speed(teacher, cache_dir, prof.sample, seq, len(prof.counts))
+        speed = measure_speed(model, tok, prof.sample, max(8, min(max_length, 8 * math.ceil(p50 * 1.3 / 8))))
     max_rows = None
     minutes = None
     if speed:
@@ -354,7 +330,7 @@ compress:
   steps:
     - {{kind: prune_heads, ratio: 0.3}}
     - {{kind: prune_ffn, ratio: 0.3, importance: gradient}}
-  recovery: {{train: {{epochs: 1, batch_size: 32, learning_rate: 5.0e-5, max_length: {sizing.max_length}}}}}
+  recovery: {{train: {{epochs: 1, batch_size: 32, learning_rate: 5.0e-5, max_length: {max_length}}}}}
 
 # Candidates: every model above exported to ONNX (FP32 and dynamic INT8) and timed on this CPU.
 optimize:

@@ -95,7 +95,8 @@ class Model:
         self._pyfunc, self.version = load_registered(uri, tracking_uri)
 
     def predict(self, texts: str | Sequence[str], batch_size: int = 256) -> list[dict[str, Any]]:
-        """One ``{"label", "score"}`` per text, in order (a single string counts as one text)."""
+        """One record per text, in order, with the model family's output fields (``label`` and
+        ``score`` for a classifier); a single string counts as one text."""
         import pandas as pd
 
         items = [texts] if isinstance(texts, str) else list(texts)
@@ -107,7 +108,7 @@ class Model:
         rows: list[dict[str, Any]] = []
         for i in range(0, len(items), batch_size):
             frame = self._pyfunc.predict(pd.DataFrame({"text": items[i : i + batch_size]}))
-            rows += [{"label": str(r.label), "score": float(r.score)} for r in frame.itertuples(index=False)]
+            rows += frame.to_dict("records")  # the family's output columns (label, score for classifiers)
         return rows
 
     def __repr__(self) -> str:

@@ -47,28 +47,20 @@ class GcPlan:
         return sum(i.bytes for i in self.delete)
 
 
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    total = 0
-    for p in path.rglob("*"):
-        try:
-            if p.is_file() and not p.is_symlink():
-                total += p.stat().st_size
-        except OSError:
-            pass
-    return total
-
-
-def _newest_mtime(path: Path) -> float:
-    newest = path.lstat().st_mtime
+def _measure(path: Path) -> tuple[int, float]:
+    """Bytes under ``path`` and the newest modification time in it, in one walk."""
+    st = path.lstat()
+    size, newest = (st.st_size if path.is_file() else 0), st.st_mtime
     if path.is_dir():
         for p in path.rglob("*"):
             try:
-                newest = max(newest, p.lstat().st_mtime)
+                pst = p.lstat()
             except OSError:
-                pass
-    return newest
+                continue
+            newest = max(newest, pst.st_mtime)
+            if p.is_file() and not p.is_symlink():
+                size += pst.st_size
+    return size, newest
 
 
 def unit_of(path: Path, workdir: Path) -> Path | None:
@@ -139,9 +131,9 @@ def plan(
                 kept.setdefault(u, "named by a registered model version")
     newest_summary = summaries[0].stat().st_mtime if summaries else 0.0
     for u in units(wd):
-        size = _size(u)
+        size, changed = _measure(u)
         if u.name.startswith(".") and u.name.endswith(".tmp"):
-            age = now - _newest_mtime(u)
+            age = now - changed
             if age > tmp_age_s:
                 out.delete.append(Item(u, size, f"left half-written {age / 3600:.0f} h ago"))
             else:
@@ -150,7 +142,6 @@ def plan(
         if u in kept:
             out.keep.append(Item(u, size, kept[u]))
             continue
-        changed = _newest_mtime(u)
         if now - changed < min_age_s or changed > newest_summary:
             out.keep.append(Item(u, size, "recent (a run may be using it)"))
             continue

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -27,21 +27,7 @@ def validate_data(
     apply_defaults()
     try:
         cfg = load(config, set_)
-        from slimflow.models.data.prepare import prepare
-        from slimflow.models.data.tables import source_digest
-
-        digest = source_digest(cfg.data)
-        dest = report_dir or cfg.workdir_path() / "validate"
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                prepared, report = prepare(cfg.data, tmp, digest, dest, task=cfg.task)
-            except DataValidationError as e:
-                if e.report is not None:
-                    _print_report(e.report)
-                raise
-        _print_report(report)
+        prepared = validate_and_report(cfg, report_dir or cfg.workdir_path() / "validate")
         out.print(
             f"rows: {prepared.rows_raw} raw, {prepared.duplicates_dropped} repeats and "
             f"{prepared.blank_dropped} blank dropped; split {prepared.counts}; "
@@ -49,6 +35,26 @@ def validate_data(
         )
     except Exception as e:
         fail(e, debug)
+
+
+def validate_and_report(cfg: Any, report_dir: Path) -> Any:
+    """Run the Great Expectations gate on ``cfg.data`` alone (the split written to a temporary
+    folder), print its report, also when it fails (then re-raise); return the PreparedData."""
+    import tempfile
+
+    from slimflow.models.data.prepare import prepare
+    from slimflow.models.data.tables import source_digest
+
+    digest = source_digest(cfg.data)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            prepared, report = prepare(cfg.data, tmp, digest, report_dir, task=cfg.task)
+        except DataValidationError as e:
+            if e.report is not None:
+                _print_report(e.report)
+            raise
+    _print_report(report)
+    return prepared
 
 
 def _print_report(report) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +11,8 @@ from rich.markup import escape
 from slimflow.cli.app import DebugOpt, app, err, fail, out
 from slimflow.models.core.env import apply_defaults
 from slimflow.models.core.errors import ConfigError, DataValidationError
+
+DEFAULT_TEACHER = "packaged:all-MiniLM-L6-v2"  # the packaged teacher: works offline
 
 
 @app.command()
@@ -41,9 +42,9 @@ def init(
             help="Pipeline and registered-model name (default: from the file name).", show_default=False
         ),
     ] = None,
-    model: Annotated[str, typer.Option(help="Teacher to fine-tune: packaged:NAME, a folder or a hub id.")] = (
-        "packaged:all-MiniLM-L6-v2"
-    ),
+    model: Annotated[
+        str, typer.Option(help="Teacher to fine-tune: packaged:NAME, a folder or a hub id.")
+    ] = DEFAULT_TEACHER,
     measure: Annotated[
         bool,
         typer.Option(
@@ -101,23 +102,13 @@ def init(
         tmp.replace(dest)
         out.print(f"wrote {dest}", highlight=False)
 
-        from slimflow.cli.data import _print_report
-        from slimflow.models.data.prepare import prepare
-        from slimflow.models.data.tables import source_digest
+        from slimflow.cli.data import validate_and_report
 
-        with tempfile.TemporaryDirectory() as work:
-            try:
-                prepared, report = prepare(
-                    cfg.data, work, source_digest(cfg.data), Path(work) / "report", task=cfg.task
-                )
-            except DataValidationError as e:
-                if e.report is not None:
-                    _print_report(e.report)
-                err.print(
-                    f"[yellow]the data fails its checks as written; edit {escape(str(dest))} or the data[/]"
-                )
-                raise
-        _print_report(report)
+        try:
+            prepared = validate_and_report(cfg, cfg.workdir_path() / "validate")
+        except DataValidationError:
+            err.print(f"[yellow]the data fails its checks: edit {escape(str(dest))} or the data[/]")
+            raise
         out.print(f"split: {prepared.counts}", highlight=False)
         if sizing.teacher_minutes is not None:
             out.print(
