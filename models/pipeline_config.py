@@ -15,7 +15,7 @@ from slimflow.models.config.base import Strict
 from slimflow.models.config.loading import read_config_file, validate
 from slimflow.models.core.names import SAFE_NAME
 from slimflow.models.data.config import DataConfig
-from slimflow.models.families import DEFAULT_TASK, FAMILIES
+from slimflow.models.families import DEFAULT_TASK, FAMILIES, get_family
 from slimflow.models.optimize.config import OptimizeConfig
 from slimflow.models.release.config import PromoteConfig, TrackingConfig
 from slimflow.models.train.config import CompressConfig, DistillConfig, FinetuneConfig
@@ -50,6 +50,29 @@ class PipelineConfig(Strict):
         if v not in FAMILIES:
             raise ValueError(f"unknown task family {v!r}; known: {', '.join(FAMILIES)}")
         return v
+
+    @model_validator(mode="after")
+    def _metrics_of_the_family(self) -> PipelineConfig:
+        """A stage's best-epoch metric must be one the task family computes."""
+        if self.task not in FAMILIES:
+            return self
+        family = get_family(self.task)
+        for section in ("distill", "compress", "optimize", "promote"):
+            if getattr(self, section) is not None and section not in family.stages:
+                raise ValueError(
+                    f"task {self.task!r} does not support the {section}: section yet (it supports: "
+                    f"{', '.join(['finetune', *family.stages])}); set {section}: null"
+                )
+        stages = {"finetune": self.finetune, "distill": self.distill, "compress": self.compress}
+        for name, stage in stages.items():
+            train = getattr(stage, "train", None) if stage is not None else None
+            metric = getattr(train, "metric", None)
+            if metric is not None and metric not in family.metrics:
+                raise ValueError(
+                    f"{name}.train.metric {metric!r} is not computed for task {self.task!r}; "
+                    f"choose one of {list(family.metrics)} (or leave it out: {family.primary_metric})"
+                )
+        return self
 
     @model_validator(mode="after")
     def _promote_needs_candidates(self) -> PipelineConfig:

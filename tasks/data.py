@@ -11,7 +11,8 @@ from slimflow.models.config.loading import config_to_params
 from slimflow.models.core.errors import DataValidationError
 from slimflow.models.core.redact import redact
 from slimflow.models.data.config import DataConfig
-from slimflow.models.data.prepare import DataResult, PreparedData, prepare
+from slimflow.models.data.prepare import DataResult, PreparedData
+from slimflow.models.families import get_family
 from slimflow.models.release import tracking
 from slimflow.tasks.common import STAGE_CACHE, StageContext, atomic_dir, stage_key
 from slimflow.tasks.results import persistence
@@ -34,7 +35,10 @@ def log_dataset(prepared: PreparedData, run_id: str) -> None:
     with warnings.catch_warnings():  # "source can be interpreted in multiple ways": both are local files
         warnings.filterwarnings("ignore", message="The specified dataset source", category=UserWarning)
         ds = mlflow.data.from_pandas(
-            df, source=prepared.source_path, name=f"train-{prepared.data_fingerprint[:12]}", targets="label"
+            df,
+            source=prepared.source_path,
+            name=f"train-{prepared.data_fingerprint[:12]}",
+            targets=str(df.columns[-1]),  # split files put the target last: label, or completion
         )
     tags = [
         InputTag("mlflow.data.context", "train"),
@@ -61,7 +65,7 @@ def prepare_data(
         mlflow.set_tag("slimflow.data.source_sha256", source_sha256)
         try:
             with atomic_dir(final) as tmp:
-                prepared, report = prepare(cfg, tmp, source_sha256, report_dir, task=task)
+                prepared, report = get_family(task).prepare_data(cfg, tmp, source_sha256, report_dir)
         except DataValidationError as e:
             _log_report(report_dir)
             mlflow.set_tag("slimflow.data.valid", "false")

@@ -180,3 +180,81 @@ def build_tiny_llama(path: Path, layers: int = 3, hidden: int = 32) -> Path:
     torch.manual_seed(0)
     LlamaModel(cfg).save_pretrained(path, safe_serialization=True)
     return path
+
+
+REVIEW_QUESTION = "Is this movie review fresh or rotten? Answer with one word.\n\nReview: {text}"
+
+
+def make_chats(n: int = 240, seed: int = 0) -> pd.DataFrame:
+    """The synthetic reviews asked as chats: 'fresh' for the positive ones, 'rotten' otherwise."""
+    rows = make_reviews(n, seed)
+    return pd.DataFrame(
+        {
+            "messages": [
+                [
+                    {"role": "user", "content": REVIEW_QUESTION.format(text=t)},
+                    {"role": "assistant", "content": "fresh" if s == "pos" else "rotten"},
+                ]
+                for t, s in zip(rows["review"], rows["sentiment"], strict=True)
+            ]
+        }
+    )
+
+
+def write_jsonl(frame: pd.DataFrame, path: Path) -> Path:
+    import json
+
+    with path.open("w", encoding="utf-8") as f:
+        for rec in frame.to_dict("records"):
+            f.write(json.dumps(rec) + "\n")
+    return path
+
+
+def build_tiny_causal_lm(path: Path, layers: int = 2, hidden: int = 32) -> Path:
+    """A tiny Llama causal LM (4 query / 2 key-value heads, tied embeddings) and a byte-level BPE
+    tokenizer trained here on the synthetic chats (ChatML special tokens, no chat template: the
+    family supplies ChatML)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    corpus = [m[0]["content"] + " " + m[1]["content"] for m in make_chats(400)["messages"]]
+    corpus += ["user assistant system\n"] * 5
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>")
+    fast.save_pretrained(path)
+    cfg = LlamaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden // 4,
+        max_position_embeddings=256,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+        # wide enough embeddings that logits can peak through a frozen RMSNorm and tied head:
+        # with the default 0.02, adapters alone cannot move a random model off uniform outputs
+        initializer_range=0.15,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-causal-lm"))

@@ -22,3 +22,23 @@ def _rotten_tomatoes() -> Any:
 
 
 PACKAGED_DATASETS.add("rotten_tomatoes", PackagedDataset(_rotten_tomatoes_file, _rotten_tomatoes))
+
+
+REVIEW_QUESTION = "Is this movie review fresh or rotten? Answer with one word.\n\nReview: {text}"
+
+
+def _rotten_tomatoes_chat() -> Any:
+    """The same reviews asked as a chat (for causal LMs): the user turn quotes the review, the
+    answer is 'fresh' or 'rotten'; scored by exact match of the generated answer."""
+    import pandas as pd
+
+    rows = _rotten_tomatoes()
+    messages = [
+        [{"role": "user", "content": REVIEW_QUESTION.format(text=str(t).strip())},
+         {"role": "assistant", "content": str(lab)}]
+        for t, lab in zip(rows["text"], rows["label"], strict=True)
+    ]  # fmt: skip
+    return pd.DataFrame({"messages": messages})
+
+
+PACKAGED_DATASETS.add("rotten_tomatoes_chat", PackagedDataset(_rotten_tomatoes_file, _rotten_tomatoes_chat))

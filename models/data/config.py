@@ -55,6 +55,19 @@ class DataConfig(Strict):
         None,
         description="Declared label set (its order fixes label ids). Omitted: the sorted labels found.",
     )
+    # causal-lm (task: causal-lm): chat rows, or prompt/completion pairs
+    messages_column: str = Field(
+        "messages",
+        min_length=1,
+        description="causal-lm: column of chat turns ([{role, content}, ...], the last one the "
+        "assistant's answer that is trained on).",
+    )
+    prompt_column: str = Field(
+        "prompt", min_length=1, description="causal-lm without a messages column: the user's prompt."
+    )
+    completion_column: str = Field(
+        "completion", min_length=1, description="causal-lm without a messages column: the answer."
+    )
     max_rows: int | None = Field(
         None, ge=20, description="Stratified subsample after cleaning, for quick runs; None = all rows."
     )

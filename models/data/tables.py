@@ -138,15 +138,17 @@ def check_text_column(raw: pd.DataFrame, column: str, path: Path | str) -> None:
         )
 
 
-def load_raw(cfg: DataConfig) -> pd.DataFrame:
-    """Read the source as given: the raw table that the schema expectations check."""
+def load_raw(cfg: DataConfig, check_text: bool = True) -> pd.DataFrame:
+    """Read the source as given: the raw table that the schema expectations check (``check_text``:
+    the text column must hold strings; chat data holds lists of turns instead)."""
     path = check_source(cfg)
     name = packaged_name(cfg.source)
     try:
         if name is not None:
             return PACKAGED_DATASETS.get(name).load()
         raw = _read(path, resolve_format(cfg))
-        check_text_column(raw, cfg.text_column, path)
+        if check_text:
+            check_text_column(raw, cfg.text_column, path)
         return raw
     except UnicodeDecodeError as e:
         raise DataError(
@@ -211,9 +213,12 @@ def clean(df: pd.DataFrame) -> tuple[pd.DataFrame, CleanStats]:
 
 
 def stratified_sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """At most ``n`` rows with the class proportions kept (deterministic for a seed)."""
+    """At most ``n`` rows with the class proportions kept (deterministic for a seed); rows without
+    a label column (chat data) are sampled uniformly."""
     if n >= len(df):
         return df
+    if LABEL not in df.columns:
+        return df.sample(n=n, random_state=seed).sort_index()
     from sklearn.model_selection import train_test_split
 
     keep, _ = train_test_split(df, train_size=n, stratify=df[LABEL], random_state=seed)

@@ -57,6 +57,23 @@ class TaskFamily:
     head_names: ClassVar[tuple[str, ...]] = ()  # task-head module names (peft wraps them itself)
     metrics: ClassVar[tuple[str, ...]] = ()  # evaluation figures, higher is better
     primary_metric: ClassVar[str] = ""  # the one gates, retention and the candidate choice use
+    # optional pipeline sections this family's models can go through
+    stages: ClassVar[tuple[str, ...]] = ("distill", "compress", "optimize", "promote")
+
+    # ------------------------------------------------------------------------------ data
+    def prepare_data(
+        self, cfg: Any, out_dir: str | Path, source_sha256: str, report_dir: str | Path | None = None
+    ) -> tuple[Any, Any]:
+        """Validate (Great Expectations), clean and split the data for this family: the
+        ``PreparedData`` and the validation report (labelled texts by default)."""
+        from slimflow.models.data.prepare import prepare
+
+        return prepare(cfg, out_dir, source_sha256, report_dir, task=self.name)
+
+    def trained_heads(self, arch: Any) -> tuple[str, ...]:
+        """Modules trained in full beside adapters or frozen layers: the architecture's new task
+        head (and pooler) by default; a family that keeps the pretrained output layer has none."""
+        return tuple(arch.head_modules)
 
     # ---------------------------------------------------------------------------- models
     def load_pretrained(
@@ -84,6 +101,13 @@ class TaskFamily:
     def evaluate(self, model: Any, data: Any, batch_size: int, pad_id: int) -> dict[str, float]:
         """``loss`` plus every figure in ``metrics``."""
         raise NotImplementedError
+
+    def probe_logits(self, model: Any, data: Any, batch_size: int, pad_id: int) -> Any:
+        """A [rows, values] array of logits that a merge or export must reproduce (the parity
+        check after folding adapters): the classification logits by default."""
+        from slimflow.models.families.batching import predict_logits
+
+        return predict_logits(model, data, batch_size, pad_id)
 
     def kd_loss(
         self, student_out: Any, teacher_out: Any, targets: Any, temperature: float, alpha: float

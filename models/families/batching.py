@@ -15,6 +15,8 @@ import torch
 
 Batch = dict[str, torch.Tensor]
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+IGNORE_INDEX = -100  # per-token targets not trained on (prompt tokens, padding)
+PAD_FILL = {"labels": IGNORE_INDEX}  # padding of per-token keys other than input_ids (default 0)
 
 
 @dataclass
@@ -42,7 +44,7 @@ def pad(features: list[dict[str, list[int]]], pad_id: int) -> Batch:
     n = max(len(f["input_ids"]) for f in features)
     out: Batch = {}
     for k in features[0]:
-        fill = pad_id if k == "input_ids" else 0
+        fill = PAD_FILL.get(k, 0) if k != "input_ids" else pad_id
         out[k] = torch.tensor([f[k] + [fill] * (n - len(f[k])) for f in features], dtype=torch.long)
     return out
 

@@ -38,8 +38,10 @@ class TrainConfig(Strict):
     early_stopping_patience: int | None = Field(
         2, ge=1, description="Stop after this many epochs without a better validation metric; None = off."
     )
-    metric: Literal["accuracy", "f1"] = Field(
-        "accuracy", description="Validation metric that picks the best epoch."
+    metric: Literal["accuracy", "f1", "exact_match"] | None = Field(
+        None,
+        description="Validation metric that picks the best epoch; None = the task family's primary "
+        "metric (accuracy for classifiers, exact_match for causal LMs).",
     )
     max_train_examples: int | None = Field(
         None, ge=1, description="Use at most this many training rows (stratified); None = all."

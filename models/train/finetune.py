@@ -43,6 +43,8 @@ def few_shot_rows(frame: Any, fs: FewShotConfig) -> Any:
     """k rows per class (all rows of a class that has fewer)."""
     import pandas as pd
 
+    if LABEL not in frame.columns:  # chat data: k examples in all
+        return frame.sample(n=min(fs.k, len(frame)), random_state=fs.seed).sort_index()
     parts = [g.sample(n=min(fs.k, len(g)), random_state=fs.seed) for _, g in frame.groupby(LABEL, sort=True)]
     return pd.concat(parts).sort_index()
 
@@ -149,11 +151,11 @@ def finetune(
 
     model.eval()
     probe = val_set.subset(np.arange(min(len(val_set), 64)))
-    before = T.predict_logits(model, probe, tc.eval_batch_size, pad_id)
+    before = family.probe_logits(model, probe, tc.eval_batch_size, pad_id)
     model, merged = merge(model)
     diff = None
     if merged:
-        after = T.predict_logits(model, probe, tc.eval_batch_size, pad_id)
+        after = family.probe_logits(model, probe, tc.eval_batch_size, pad_id)
         diff = float(np.abs(before - after).max())
         if not diff <= MERGE_TOLERANCE:
             raise RuntimeError(

@@ -168,6 +168,7 @@ def train(
 
     if len(train_data) == 0:
         raise ValueError("no training examples")
+    metric = cfg.metric or family.primary_metric
     rank, size = world()
     device = next(model.parameters()).device
     use_amp, amp_dtype = _autocast(device, cfg.mixed_precision)
@@ -197,7 +198,7 @@ def train(
     best_metric, best_epoch, bad_epochs, step = -math.inf, 0, 0, 0
     best_state = {n: p.detach().clone() for n, p in params}
     if keep_initial:
-        best_metric = family.evaluate(model, val_data, cfg.eval_batch_size, pad_id)[cfg.metric]
+        best_metric = family.evaluate(model, val_data, cfg.eval_batch_size, pad_id)[metric]
     history: list[EpochRecord] = []
     t_start = time.perf_counter()
     stopped = False
@@ -260,7 +261,7 @@ def train(
         )
         if on_epoch is not None:
             on_epoch(rec)
-        score = val[cfg.metric]
+        score = val[metric]
         if score > best_metric:
             best_metric, best_epoch, bad_epochs = score, epoch, 0
             best_state = {n: p.detach().clone() for n, p in params}

@@ -67,7 +67,11 @@ def peft_method(
     def prepare(model: Any, cfg: PeftMethodConfig, ctx: MethodContext) -> Any:
         import peft
 
-        keep = list(cfg.modules_to_save) if cfg.modules_to_save is not None else list(ctx.arch.head_modules)
+        keep = (
+            list(cfg.modules_to_save)
+            if cfg.modules_to_save is not None
+            else list(ctx.family.trained_heads(ctx.arch))
+        )
         # Mergeable methods: peft wraps only the head (it does so for SEQ_CLS by itself); the other
         # modules_to_save are unfrozen in place, because peft's IA3 unload breaks on wrapped
         # non-Linear modules such as BertPooler. Prompt-learning methods are never merged: peft keeps them.
@@ -220,7 +224,7 @@ def _freeze(model: Any, cfg: FreezeMethod, ctx: MethodContext) -> Any:
     for module in keep:
         for p in module.parameters():
             p.requires_grad = True
-    heads = set(ctx.arch.head_modules) | set(ctx.family.head_names)
+    heads = set(ctx.family.trained_heads(ctx.arch)) | set(ctx.family.head_names)
     for name, module in model.named_modules():  # the head (and pooler, if any) always train
         if name.rsplit(".", 1)[-1] in heads:
             for p in module.parameters():

@@ -42,13 +42,13 @@ def validate_and_report(cfg: Any, report_dir: Path) -> Any:
     folder), print its report, also when it fails (then re-raise); return the PreparedData."""
     import tempfile
 
-    from slimflow.models.data.prepare import prepare
     from slimflow.models.data.tables import source_digest
+    from slimflow.models.families import get_family
 
     digest = source_digest(cfg.data)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            prepared, report = prepare(cfg.data, tmp, digest, report_dir, task=cfg.task)
+            prepared, report = get_family(cfg.task).prepare_data(cfg.data, tmp, digest, report_dir)
         except DataValidationError as e:
             if e.report is not None:
                 _print_report(e.report)

@@ -144,7 +144,8 @@ def test_plug_in_fields_name_the_registered_kinds_and_their_keys(tmp_path):
     ):
         load_config(write(tmp_path, "distill:\n  student: {keep: [0]}\n"))
     with pytest.raises(
-        ConfigError, match=r"  - task: .*unknown task family 'translation'; known: sequence-classification"
+        ConfigError,
+        match=r"  - task: .*unknown task family 'translation'; known: causal-lm, sequence-classification",
     ):
         load_config(write(tmp_path, "task: translation\n"))
 
@@ -165,3 +166,17 @@ def test_a_plug_in_registered_later_is_accepted_without_touching_the_config_clas
         assert isinstance(cfg.compress.steps[0], PruneNothing)
     finally:
         STEPS._items.pop("prune_nothing_test")
+
+
+def test_a_best_epoch_metric_the_family_does_not_compute_is_refused(tmp_path):
+    p = write(tmp_path, "task: causal-lm\nfinetune:\n  train:\n    metric: f1\n")
+    with pytest.raises(ConfigError, match=r"finetune.train.metric 'f1' is not computed for task 'causal-lm'"):
+        load_config(p)
+    cfg = load_config(write(tmp_path, "task: causal-lm\n"))  # left out: the family's own metric
+    assert cfg.finetune.train.metric is None
+
+
+def test_sections_a_family_cannot_run_yet_are_refused_before_any_work(tmp_path):
+    p = write(tmp_path, "task: causal-lm\ndistill:\n  student:\n    kind: layer_drop\n    keep_layers: [0]\n")
+    with pytest.raises(ConfigError, match=r"task 'causal-lm' does not support the distill: section yet"):
+        load_config(p)

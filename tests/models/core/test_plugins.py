@@ -53,8 +53,8 @@ def test_every_kind_of_plug_in_uses_the_mechanism_and_refuses_duplicates():
         "quantizers": (QUANTIZERS, {"ort_int8_dynamic", "ort_int8_static", "ort_fp16", "torch_int8"}),
         "targets": (TARGETS, {"cpu", "cuda", "tensorrt"}),
         "models": (PACKAGED_MODELS, {"all-MiniLM-L6-v2", "all-mpnet-base-v2"}),
-        "datasets": (PACKAGED_DATASETS, {"rotten_tomatoes"}),
-        "families": (FAMILIES, {"sequence-classification"}),
+        "datasets": (PACKAGED_DATASETS, {"rotten_tomatoes", "rotten_tomatoes_chat"}),
+        "families": (FAMILIES, {"sequence-classification", "causal-lm"}),
         "archs": (ARCHS, {"bert", "mpnet"}),
     }
     for what, (reg, names) in expected.items():

@@ -1,0 +1,234 @@
+"""Chat examples as token ids: the tokenizer's chat template, the loss on the answer only, and
+batched greedy generation (left-padded) for exact-match scoring.
+
+Tokenizers without a chat template (base models, the tiny test tokenizers) get ChatML, the
+format SmolLM2 and many instruction-tuned models use.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from slimflow.models.families.batching import IGNORE_INDEX, Encoded
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer: Any) -> Any:
+    """The tokenizer, with ChatML where it has no chat template, and a pad token (its EOS)."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = CHATML
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _ids(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+    out = tokenizer.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=generation_prompt, return_dict=False
+    )
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        out = out["input_ids"]
+    return [int(i) for i in out]
+
+
+def prompt_ids(tokenizer: Any, prompt: str | list[dict[str, str]]) -> list[int]:
+    """Token ids of a prompt (JSON text of turns, or the turns) ending where the answer starts."""
+    turns = json.loads(prompt) if isinstance(prompt, str) else prompt
+    return _ids(tokenizer, turns, True)
+
+
+def answer_ids(tokenizer: Any, prompt: list[int], full: list[int], answer: str) -> list[int]:
+    """The answer's tokens: what the full conversation adds after the prompt (with the template's
+    end-of-turn tokens, so the model learns to stop)."""
+    if full[: len(prompt)] == prompt:
+        return full[len(prompt) :]
+    # a template that renders earlier turns differently once answered (rare): the answer text
+    # tokenized alone, then the end token
+    ids = [int(i) for i in tokenizer(answer, add_special_tokens=False)["input_ids"]]
+    return ids + ([int(tokenizer.eos_token_id)] if tokenizer.eos_token_id is not None else [])
+
+
+@dataclass
+class ChatEncoded(Encoded):
+    """Encoded chat examples: ``features`` hold input_ids/attention_mask/labels (labels are
+    IGNORE_INDEX on prompt tokens); ``prompts`` the prompt-only ids and ``answers`` the gold text,
+    for generation. ``labels`` (one integer per row) is the row index: nothing classifies here."""
+
+    prompts: list[list[int]] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    truncated: int = 0
+    tokenizer: Any = None  # decodes generated answers
+    eos_ids: list[int] = field(default_factory=list)  # tokens that end an answer
+
+    def subset(self, idx: np.ndarray | list[int]) -> ChatEncoded:
+        idx = [int(i) for i in idx]
+        return ChatEncoded(
+            [self.features[i] for i in idx],
+            self.labels[np.asarray(idx, dtype=int)],
+            [self.prompts[i] for i in idx],
+            [self.answers[i] for i in idx],
+            tokenizer=self.tokenizer,
+            eos_ids=self.eos_ids,
+        )
+
+    def completion_tokens(self) -> int:
+        return sum(sum(1 for t in f["labels"] if t != IGNORE_INDEX) for f in self.features)
+
+
+def encode_chat(tokenizer: Any, prompts: list[str], answers: list[str], max_length: int) -> ChatEncoded:
+    """Encode (prompt turns as JSON, answer) pairs. Too long: the prompt is cut from the left (the
+    answer and the question's end are what matter), then the answer from the right."""
+    ensure_chat_template(tokenizer)
+    ends = end_ids(tokenizer)
+    feats, prompt_only, truncated = [], [], 0
+    for prompt, answer in zip(prompts, answers, strict=True):
+        turns = json.loads(prompt)
+        p = _ids(tokenizer, turns, True)
+        full = _ids(tokenizer, [*turns, {"role": "assistant", "content": answer}], False)
+        a = answer_ids(tokenizer, p, full, answer)
+        stop = next((j for j, t in enumerate(a) if t in ends), None)
+        if stop is not None:  # what a template adds after the end token (a newline) is not trained
+            a = a[: stop + 1]
+        if len(p) + len(a) > max_length:
+            truncated += 1
+            a = a[: max(1, max_length // 2)] if len(a) > max_length // 2 else a
+            p = p[len(p) - (max_length - len(a)) :]
+        ids = p + a
+        feats.append(
+            {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE_INDEX] * len(p) + a}
+        )
+        prompt_only.append(p)
+    rows = np.arange(len(feats), dtype=np.int64)
+    return ChatEncoded(feats, rows, prompt_only, [str(a) for a in answers], truncated, tokenizer, ends)
+
+
+def end_ids(tokenizer: Any) -> list[int]:
+    """Tokens that end an answer: the tokenizer's EOS and, for chat templates, the end-of-turn token."""
+    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    for marker in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+        if marker in vocab:
+            ids.add(int(vocab[marker]))
+    return sorted(ids)
+
+
+def normalize_answer(text: str) -> str:
+    """Exact match compares answers case-folded, whitespace collapsed, end punctuation dropped."""
+    return " ".join(text.split()).casefold().rstrip(" .!?;:,")
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    import torch
+
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, n - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, n - len(s) :] = 1
+    return ids, mask
+
+
+def _batches_by_length(seqs: list[list[int]], batch_size: int) -> Iterator[list[int]]:
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    for s in range(0, len(order), batch_size):
+        yield [int(i) for i in order[s : s + batch_size]]
+
+
+def generate_greedy(
+    model: Any,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    pad_id: int,
+    eos_ids: list[int],
+) -> list[list[int]]:
+    """Greedy continuations of each prompt (token ids, up to the first end token, which is left
+    out), in the input order. Prompts are left-padded in batches of similar length."""
+    import torch
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[list[int]] = [[] for _ in prompts]
+    stop = set(eos_ids)
+    with torch.no_grad():
+        for rows in _batches_by_length(prompts, batch_size):
+            ids, mask = _left_pad([prompts[i] for i in rows], pad_id)
+            gen = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=pad_id,
+                eos_token_id=list(stop),
+            )
+            new = gen[:, ids.shape[1] :].cpu().tolist()
+            for i, seq in zip(rows, new, strict=True):
+                cut = next((j for j, t in enumerate(seq) if t in stop), len(seq))
+                out[i] = seq[:cut]
+    model.train(was_training)
+    return out
+
+
+def token_nll(model: Any, data: ChatEncoded, batch_size: int, pad_id: int) -> tuple[float, float, int, int]:
+    """(answer NLL sum, whole-text NLL sum, answer tokens, text tokens) over ``data``: the answer
+    loss is what training minimises; the whole-text figure gives the perplexity that compression
+    must keep (it sees the prompt's language too)."""
+    import torch
+
+    from slimflow.models.families.batching import batches
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    ans_sum = all_sum = 0.0
+    ans_n = all_n = 0
+    with torch.no_grad():
+        for inputs, _, _ in batches(data, batch_size, pad_id, shuffle=False):
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            labels = inputs.pop("labels")
+            logits = model(**inputs).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            target = inputs["input_ids"][:, 1:]
+            nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            real = inputs["attention_mask"][:, 1:].bool()
+            ans = labels[:, 1:] != IGNORE_INDEX
+            ans_sum += float(nll[ans].sum())
+            all_sum += float(nll[real].sum())
+            ans_n += int(ans.sum())
+            all_n += int(real.sum())
+    model.train(was_training)
+    return ans_sum, all_sum, ans_n, all_n
+
+
+def answer_start_logits(model: Any, data: ChatEncoded, batch_size: int, pad_id: int) -> np.ndarray:
+    """Logits at the last prompt token of each row (they choose the answer's first token)."""
+    import torch
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: np.ndarray | None = None
+    with torch.no_grad():
+        for rows in _batches_by_length(data.prompts, batch_size):
+            ids, mask = _left_pad([data.prompts[i] for i in rows], pad_id)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1]
+            logits = logits.float().cpu().numpy()
+            if out is None:
+                out = np.zeros((len(data), logits.shape[-1]), dtype=np.float32)
+            out[rows] = logits
+    model.train(was_training)
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)

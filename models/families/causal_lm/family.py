@@ -1,0 +1,221 @@
+"""The ``causal-lm`` family: ``AutoModelForCausalLM`` fine-tuned on chat examples with the loss on
+the answer tokens only; scored by exact match of the greedy answer and by perplexity; distilled
+token by token on the answer; served as generated text.
+
+Outputs that the inference-side methods take (``score``, ``agreement``, ``predictions``) are the
+generated answers as text (``score`` and ``agreement``) -- what a user of a generator sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from slimflow.models.assets import resolve_pretrained
+from slimflow.models.core.modelfiles import write_meta
+from slimflow.models.families.base import AgreementConfig, AgreementReport, TaskFamily
+from slimflow.models.families.causal_lm import chat as C
+
+log = logging.getLogger(__name__)
+
+# Greedy answers in evaluation stop at an end token or after this many tokens past the longest
+# gold answer of the split (a model that never stops must not make evaluation unbounded).
+EXTRA_NEW_TOKENS = 4
+MAX_NEW_TOKENS = 256
+
+
+class CausalLM(TaskFamily):
+    name = "causal-lm"
+    onnx_task = "text-generation-with-past"
+    peft_task_type = "CAUSAL_LM"
+    head_names: ClassVar[tuple[str, ...]] = ()  # lm_head is tied to the embeddings: not a new head
+    metrics: ClassVar[tuple[str, ...]] = ("exact_match",)
+    primary_metric = "exact_match"
+    # distillation, pruning, export, quantization and serving of generators are still being built
+    stages: ClassVar[tuple[str, ...]] = ()
+
+    # ------------------------------------------------------------------------------ data
+    def prepare_data(
+        self, cfg: Any, out_dir: str | Path, source_sha256: str, report_dir: str | Path | None = None
+    ) -> tuple[Any, Any]:
+        """Chat rows or prompt/completion pairs (``slimflow.models.data.chat``)."""
+        from slimflow.models.data.chat import prepare_chat
+
+        return prepare_chat(cfg, out_dir, source_sha256, report_dir)
+
+    def trained_heads(self, arch: Any) -> tuple[str, ...]:
+        """None: the language-model head is pretrained (and tied to the embeddings)."""
+        return ()
+
+    # ---------------------------------------------------------------------------- models
+    def load_pretrained(
+        self, ref: str, labels: list[str], cache_dir: str | Path, dropout: float | None = None,
+        token: str | None = None,
+    ) -> tuple[Any, Any]:  # fmt: skip
+        """A pretrained causal LM and its tokenizer (chat template and pad token ensured), from
+        safetensors, no remote code. ``labels`` is unused (nothing is classified)."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        from slimflow.models.archs import adapter_for
+
+        src = resolve_pretrained(ref, cache_dir)
+        config = AutoConfig.from_pretrained(src, trust_remote_code=False, token=token)
+        arch = adapter_for(config.model_type)
+        if dropout is not None:
+            for key in arch.dropout_keys:
+                if hasattr(config, key):
+                    setattr(config, key, dropout)
+        model = AutoModelForCausalLM.from_pretrained(
+            src, config=config, use_safetensors=True, trust_remote_code=False, token=token
+        )
+        tokenizer = C.ensure_chat_template(
+            AutoTokenizer.from_pretrained(src, trust_remote_code=False, token=token)
+        )
+        if tokenizer.pad_token_id is not None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+            if model.generation_config is not None and model.generation_config.pad_token_id is None:
+                model.generation_config.pad_token_id = tokenizer.pad_token_id
+        return model, tokenizer
+
+    def load_trained(self, path: str | Path) -> tuple[Any, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        if (path / "adapter_config.json").exists():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(path, use_safetensors=True)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+        tok = C.ensure_chat_template(AutoTokenizer.from_pretrained(path, trust_remote_code=False))
+        return model.eval(), tok
+
+    def save(self, model: Any, tokenizer: Any, out_dir: Path, meta: dict[str, Any]) -> Path:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+        write_meta(out_dir, {**meta, "task": self.name})
+        return out_dir
+
+    # ------------------------------------------------------------------------- training
+    def encode(self, tokenizer: Any, frame: Any, labels: list[str], max_length: int) -> C.ChatEncoded:
+        """A split's ``prompt``/``completion`` frame (``slimflow.models.data.chat``)."""
+        data = C.encode_chat(tokenizer, frame["prompt"].tolist(), frame["completion"].tolist(), max_length)
+        if data.truncated:
+            log.warning(
+                "%d of %d examples are longer than max_length %d tokens and were cut (prompt from the "
+                "left first)", data.truncated, len(data), max_length,
+            )  # fmt: skip
+        return data
+
+    def loss(self, model: Any, inputs: Any, targets: Any) -> Any:
+        """Mean cross-entropy over the answer tokens (prompt and padding are IGNORE_INDEX)."""
+        return model(**inputs).loss
+
+    def evaluate(self, model: Any, data: Any, batch_size: int, pad_id: int) -> dict[str, float]:
+        """``loss`` (answer tokens), ``perplexity`` (every token of the conversation) and
+        ``exact_match`` of the greedy answers."""
+        ans_sum, all_sum, ans_n, all_n = C.token_nll(model, data, batch_size, pad_id)
+        answers = self.generate(model, data, batch_size, pad_id)
+        return {
+            "loss": ans_sum / max(ans_n, 1),
+            "exact_match": self.score(answers, data.answers, [])["exact_match"],
+            "perplexity": math.exp(all_sum / max(all_n, 1)),
+        }
+
+    def probe_logits(self, model: Any, data: Any, batch_size: int, pad_id: int) -> Any:
+        """Next-token logits where each answer starts (the last prompt position), [rows, vocab]."""
+        return C.answer_start_logits(model, data, batch_size, pad_id)
+
+    def generate(self, model: Any, data: C.ChatEncoded, batch_size: int, pad_id: int) -> list[str]:
+        """Greedy answers to the prompts of ``data``, as text."""
+        if data.tokenizer is None:
+            raise ValueError("generation needs the tokenizer the data was encoded with")
+        longest = max((sum(1 for t in f["labels"] if t >= 0) for f in data.features), default=1)
+        new = min(MAX_NEW_TOKENS, longest + EXTRA_NEW_TOKENS)
+        ids = C.generate_greedy(model, data.prompts, new, batch_size, pad_id, data.eos_ids or [pad_id])
+        return [data.tokenizer.decode(s, skip_special_tokens=True) for s in ids]
+
+    def kd_loss(
+        self, student_out: Any, teacher_out: Any, targets: Any, temperature: float, alpha: float
+    ) -> Any:
+        """Token-level distillation on the answer positions: alpha * T^2 * KL(teacher_T ||
+        student_T) + (1 - alpha) * cross-entropy. ``student_out``/``teacher_out`` are [B, L, V]
+        logits, ``targets`` the [B, L] labels (IGNORE_INDEX off the answer)."""
+        import torch.nn.functional as F
+
+        s = student_out[:, :-1]
+        t_ = teacher_out[:, :-1]
+        y = targets[:, 1:]
+        on = y != C.IGNORE_INDEX
+        s, t_ = s[on], t_[on]  # [N, V] answer positions only
+        t = temperature
+        soft = F.kl_div(
+            F.log_softmax(s / t, dim=-1),
+            F.log_softmax(t_ / t, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        ) * (t * t)
+        if alpha >= 1.0:
+            return soft
+        return alpha * soft + (1.0 - alpha) * F.cross_entropy(s, y[on])
+
+    # ---------------------------------------------------------------------- inference
+    def score(self, outputs: Any, gold: list[str], labels: list[str]) -> dict[str, Any]:
+        """Exact match of generated answers (text) against gold answers."""
+        hits = [
+            C.normalize_answer(str(a)) == C.normalize_answer(g) for a, g in zip(outputs, gold, strict=True)
+        ]
+        return {"exact_match": float(np.mean(hits)) if hits else 0.0, "rows": len(hits)}
+
+    def agreement(
+        self, reference: Any, candidate: Any, labels: list[str], cfg: AgreementConfig
+    ) -> AgreementReport:
+        """Share of validation prompts on which the candidate's greedy answer equals the FP32
+        model's (the collapse guard applies to classes; here it has nothing to count)."""
+        ref = [C.normalize_answer(str(a)) for a in reference]
+        got = [C.normalize_answer(str(a)) for a in candidate]
+        if not ref:
+            raise ValueError("agreement check needs at least one row")
+        agree = float(np.mean([a == b for a, b in zip(ref, got, strict=True)]))
+        ok = agree >= cfg.min_agreement
+        msg = f"greedy answers equal FP32's on {agree:.3f} of validation prompts"
+        return AgreementReport(ok, agree, len(ref), {}, {}, msg if ok else f"{msg} (< {cfg.min_agreement})")
+
+    def predictions(self, outputs: Any, labels: list[str]) -> list[dict[str, Any]]:
+        return [{"text": str(o)} for o in outputs]
+
+    # ------------------------------------------------------------------------ serving
+    def request_schema(self, max_batch: int, max_chars: int) -> type:
+        from slimflow.models.families.causal_lm.schema import request_model
+
+        return request_model(max_batch, max_chars)
+
+    def response_schema(self) -> type:
+        from slimflow.models.families.causal_lm.schema import GenerateResponse
+
+        return GenerateResponse
+
+    # ------------------------------------------------------------------- MLflow model
+    def input_example(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame({"prompt": ["Is this movie review fresh or rotten? Answer with one word."]})
+
+    def parse_input(self, model_input: Any) -> list[str]:
+        import pandas as pd
+
+        if isinstance(model_input, pd.DataFrame):
+            if "prompt" not in model_input.columns:
+                raise ValueError(f"input needs a 'prompt' column, got {list(model_input.columns)}")
+            return model_input["prompt"].astype(str).tolist()
+        return [str(t) for t in model_input]
+
+    def output_frame(self, records: list[dict[str, Any]]) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame({"text": pd.Series([r["text"] for r in records], dtype=str)})

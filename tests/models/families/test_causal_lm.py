@@ -1,0 +1,159 @@
+"""The causal-lm family on a tiny Llama built from a config: chat data checked by Great
+Expectations, the loss on answer tokens only, LoRA SFT that learns the synthetic task, merge
+parity, exact match and perplexity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from slimflow.models.core.errors import DataValidationError
+from slimflow.models.data.config import DataConfig
+from slimflow.models.families import get_family
+from slimflow.models.families.batching import IGNORE_INDEX, batches
+from tests.conftest import make_chats, write_jsonl
+
+FAMILY = get_family("causal-lm")
+
+
+def _prepare(tmp_path: Path, frame: pd.DataFrame, **kw):
+    src = write_jsonl(frame, tmp_path / "chats.jsonl")
+    cfg = DataConfig.model_validate({"source": str(src), **kw})
+    return FAMILY.prepare_data(cfg, tmp_path / "data", "sha", tmp_path / "report")
+
+
+def test_chat_data_is_validated_split_and_stratified_on_the_answer(tmp_path: Path) -> None:
+    prepared, report = _prepare(tmp_path, make_chats(200))
+    assert report.success and prepared.task == "causal-lm"
+    assert sum(prepared.counts.values()) == 200
+    parts = {s: pd.read_parquet(prepared.path(s)) for s in ("train", "validation", "test")}
+    assert list(parts["train"].columns) == ["prompt", "completion"]
+    turns = json.loads(parts["train"]["prompt"].iloc[0])
+    assert turns[0]["role"] == "user" and "Review:" in turns[0]["content"]
+    for frame in parts.values():  # both answers in every split, in about equal shares
+        assert set(frame["completion"]) == {"fresh", "rotten"}
+    prompts = [set(f["prompt"]) for f in parts.values()]
+    assert not (prompts[0] & prompts[1]) and not (prompts[0] & prompts[2])
+
+
+def test_prompt_completion_pairs_are_accepted(tmp_path: Path) -> None:
+    chats = make_chats(60)
+    pairs = pd.DataFrame(
+        {
+            "question": [m[0]["content"] for m in chats["messages"]],
+            "answer": [m[1]["content"] for m in chats["messages"]],
+        }
+    )
+    prepared, report = _prepare(tmp_path, pairs, prompt_column="question", completion_column="answer")
+    assert report.success and prepared.counts["train"] > 30
+
+
+def test_bad_chat_rows_stop_the_run_with_a_report(tmp_path: Path) -> None:
+    chats = make_chats(60)
+    rows = chats["messages"].tolist()
+    rows[3] = [{"role": "user", "content": "no answer here"}]  # does not end with the answer
+    rows[5] = [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "fresh"}]
+    rows[7] = [{"role": "user", "content": "  "}, {"role": "assistant", "content": "fresh"}]
+    with pytest.raises(DataValidationError) as err:
+        _prepare(tmp_path, pd.DataFrame({"messages": rows}))
+    failed = {o.title for o in err.value.report.failures()}
+    assert any("last turn is the assistant" in t for t in failed)
+    assert any("roles within" in t for t in failed)
+    assert any("no empty turn" in t for t in failed)
+    assert (tmp_path / "report" / "summary.txt").is_file()
+
+
+def test_missing_columns_are_named(tmp_path: Path) -> None:
+    with pytest.raises(DataValidationError) as err:
+        _prepare(tmp_path, pd.DataFrame({"text": ["a"] * 30, "label": ["b"] * 30}))
+    assert "messages" in str(err.value.hint)
+
+
+@pytest.fixture
+def tiny_lm(tiny_causal_lm_dir: Path):
+    return FAMILY.load_pretrained(str(tiny_causal_lm_dir), [], tiny_causal_lm_dir)
+
+
+def test_loss_is_on_answer_tokens_only(tiny_lm) -> None:
+    model, tok = tiny_lm
+    frame = pd.DataFrame(
+        {
+            "prompt": [json.dumps([{"role": "user", "content": "Review: good fine film"}])],
+            "completion": ["fresh"],
+        }
+    )
+    data = FAMILY.encode(tok, frame, [], 128)
+    f = data.features[0]
+    n_prompt = len(data.prompts[0])
+    assert f["input_ids"][:n_prompt] == data.prompts[0]
+    assert all(t == IGNORE_INDEX for t in f["labels"][:n_prompt])
+    answer = [t for t in f["labels"] if t != IGNORE_INDEX]
+    assert tok.decode(answer, skip_special_tokens=True).strip() == "fresh"
+    assert answer[-1] in data.eos_ids  # the model learns to stop
+    # padding of a batch never trains either
+    two = FAMILY.encode(tok, pd.concat([frame, frame.assign(completion="a much longer answer")]), [], 128)
+    inputs, _, _ = next(batches(two, 2, tok.pad_token_id, shuffle=False))
+    pad = inputs["attention_mask"] == 0
+    assert pad.any() and (inputs["labels"][pad] == IGNORE_INDEX).all()
+
+
+def test_truncation_keeps_the_answer(tiny_lm) -> None:
+    model, tok = tiny_lm
+    long_prompt = json.dumps([{"role": "user", "content": "the film " * 200}])
+    data = FAMILY.encode(tok, pd.DataFrame({"prompt": [long_prompt], "completion": ["rotten"]}), [], 32)
+    f = data.features[0]
+    assert len(f["input_ids"]) == 32 and data.truncated == 1
+    kept = [t for t in f["labels"] if t != IGNORE_INDEX]
+    assert tok.decode(kept, skip_special_tokens=True).strip() == "rotten"
+
+
+def _sft(tmp_path: Path, model_dir: Path, method: dict, epochs: int):
+    from slimflow.models.train.config import FinetuneConfig
+    from slimflow.models.train.finetune import finetune
+
+    prepared, _ = _prepare(tmp_path, make_chats(240))
+    ft = FinetuneConfig.model_validate(
+        {
+            "model": str(model_dir),
+            "method": method,
+            "train": {"epochs": epochs, "batch_size": 16, "learning_rate": 1e-2, "max_length": 96,
+                      "early_stopping_patience": None},
+        }
+    )  # fmt: skip
+    return prepared, finetune(ft, prepared, tmp_path / "teacher", tmp_path, progress=False)
+
+
+def test_sft_learns_the_task_scored_by_exact_match(tmp_path: Path, tiny_causal_lm_dir: Path) -> None:
+    prepared, result = _sft(tmp_path, tiny_causal_lm_dir, {"kind": "full"}, epochs=8)
+    assert result.primary_metric == "exact_match"
+    assert result.history[0]["val_exact_match"] < 0.6  # it starts at chance or below
+    assert result.test["exact_match"] >= 0.8, result.history
+    assert np.isfinite(result.test["perplexity"]) and result.test["perplexity"] > 1.0
+    # the saved folder reloads as a causal LM of this family and answers the same
+    model, tok = FAMILY.load_trained(tmp_path / "teacher")
+    test = FAMILY.encode(tok, pd.read_parquet(prepared.path("test")), [], 96)
+    again = FAMILY.evaluate(model, test, 16, tok.pad_token_id)
+    assert again["exact_match"] == pytest.approx(result.test["exact_match"])
+    assert again["perplexity"] == pytest.approx(result.test["perplexity"], rel=1e-4)
+
+
+def test_lora_sft_trains_adapters_and_merges_with_parity(tmp_path: Path, tiny_causal_lm_dir: Path) -> None:
+    method = {"kind": "lora", "r": 16, "alpha": 32, "dropout": 0.0}
+    _, result = _sft(tmp_path, tiny_causal_lm_dir, method, epochs=3)
+    assert 0 < result.trainable_share < 0.5  # adapters only: embeddings and head stay frozen
+    assert result.history[-1]["train_loss"] < 0.8 * result.history[0]["train_loss"]
+    assert result.merged and result.merge_max_abs_diff is not None and result.merge_max_abs_diff <= 1e-4
+    assert not (tmp_path / "teacher" / "adapter_config.json").exists()  # merged, plain weights
+
+
+def test_score_and_agreement_compare_normalised_answers() -> None:
+    from slimflow.models.families.base import AgreementConfig
+
+    s = FAMILY.score([" Fresh.", "rotten", "fresh"], ["fresh", "rotten", "rotten"], [])
+    assert s["exact_match"] == pytest.approx(2 / 3) and s["rows"] == 3
+    rep = FAMILY.agreement(["fresh", "rotten"], ["fresh", "fresh"], [], AgreementConfig(min_agreement=0.9))
+    assert not rep.passed and rep.agreement == 0.5 and "0.9" in rep.message
