@@ -210,8 +210,9 @@ def write_jsonl(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def build_tiny_causal_lm(path: Path, layers: int = 2, hidden: int = 32) -> Path:
-    """A tiny Llama causal LM (4 query / 2 key-value heads, tied embeddings) and a byte-level BPE
+def build_tiny_causal_lm(path: Path, layers: int = 2, hidden: int = 64) -> Path:
+    """A tiny Llama causal LM (4 query / 2 key-value heads of 16 dims, the least onnxruntime's
+    GroupQueryAttention takes; tied embeddings) and a byte-level BPE
     tokenizer trained here on the synthetic chats (ChatML special tokens, no chat template: the
     family supplies ChatML)."""
     import torch

@@ -1,0 +1,95 @@
+"""Generation speed of a causal LM, measured as users feel it.
+
+One generation = a fixed prompt of ``prompt_tokens`` tokens (real test text, cut or repeated to
+that length), then exactly ``new_tokens`` greedy tokens (end tokens do not stop it), at each batch
+size. Per setting: warm-up generations, then timed ones; figures:
+
+- time to first token (TTFT: the prefill plus the first token) p50/p95 with bootstrap 95% CIs,
+- per-token decode latency p50/p95 with CIs (every later token of every timed generation),
+- decode tokens/s = batch / p50 per-token latency, with the CI that follows from the p50's,
+- prefill tokens/s = batch * prompt tokens / p50 TTFT,
+- peak RSS of the process, the CPU share other processes used meanwhile.
+
+Threads are set on the runtime and the process is pinned to as many cores; runners share the
+``timed(batch, new_tokens)`` interface of ``slimflow.models.optimize.genai``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from slimflow.models.config.base import Strict
+from slimflow.models.optimize.bench import CpuWatch, _peak_rss_mb, pin, resolve_threads, summarize
+
+
+class GenBenchConfig(Strict):
+    prompt_tokens: int = Field(64, ge=1, le=32768, description="Prompt length of every timed generation.")
+    new_tokens: int = Field(64, ge=2, le=32768, description="Tokens generated per timed generation.")
+    batch_sizes: list[int] = Field([1], min_length=1, description="Prompts generated together.")
+    warmup: int = Field(2, ge=0, le=100, description="Untimed generations first.")
+    iterations: int = Field(8, ge=2, le=10_000, description="Timed generations per batch size.")
+    threads: int | None = Field(None, ge=1, le=256, description="Intra-op threads; None = visible cores.")
+    pin_cores: bool = Field(True, description="Pin the process to as many cores as threads.")
+    bootstrap: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples of each CI.")
+    seed: int = Field(0, description="Seed of the bootstrap.")
+
+
+def fixed_prompt(texts_ids: list[list[int]], length: int) -> list[int]:
+    """``length`` tokens of real text: the given token lists joined, repeated if too short."""
+    flat = [t for ids in texts_ids for t in ids]
+    if not flat:
+        raise ValueError("no text to build a prompt from")
+    while len(flat) < length:
+        flat = flat + flat
+    return flat[:length]
+
+
+def bench_generation(runner: Any, prompt: list[int], cfg: GenBenchConfig) -> dict[str, Any]:
+    """Figures per batch size (``settings``), plus threads, cores and peak RSS."""
+    threads = resolve_threads(cfg.threads)
+    cores = pin(threads) if cfg.pin_cores else []
+    settings = []
+    for b in cfg.batch_sizes:
+        batch = [list(prompt) for _ in range(b)]
+        for _ in range(cfg.warmup):
+            runner.timed(batch, cfg.new_tokens)
+        watch = CpuWatch()
+        ttft, steps = [], []
+        for _ in range(cfg.iterations):
+            first, rest = runner.timed(batch, cfg.new_tokens)
+            ttft.append(first)
+            steps += rest
+        t = summarize(np.asarray(ttft), b, cfg.bootstrap, cfg.seed)
+        s = summarize(np.asarray(steps), b, cfg.bootstrap, cfg.seed)
+        settings.append(
+            {
+                "batch_size": b,
+                "prompt_tokens": len(prompt),
+                "new_tokens": cfg.new_tokens,
+                "generations": cfg.iterations,
+                "ttft_p50_ms": t["p50_ms"],
+                "ttft_p95_ms": t["p95_ms"],
+                "ttft_p50_ci_ms": [t["p50_ci_low_ms"], t["p50_ci_high_ms"]],
+                "ttft_p95_ci_ms": [t["p95_ci_low_ms"], t["p95_ci_high_ms"]],
+                "token_p50_ms": s["p50_ms"],
+                "token_p95_ms": s["p95_ms"],
+                "token_p50_ci_ms": [s["p50_ci_low_ms"], s["p50_ci_high_ms"]],
+                "token_p95_ci_ms": [s["p95_ci_low_ms"], s["p95_ci_high_ms"]],
+                "decode_tokens_per_s": b * 1e3 / s["p50_ms"],
+                # the CI of a rate follows from its latency's: low rate <- high latency
+                "decode_tokens_per_s_ci": [b * 1e3 / s["p50_ci_high_ms"], b * 1e3 / s["p50_ci_low_ms"]],
+                "prefill_tokens_per_s": b * len(prompt) * 1e3 / t["p50_ms"],
+                "other_cpu_share": watch.others_share(),
+            }
+        )
+    return {"threads": threads, "cores": cores, "peak_rss_mb": _peak_rss_mb(), "settings": settings}
+
+
+def setting(result: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    for s in result["settings"]:
+        if s["batch_size"] == batch_size:
+            return s
+    raise KeyError(f"no benchmark at batch size {batch_size}")

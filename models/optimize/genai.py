@@ -1,0 +1,263 @@
+"""Decoder LLMs for onnxruntime-genai: build (the model builder: fused attention with a shared
+key/value cache, weight-only INT4/INT8 MatMulNBits, FP16/BF16 for GPUs) and run (greedy answers,
+logits of a whole text, and timed generation for the benchmark).
+
+Tokenization stays with Hugging Face's tokenizer of the model folder: ids go in, ids come out, so
+the built model needs no tokenizer fix of its own and answers are compared token for token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from slimflow.models.config.base import Strict
+from slimflow.models.core.errors import SlimflowError
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "int8", "int4", "fp16", "bf16"]
+BUILD_TIMEOUT_S = 3600
+
+
+class GenaiBuildConfig(Strict):
+    """How onnxruntime-genai's model builder builds one candidate."""
+
+    precision: Precision = Field("int4", description="Weights: fp32, int8/int4 weight-only, fp16/bf16 (GPU).")
+    execution_provider: Literal["cpu", "cuda"] = Field("cpu", description="Where the model will run.")
+    block_size: Literal[16, 32, 64, 128, 256] = Field(
+        32, description="int4/int8: weights per quantization block (smaller: closer to FP32, bigger file)."
+    )
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        4,
+        description="int4/int8: compute type of the quantized MatMuls (4 = int8 activations: fastest on "
+        "CPUs with VNNI; 0 = the runtime's default).",
+    )
+    algo: Literal["default", "rtn", "k_quant", "rtn_last", "k_quant_last", "k_quant_mixed"] = Field(
+        "default",
+        description="int4/int8 algorithm; *_last keeps the LM head at int8, k_quant_mixed also the most "
+        "sensitive layers (mixed precision).",
+    )
+    exclude_nodes: list[str] = Field(
+        default_factory=list,
+        description="Node names kept at full precision (e.g. /lm_head/MatMul).",
+    )
+
+    def builder_args(self) -> list[str]:
+        extra = []
+        if self.precision in ("int4", "int8"):
+            extra += [f"block_size={self.block_size}", f"algo_config={self.algo}"]
+            if self.accuracy_level:
+                extra.append(f"accuracy_level={self.accuracy_level}")
+            if self.exclude_nodes:
+                extra.append("nodes_to_exclude=" + ",".join(self.exclude_nodes))
+        args = ["-p", self.precision, "-e", self.execution_provider]
+        return args + (["--extra_options", *extra] if extra else [])
+
+    def label(self) -> str:
+        if self.precision not in ("int4", "int8"):
+            return f"genai_{self.precision}"
+        algo = "" if self.algo == "default" else f"_{self.algo}"
+        return f"genai_{self.precision}{algo}_b{self.block_size}"
+
+
+def build(model_dir: str | Path, out_dir: str | Path, cfg: GenaiBuildConfig, cache_dir: str | Path) -> Path:
+    """Build ``model_dir`` (a saved Hugging Face causal LM) into ``out_dir`` with the model builder,
+    in a child process (``genai_builder``: the builder under this project's transformers)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "slimflow.models.optimize.genai_builder",
+           "-i", str(model_dir), "-o", str(out), "-c", str(cache_dir), *cfg.builder_args()]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT_S)
+    if proc.returncode != 0 or not (out / "model.onnx").is_file():
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise SlimflowError(
+            f"onnxruntime-genai's model builder failed for {model_dir} ({cfg.label()}):\n{tail}"
+        )
+    log.info("built %s in %.1f s", cfg.label(), time.perf_counter() - t0)
+    return out
+
+
+def size_mb(folder: str | Path) -> float:
+    """Size of the model files (ONNX graph and weights) in MB."""
+    folder = Path(folder)
+    files = [p for p in folder.iterdir() if p.name.startswith("model.onnx")]
+    return sum(p.stat().st_size for p in files) / 1e6
+
+
+# ------------------------------------------------------------------------------------- runtime
+class GenaiModel:
+    """A built model, run with onnxruntime-genai on ``threads`` intra-op threads (None = runtime
+    default). Greedy decoding only: the pipeline compares and gates deterministic answers."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None) -> None:
+        import onnxruntime_genai as og
+
+        self.folder = Path(folder)
+        config = og.Config(str(self.folder))
+        if threads:
+            options = {"intra_op_num_threads": int(threads), "inter_op_num_threads": 1}
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        self.model = og.Model(config)
+        self._og = og
+        meta = json.loads((self.folder / "genai_config.json").read_text(encoding="utf-8"))["model"]
+        self.context_length = int(meta.get("context_length") or 2048)
+        self.vocab_size = int(meta.get("vocab_size") or 0)
+
+    def _generator(self, length: int, batch: int = 1, min_length: int = 0) -> Any:
+        params = self._og.GeneratorParams(self.model)
+        opts = {"max_length": int(length), "do_sample": False, "batch_size": int(batch)}
+        if min_length:
+            opts["min_length"] = int(min_length)
+        params.set_search_options(**opts)
+        return self._og.Generator(self.model, params)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Logits at every position of ``ids`` ([len(ids), vocab]), from one prefill."""
+        g = self._generator(len(ids) + 1)
+        g.append_tokens([list(ids)])
+        out = np.asarray(g.get_output("logits"), dtype=np.float32)
+        return out.reshape(-1, out.shape[-1])[-len(ids) :]
+
+    def generate(self, ids: list[int], max_new_tokens: int, stop: list[int]) -> list[int]:
+        """Greedy continuation of ``ids`` up to the first ``stop`` token or the model's own end
+        token (left out), at most ``max_new_tokens``."""
+        g = self._generator(min(self.context_length, len(ids) + max_new_tokens))
+        g.append_tokens([list(ids)])
+        out: list[int] = []
+        stops = set(stop)
+        while not g.is_done() and len(out) < max_new_tokens:
+            g.generate_next_token()
+            t = int(g.get_next_tokens()[0])
+            if t in stops:
+                break
+            out.append(t)
+        return out
+
+    def timed(self, batch: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
+        """Time to first token and each later token's time (seconds) for a batch of equal-length
+        prompts, generating exactly ``new_tokens`` per row (end tokens do not stop it)."""
+        length = len(batch[0]) + new_tokens
+        g = self._generator(length, len(batch), min_length=length)
+        t0 = time.perf_counter()
+        g.append_tokens([list(b) for b in batch])
+        g.generate_next_token()
+        ttft = time.perf_counter() - t0
+        steps = []
+        for _ in range(new_tokens - 1):
+            t = time.perf_counter()
+            g.generate_next_token()
+            steps.append(time.perf_counter() - t)
+        return ttft, steps
+
+
+class TorchModel:
+    """The same interface over a Hugging Face causal LM in PyTorch (the FP32 reference)."""
+
+    def __init__(self, model: Any, threads: int | None = None) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.model = model.eval()
+        self._torch = torch
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        torch = self._torch
+        with torch.no_grad():
+            return self.model(torch.tensor([ids])).logits[0].float().numpy()
+
+    def generate(self, ids: list[int], max_new_tokens: int, stop: list[int]) -> list[int]:
+        """Greedy continuation up to the first ``stop`` or end token (left out), as GenaiModel."""
+        torch = self._torch
+        own = self.model.generation_config.eos_token_id
+        ends = set(stop) | set([own] if isinstance(own, int) else (own or []))
+        with torch.no_grad():
+            out = self.model.generate(
+                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=sorted(ends),
+                pad_token_id=min(ends) if ends else 0,
+            )[0, len(ids):].tolist()  # fmt: skip
+        cut = next((i for i, t in enumerate(out) if t in ends), len(out))
+        return out[:cut]
+
+    def timed(self, batch: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
+        """Greedy decoding with the key/value cache, one forward per token (eager PyTorch)."""
+        torch = self._torch
+        ids = torch.tensor(batch)
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            out = self.model(input_ids=ids, attention_mask=mask, use_cache=True)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            ttft = time.perf_counter() - t0
+            past, steps = out.past_key_values, []
+            for _ in range(new_tokens - 1):
+                t = time.perf_counter()
+                mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+                out = self.model(input_ids=nxt, attention_mask=mask, past_key_values=past, use_cache=True)
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+                past = out.past_key_values
+                steps.append(time.perf_counter() - t)
+        return ttft, steps
+
+
+# ------------------------------------------------------------------------------------ quality
+@dataclass
+class Quality:
+    """A candidate's answers and language modelling against the fine-tuned FP32 model."""
+
+    exact_match: float
+    perplexity: float
+    answers: list[str]
+    rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"exact_match": self.exact_match, "perplexity": self.perplexity, "rows": self.rows}
+
+
+def quality(runner: Any, data: Any, max_new_tokens: int) -> Quality:
+    """Exact match of greedy answers and whole-text perplexity of ``runner`` (GenaiModel or
+    TorchModel) on encoded chat examples (``ChatEncoded``: prompts, full texts, gold answers)."""
+    from slimflow.models.families.causal_lm.chat import normalize_answer
+
+    answers, nll, n = [], 0.0, 0
+    for prompt, feat in zip(data.prompts, data.features, strict=True):
+        ids = feat["input_ids"]
+        logits = runner.logits(ids)[:-1].astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll -= float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
+        n += len(ids) - 1
+        out = runner.generate(prompt, max_new_tokens, data.eos_ids)
+        answers.append(data.tokenizer.decode(out, skip_special_tokens=True))
+    hits = [normalize_answer(a) == normalize_answer(g) for a, g in zip(answers, data.answers, strict=True)]
+    return Quality(float(np.mean(hits)) if hits else 0.0, float(np.exp(nll / max(n, 1))), answers, len(hits))
+
+
+def parity(
+    reference: Any, candidate: Any, prompts: list[list[int]], new_tokens: int, stop: list[int] | None = None
+) -> dict[str, float]:
+    """Max |logit difference| over every position of the prompts, and the share of the reference's
+    greedy tokens (up to ``new_tokens``, ending at an end token) the candidate reproduces in order."""
+    diff, agree, total = 0.0, 0, 0
+    for ids in prompts:
+        diff = max(diff, float(np.abs(reference.logits(ids) - candidate.logits(ids)).max()))
+        a = reference.generate(ids, new_tokens, stop or [])
+        b = candidate.generate(ids, new_tokens, stop or [])
+        same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        agree += same
+        total += max(len(a), 1)
+    return {"max_abs_logit_diff": diff, "greedy_token_agreement": agree / max(total, 1)}

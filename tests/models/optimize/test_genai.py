@@ -1,0 +1,129 @@
+"""onnxruntime-genai builds of a tiny causal LM (built from a config, fine-tuned here): the FP32
+build reproduces PyTorch (KV-cache generation included), weight-only builds hold MatMulNBits and
+shrink, excluded nodes stay full precision, answers and perplexity match, the generation
+benchmark reports what it claims."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from slimflow.models.families import get_family
+from slimflow.models.optimize import genai as G
+from slimflow.models.optimize.gen_bench import GenBenchConfig, bench_generation, fixed_prompt
+from tests.conftest import make_chats, write_jsonl
+
+FAMILY = get_family("causal-lm")
+
+
+@pytest.fixture(scope="module")
+def sft(tmp_path_factory: pytest.TempPathFactory, tiny_causal_lm_dir: Path):
+    """A tiny causal LM fine-tuned on the synthetic chats, and its encoded test split."""
+    from slimflow.models.data.config import DataConfig
+    from slimflow.models.train.config import FinetuneConfig
+    from slimflow.models.train.finetune import finetune
+
+    tmp = tmp_path_factory.mktemp("genai")
+    src = write_jsonl(make_chats(240), tmp / "c.jsonl")
+    prepared, _ = FAMILY.prepare_data(DataConfig(source=str(src)), tmp / "data", "sha", tmp / "r")
+    ft = FinetuneConfig.model_validate(
+        {"model": str(tiny_causal_lm_dir), "method": {"kind": "full"},
+         "train": {"epochs": 8, "batch_size": 16, "learning_rate": 1e-2, "max_length": 96,
+                   "early_stopping_patience": None}}
+    )  # fmt: skip
+    result = finetune(ft, prepared, tmp / "teacher", tmp, progress=False)
+    model, tok = FAMILY.load_trained(tmp / "teacher")
+    test = FAMILY.encode(tok, pd.read_parquet(prepared.path("test")), [], 96)
+    return tmp, result, model, tok, test
+
+
+def _ops(folder: Path) -> dict[str, int]:
+    import onnx
+
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    counts: dict[str, int] = {}
+    for n in graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+def _op_of(folder: Path, name: str) -> str | None:
+    import onnx
+
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    return next((n.op_type for n in graph.node if n.name.startswith(name)), None)
+
+
+def test_fp32_build_reproduces_pytorch_with_the_kv_cache(sft) -> None:
+    tmp, _, model, tok, test = sft
+    out = G.build(tmp / "teacher", tmp / "fp32", G.GenaiBuildConfig(precision="fp32"), tmp / "cache")
+    ops = _ops(out)
+    assert ops.get("GroupQueryAttention") == 2 and "MatMulNBits" not in ops  # fused attention, KV cache
+    runner = G.GenaiModel(out, threads=1)
+    report = G.parity(G.TorchModel(model), runner, test.prompts[:4], new_tokens=12)
+    assert report["max_abs_logit_diff"] < 1e-4
+    assert report["greedy_token_agreement"] == 1.0
+    ref = G.quality(G.TorchModel(model), test, 4)
+    got = G.quality(runner, test, 4)
+    assert got.answers == ref.answers and got.exact_match >= 0.8
+    assert got.perplexity == pytest.approx(ref.perplexity, rel=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_weight_only_builds_hold_matmulnbits_and_shrink(sft, precision: str) -> None:
+    tmp, _, _, _, _ = sft
+    fp32 = tmp / "fp32-size"
+    G.build(tmp / "teacher", fp32, G.GenaiBuildConfig(precision="fp32"), tmp / "cache")
+    cfg = G.GenaiBuildConfig(precision=precision, block_size=16)
+    out = G.build(tmp / "teacher", tmp / precision, cfg, tmp / "cache")
+    ops = _ops(out)
+    assert ops.get("MatMulNBits", 0) >= 2 * 4 + 1  # qkv, o, gate/up, down per layer, and the head
+    assert G.size_mb(out) < 0.6 * G.size_mb(fp32)
+    head_fp = G.GenaiBuildConfig(precision=precision, block_size=16, exclude_nodes=["/lm_head/MatMul"])
+    kept = G.build(tmp / "teacher", tmp / f"{precision}-head", head_fp, tmp / "cache")
+    assert _ops(kept).get("MatMulNBits", 0) == ops["MatMulNBits"] - 1
+    assert _op_of(kept, "/lm_head/MatMul") == "MatMul"  # the head stayed full precision
+    assert _op_of(out, "/lm_head/MatMul") == "MatMulNBits"
+
+
+def test_a_failing_build_names_the_builder_and_its_error(tmp_path: Path) -> None:
+    from slimflow.models.core.errors import SlimflowError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SlimflowError, match="model builder failed"):
+        G.build(tmp_path / "empty", tmp_path / "out", G.GenaiBuildConfig(precision="fp32"), tmp_path / "c")
+
+
+def test_generation_benchmark_reports_consistent_figures(sft) -> None:
+    tmp, _, model, tok, test = sft
+    out = tmp / "fp32"
+    if not (out / "model.onnx").is_file():
+        G.build(tmp / "teacher", out, G.GenaiBuildConfig(precision="fp32"), tmp / "cache")
+    prompt = fixed_prompt(test.prompts[:5], 24)
+    assert len(prompt) == 24
+    cfg = GenBenchConfig(
+        prompt_tokens=24, new_tokens=6, batch_sizes=[1, 2], warmup=1, iterations=4, threads=1
+    )
+    for runner in (G.GenaiModel(out, threads=1), G.TorchModel(model, threads=1)):
+        result = bench_generation(runner, prompt, cfg)
+        assert [s["batch_size"] for s in result["settings"]] == [1, 2]
+        for s in result["settings"]:
+            low, high = s["decode_tokens_per_s_ci"]
+            assert 0 < low <= s["decode_tokens_per_s"] <= high
+            assert s["ttft_p50_ci_ms"][0] <= s["ttft_p50_ms"] <= s["ttft_p50_ci_ms"][1]
+            assert s["ttft_p50_ms"] <= s["ttft_p95_ms"] and s["token_p50_ms"] <= s["token_p95_ms"]
+            assert s["prefill_tokens_per_s"] == pytest.approx(s["batch_size"] * 24 * 1e3 / s["ttft_p50_ms"])
+        assert result["threads"] == 1 and result["peak_rss_mb"] > 0
+
+
+def test_timed_generation_makes_exactly_the_asked_tokens(sft) -> None:
+    tmp, _, model, _, test = sft
+    out = tmp / "fp32"
+    if not (out / "model.onnx").is_file():
+        G.build(tmp / "teacher", out, G.GenaiBuildConfig(precision="fp32"), tmp / "cache")
+    for runner in (G.GenaiModel(out, threads=1), G.TorchModel(model, threads=1)):
+        ttft, steps = runner.timed([test.prompts[0]], 7)
+        assert ttft > 0 and len(steps) == 6 and all(np.isfinite(steps))
