@@ -57,6 +57,7 @@ class TaskFamily:
     head_names: ClassVar[tuple[str, ...]] = ()  # task-head module names (peft wraps them itself)
     metrics: ClassVar[tuple[str, ...]] = ()  # evaluation figures, higher is better
     primary_metric: ClassVar[str] = ""  # the one gates, retention and the candidate choice use
+    generative: ClassVar[bool] = False  # outputs are generated text (predictors.GenerativePredictor)
     # optional pipeline sections this family's models can go through
     stages: ClassVar[tuple[str, ...]] = ("distill", "compress", "optimize", "promote")
 

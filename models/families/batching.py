@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-Batch = dict[str, torch.Tensor]
+if TYPE_CHECKING:  # torch loads where batches are made: a family's import must not pull it in
+    import torch
+
+Batch = dict[str, "torch.Tensor"]
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 IGNORE_INDEX = -100  # per-token targets not trained on (prompt tokens, padding)
 PAD_FILL = {"labels": IGNORE_INDEX}  # padding of per-token keys other than input_ids (default 0)
@@ -41,6 +43,8 @@ def encode(tokenizer: Any, texts: list[str], labels: list[int] | np.ndarray, max
 
 
 def pad(features: list[dict[str, list[int]]], pad_id: int) -> Batch:
+    import torch
+
     n = max(len(f["input_ids"]) for f in features)
     out: Batch = {}
     for k in features[0]:
@@ -69,11 +73,12 @@ def batches(
     else:  # evaluation: sort by length for speed, caller gets indices to restore order
         idx = np.argsort([len(f["input_ids"]) for f in data.features], kind="stable")
         groups = [idx[i : i + batch_size] for i in range(0, n, batch_size)]
+    import torch
+
     for g in groups:
         yield pad([data.features[i] for i in g], pad_id), torch.from_numpy(data.labels[g]), g
 
 
-@torch.no_grad()
 def predict_logits(
     model: torch.nn.Module,
     data: Encoded,
@@ -84,6 +89,22 @@ def predict_logits(
 ) -> np.ndarray:
     """Logits for every row, in the input order (computed under autocast to ``autocast_dtype`` when
     given: soft targets for distillation, where bf16 costs nothing measurable and saves time)."""
+    import torch
+
+    with torch.no_grad():
+        return _predict_logits(model, data, batch_size, pad_id, device, autocast_dtype)
+
+
+def _predict_logits(
+    model: torch.nn.Module,
+    data: Encoded,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device | None,
+    autocast_dtype: torch.dtype | None,
+) -> np.ndarray:
+    import torch
+
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -37,7 +37,7 @@ MODEL_LOCK = threading.RLock()
 
 @dataclass
 class CandidateInfo:
-    runtime: Literal["onnxruntime", "torch"]
+    runtime: Literal["onnxruntime", "torch", "onnxruntime-genai"]
     target: str = "cpu"
     variant: str = "fp32"
     source: str = ""
@@ -46,6 +46,7 @@ class CandidateInfo:
     labels: list[str] = field(default_factory=list)
     torch_quant: dict[str, Any] | None = None  # quantizer config applied on load (torch runtime)
     task: str = DEFAULT_TASK  # the task family (candidates written before families existed: classifiers)
+    max_new_tokens: int = 256  # generative families: longest answer generated
 
     def save(self, folder: Path) -> None:
         (folder / CANDIDATE_FILE).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
@@ -149,6 +150,51 @@ class TorchPredictor(Predictor):
         with self._torch.inference_mode():
             inputs = {k: self._torch.from_numpy(v) for k, v in batch.items() if k in self._inputs}
             return self.model(**inputs).logits.float().numpy()
+
+
+class GenerativePredictor:
+    """A causal LM: prompts in, greedy answers out (text). A prompt is the JSON text of chat turns
+    (as the prepared data holds them) or plain text, taken as one user turn. Runs an
+    onnxruntime-genai build or the PyTorch model through the runners of ``genai.py``."""
+
+    def __init__(self, folder: Path, tokenizer: Any, info: CandidateInfo, threads: int | None) -> None:
+        from slimflow.models.families.causal_lm.chat import end_ids, ensure_chat_template
+        from slimflow.models.optimize import genai as G
+
+        self.folder, self.info = folder, info
+        self.tokenizer = ensure_chat_template(tokenizer)
+        if info.runtime == "onnxruntime-genai":
+            self.runner: Any = G.GenaiModel(folder, threads)
+            self.file_bytes = int(G.size_mb(folder) * 1e6)
+        else:
+            if get_target(info.target).device != "cpu":
+                raise ValueError(f"PyTorch candidates run on CPU targets here, not {info.target!r}")
+            model, _ = get_family(info.task).load_trained(folder)
+            self.runner = G.TorchModel(model, threads)
+            self.file_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+        self.ends = end_ids(self.tokenizer)
+
+    @property
+    def family(self) -> TaskFamily:
+        return get_family(self.info.task)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        from slimflow.models.families.causal_lm.chat import prompt_ids
+
+        try:
+            turns = json.loads(prompt)
+        except json.JSONDecodeError:
+            turns = None
+        if not (isinstance(turns, list) and all(isinstance(t, dict) for t in turns)):
+            turns = [{"role": "user", "content": prompt}]
+        return prompt_ids(self.tokenizer, turns)
+
+    def predict(self, prompts: list[str], batch_size: int = 1) -> list[str]:
+        out = []
+        for p in prompts:
+            ids = self.runner.generate(self.prompt_ids(p), self.info.max_new_tokens, self.ends)
+            out.append(self.tokenizer.decode(ids, skip_special_tokens=True))
+        return out
 
 
 def describe(path: str | Path) -> CandidateInfo:
@@ -272,6 +318,8 @@ def load_predictor(path: str | Path, threads: int | None = None) -> Predictor:
     folder = p.parent if p.is_file() else p
     with MODEL_LOCK:
         tokenizer = load_tokenizer(folder, info.runtime)
+        if get_family(info.task).generative:
+            return GenerativePredictor(folder, tokenizer, info, threads)  # type: ignore[return-value]
         if info.runtime == "onnxruntime":
             return OrtPredictor(folder / (info.model_file or "model.onnx"), tokenizer, info, threads)
         return TorchPredictor(folder, tokenizer, info, threads)

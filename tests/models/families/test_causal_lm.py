@@ -157,3 +157,27 @@ def test_score_and_agreement_compare_normalised_answers() -> None:
     assert s["exact_match"] == pytest.approx(2 / 3) and s["rows"] == 3
     rep = FAMILY.agreement(["fresh", "rotten"], ["fresh", "fresh"], [], AgreementConfig(min_agreement=0.9))
     assert not rep.passed and rep.agreement == 0.5 and "0.9" in rep.message
+
+
+def test_loss_from_the_earliest_answer_on_equals_the_full_loss(tiny_lm) -> None:
+    import torch
+
+    model, tok = tiny_lm
+    chats = make_chats(6)
+    frame = pd.DataFrame(
+        {
+            "prompt": [  # prompts and answers of different lengths: answers start at different places
+                json.dumps([{"role": "user", "content": m[0]["content"] + " the film" * (5 - i)}])
+                for i, m in enumerate(chats["messages"])
+            ],
+            "completion": [m[1]["content"] + " indeed" * i for i, m in enumerate(chats["messages"])],
+        }
+    )
+    data = FAMILY.encode(tok, frame, [], 128)
+    inputs, _, _ = next(batches(data, 6, tok.pad_token_id, shuffle=False))
+    starts = (inputs["labels"] != IGNORE_INDEX).float().argmax(1)
+    assert len(set(starts.tolist())) > 1
+    with torch.no_grad():
+        full = model(**inputs).loss
+        ours = FAMILY.loss(model, inputs, None)
+    assert float(ours) == pytest.approx(float(full), rel=1e-5)

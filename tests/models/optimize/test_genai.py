@@ -127,3 +127,27 @@ def test_timed_generation_makes_exactly_the_asked_tokens(sft) -> None:
     for runner in (G.GenaiModel(out, threads=1), G.TorchModel(model, threads=1)):
         ttft, steps = runner.timed([test.prompts[0]], 7)
         assert ttft > 0 and len(steps) == 6 and all(np.isfinite(steps))
+
+
+def test_a_genai_candidate_folder_loads_as_a_generative_predictor(sft) -> None:
+    import json
+
+    from slimflow.models.optimize.predictors import CandidateInfo, GenerativePredictor, load_predictor
+
+    tmp, _, model, tok, test = sft
+    out = tmp / "fp32"
+    if not (out / "model.onnx").is_file():
+        G.build(tmp / "teacher", out, G.GenaiBuildConfig(precision="fp32"), tmp / "cache")
+    CandidateInfo("onnxruntime-genai", variant="genai_fp32", source="teacher", task="causal-lm",
+                  max_new_tokens=8).save(out)  # fmt: skip
+    predictor = load_predictor(out, threads=1)
+    assert isinstance(predictor, GenerativePredictor) and predictor.family.name == "causal-lm"
+    frame = pd.read_parquet(next((tmp / "data").glob("test.parquet")))
+    answers = predictor.predict(frame["prompt"].tolist())
+    assert answers == G.quality(G.TorchModel(model), test, 8).answers
+    assert predictor.family.score(answers, frame["completion"].tolist(), [])["exact_match"] >= 0.8
+    # plain text is one user turn; a JSON list of turns is taken as the conversation
+    turns = json.loads(frame["prompt"].iloc[0])
+    assert predictor.prompt_ids(turns[0]["content"]) == predictor.prompt_ids(json.dumps(turns))
+    records = predictor.family.predictions(answers[:2], [])
+    assert records == [{"text": answers[0]}, {"text": answers[1]}]
