@@ -259,3 +259,37 @@ def build_tiny_causal_lm(path: Path, layers: int = 2, hidden: int = 64) -> Path:
 @pytest.fixture(scope="session")
 def tiny_causal_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-causal-lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sft(tmp_path_factory: pytest.TempPathFactory, tiny_causal_lm_dir: Path):
+    """The tiny causal LM fine-tuned (fully, 8 epochs) on the synthetic chats: (folder of the run,
+    the finetune result, the prepared data). The model is in ``folder / "teacher"``."""
+    from slimflow.models.data.config import DataConfig
+    from slimflow.models.train.config import FinetuneConfig
+    from slimflow.models.train.finetune import finetune
+
+    family = get_family("causal-lm")
+    tmp = tmp_path_factory.mktemp("tiny-sft")
+    src = write_jsonl(make_chats(240), tmp / "c.jsonl")
+    prepared, _ = family.prepare_data(DataConfig(source=str(src)), tmp / "data", "sha", tmp / "r")
+    ft = FinetuneConfig.model_validate(
+        {"model": str(tiny_causal_lm_dir), "method": {"kind": "full"},
+         "train": {"epochs": 8, "batch_size": 16, "learning_rate": 1e-2, "max_length": 96,
+                   "early_stopping_patience": None}}
+    )  # fmt: skip
+    result = finetune(ft, prepared, tmp / "teacher", tmp, progress=False)
+    return tmp, result, prepared
+
+
+@pytest.fixture(scope="session")
+def tiny_genai_candidate(tiny_sft) -> Path:
+    """An onnxruntime-genai FP32 build of the tiny fine-tuned model, as a candidate folder."""
+    from slimflow.models.optimize import genai as G
+    from slimflow.models.optimize.predictors import CandidateInfo
+
+    tmp = tiny_sft[0]
+    out = G.build(tmp / "teacher", tmp / "genai-fp32", G.GenaiBuildConfig(precision="fp32"), tmp / "cache")
+    CandidateInfo("onnxruntime-genai", variant="genai_fp32", source="teacher", task="causal-lm",
+                  max_new_tokens=8).save(out)  # fmt: skip
+    return out

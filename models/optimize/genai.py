@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -115,6 +116,8 @@ class GenaiModel:
         meta = json.loads((self.folder / "genai_config.json").read_text(encoding="utf-8"))["model"]
         self.context_length = int(meta.get("context_length") or 2048)
         self.vocab_size = int(meta.get("vocab_size") or 0)
+        eos = meta.get("eos_token_id")
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 
     def _generator(self, length: int, batch: int = 1, min_length: int = 0) -> Any:
         params = self._og.GeneratorParams(self.model)
@@ -131,20 +134,23 @@ class GenaiModel:
         out = np.asarray(g.get_output("logits"), dtype=np.float32)
         return out.reshape(-1, out.shape[-1])[-len(ids) :]
 
-    def generate(self, ids: list[int], max_new_tokens: int, stop: list[int]) -> list[int]:
-        """Greedy continuation of ``ids`` up to the first ``stop`` token or the model's own end
-        token (left out), at most ``max_new_tokens``."""
+    def tokens(self, ids: list[int], max_new_tokens: int, stop: list[int]) -> Iterator[int]:
+        """Greedy tokens after ``ids``, one at a time, up to the first ``stop`` token or the model's
+        own end token (neither is yielded), at most ``max_new_tokens``."""
         g = self._generator(min(self.context_length, len(ids) + max_new_tokens))
         g.append_tokens([list(ids)])
-        out: list[int] = []
-        stops = set(stop)
-        while not g.is_done() and len(out) < max_new_tokens:
+        stops, n = set(stop), 0
+        while not g.is_done() and n < max_new_tokens:
             g.generate_next_token()
             t = int(g.get_next_tokens()[0])
-            if t in stops:
-                break
-            out.append(t)
-        return out
+            if t in stops or t in self.eos_ids:
+                return
+            n += 1
+            yield t
+
+    def generate(self, ids: list[int], max_new_tokens: int, stop: list[int]) -> list[int]:
+        """Greedy continuation of ``ids`` up to the first ``stop`` or end token (left out)."""
+        return list(self.tokens(ids, max_new_tokens, stop))
 
     def timed(self, batch: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
         """Time to first token and each later token's time (seconds) for a batch of equal-length
@@ -179,19 +185,25 @@ class TorchModel:
         with torch.no_grad():
             return self.model(torch.tensor([ids])).logits[0].float().numpy()
 
-    def generate(self, ids: list[int], max_new_tokens: int, stop: list[int]) -> list[int]:
-        """Greedy continuation up to the first ``stop`` or end token (left out), as GenaiModel."""
+    def tokens(self, ids: list[int], max_new_tokens: int, stop: list[int]) -> Iterator[int]:
+        """Greedy tokens with the key/value cache, one forward per token, up to the first ``stop``
+        or end token (not yielded), at most ``max_new_tokens`` (as GenaiModel)."""
         torch = self._torch
         own = self.model.generation_config.eos_token_id
         ends = set(stop) | set([own] if isinstance(own, int) else (own or []))
+        x = torch.tensor([ids])
+        past = None
         with torch.no_grad():
-            out = self.model.generate(
-                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=sorted(ends),
-                pad_token_id=min(ends) if ends else 0,
-            )[0, len(ids):].tolist()  # fmt: skip
-        cut = next((i for i, t in enumerate(out) if t in ends), len(out))
-        return out[:cut]
+            for _ in range(max_new_tokens):
+                out = self.model(input_ids=x, past_key_values=past, use_cache=True)
+                t = int(out.logits[0, -1].argmax())
+                if t in ends:
+                    return
+                yield t
+                past, x = out.past_key_values, torch.tensor([[t]])
+
+    def generate(self, ids: list[int], max_new_tokens: int, stop: list[int]) -> list[int]:
+        return list(self.tokens(ids, max_new_tokens, stop))
 
     def timed(self, batch: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
         """Greedy decoding with the key/value cache, one forward per token (eager PyTorch)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import threading
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from slimflow.models.archs import position_limit
-from slimflow.models.core.modelfiles import config_labels, read_meta
+from slimflow.models.core.modelfiles import config_labels, read_config, read_meta
 from slimflow.models.families import DEFAULT_TASK, TaskFamily, get_family
 from slimflow.models.optimize.quantizers.torch_int8 import quantize_module
 from slimflow.models.optimize.targets import get_target
@@ -173,21 +174,56 @@ class GenerativePredictor:
             self.runner = G.TorchModel(model, threads)
             self.file_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
         self.ends = end_ids(self.tokenizer)
+        self._tok_lock = threading.Lock()  # a fast tokenizer is reconfigured per call: one at a time
+        ctx = getattr(self.runner, "context_length", None) or read_config(folder).get(
+            "max_position_embeddings"
+        )
+        self.context_length = int(ctx or 2048)
 
     @property
     def family(self) -> TaskFamily:
         return get_family(self.info.task)
 
-    def prompt_ids(self, prompt: str) -> list[int]:
+    def prompt_ids(self, prompt: str | list[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation (turns, or their JSON text; plain text is one user turn),
+        ending where the answer starts."""
         from slimflow.models.families.causal_lm.chat import prompt_ids
 
-        try:
-            turns = json.loads(prompt)
-        except json.JSONDecodeError:
-            turns = None
-        if not (isinstance(turns, list) and all(isinstance(t, dict) for t in turns)):
-            turns = [{"role": "user", "content": prompt}]
-        return prompt_ids(self.tokenizer, turns)
+        turns: Any = prompt
+        if isinstance(prompt, str):
+            try:
+                turns = json.loads(prompt)
+            except json.JSONDecodeError:
+                turns = None
+            if not (isinstance(turns, list) and all(isinstance(t, dict) for t in turns)):
+                turns = [{"role": "user", "content": prompt}]
+        with self._tok_lock:
+            return prompt_ids(self.tokenizer, turns)
+
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of raw text (a completion prompt: no chat template)."""
+        with self._tok_lock:
+            return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+    def stream(self, ids: list[int], max_new_tokens: int) -> Iterator[tuple[str, int]]:
+        """(text piece, tokens so far) as greedy tokens come; pieces are decoded from the whole
+        answer so far, so a character made of several tokens is never split."""
+        out: list[int] = []
+        sent = ""
+        for t in self.runner.tokens(ids, max_new_tokens, self.ends):
+            out.append(t)
+            with self._tok_lock:
+                text = self.tokenizer.decode(out, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # an incomplete character: wait for its next byte
+                continue
+            if len(text) > len(sent):
+                yield text[len(sent) :], len(out)
+                sent = text
+        if out:  # what was held back (and the final token count)
+            with self._tok_lock:
+                text = self.tokenizer.decode(out, skip_special_tokens=True)
+            if text != sent:
+                yield text[len(sent) :], len(out)
 
     def predict(self, prompts: list[str], batch_size: int = 1) -> list[str]:
         out = []

@@ -72,6 +72,12 @@ class ServeConfig(Strict):
         2.0, ge=0, le=1000, description="How long a batch waits for more requests once the first arrived."
     )
     max_batch_texts: int = Field(64, ge=1, le=100_000, description="Most texts in one batched model call.")
+    max_new_tokens: int = Field(
+        512,
+        ge=1,
+        le=100_000,
+        description="Generative models: most tokens one request may generate (more: 422).",
+    )
     workers: int = Field(
         1,
         ge=1,

@@ -68,6 +68,11 @@ class _Served:
     def family(self) -> Any:
         return self.impl.predictor.family
 
+    @property
+    def generator(self) -> Any:
+        """The generative predictor (prompts in, streamed text out), for the OpenAI-style routes."""
+        return self.impl.predictor if self.family.generative else None
+
     def predict(self, frame: Any) -> Any:
         return self.impl.predict(None, frame)
 
@@ -125,15 +130,15 @@ class Guard:
     enforced before anything is parsed. The body is read here, at most ``max_body_bytes`` of it,
     and replayed to the app."""
 
-    def __init__(self, app: Any, settings: ServeConfig, path: str = "/predict") -> None:
+    def __init__(self, app: Any, settings: ServeConfig, paths: tuple[str, ...] = ("/predict",)) -> None:
         self.app = app
         self.settings = settings
-        self.path = path
+        self.paths = set(paths)
         self.in_flight = 0
         self.refused = {"413": 0, "503": 0}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
         limit = self.settings.max_body_bytes
@@ -222,10 +227,14 @@ def create_app(
         pending=lambda: guard.in_flight,
     )
 
+    pools: list[Any] = []
+
     @asynccontextmanager
     async def lifespan(_app: Any) -> Any:
         yield
         await batcher.stop()
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="slimflow model server", version="1", lifespan=lifespan)
     started = time.time()
@@ -267,7 +276,13 @@ def create_app(
     # the body type is the family's, known only now: give FastAPI the class itself, not a name
     predict.__annotations__ = {"req": PredictRequest, "return": Any}
     app.post("/predict", response_model=PredictResponse)(predict)
-    guard = Guard(app, settings)
+    paths: tuple[str, ...] = ("/predict",)
+    if getattr(model, "generator", None) is not None:  # generative families: OpenAI-style routes too
+        from slimflow.models.release import openai_api
+
+        pools.append(openai_api.add_routes(app, model.generator, model_uri, settings))
+        paths += openai_api.ROUTES
+    guard = Guard(app, settings, paths)
     return guard
 
 

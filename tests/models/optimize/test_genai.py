@@ -14,27 +14,14 @@ import pytest
 from slimflow.models.families import get_family
 from slimflow.models.optimize import genai as G
 from slimflow.models.optimize.gen_bench import GenBenchConfig, bench_generation, fixed_prompt
-from tests.conftest import make_chats, write_jsonl
 
 FAMILY = get_family("causal-lm")
 
 
 @pytest.fixture(scope="module")
-def sft(tmp_path_factory: pytest.TempPathFactory, tiny_causal_lm_dir: Path):
-    """A tiny causal LM fine-tuned on the synthetic chats, and its encoded test split."""
-    from slimflow.models.data.config import DataConfig
-    from slimflow.models.train.config import FinetuneConfig
-    from slimflow.models.train.finetune import finetune
-
-    tmp = tmp_path_factory.mktemp("genai")
-    src = write_jsonl(make_chats(240), tmp / "c.jsonl")
-    prepared, _ = FAMILY.prepare_data(DataConfig(source=str(src)), tmp / "data", "sha", tmp / "r")
-    ft = FinetuneConfig.model_validate(
-        {"model": str(tiny_causal_lm_dir), "method": {"kind": "full"},
-         "train": {"epochs": 8, "batch_size": 16, "learning_rate": 1e-2, "max_length": 96,
-                   "early_stopping_patience": None}}
-    )  # fmt: skip
-    result = finetune(ft, prepared, tmp / "teacher", tmp, progress=False)
+def sft(tiny_sft):
+    """The tiny fine-tuned causal LM (conftest), loaded, and its encoded test split."""
+    tmp, result, prepared = tiny_sft
     model, tok = FAMILY.load_trained(tmp / "teacher")
     test = FAMILY.encode(tok, pd.read_parquet(prepared.path("test")), [], 96)
     return tmp, result, model, tok, test
@@ -135,9 +122,8 @@ def test_a_genai_candidate_folder_loads_as_a_generative_predictor(sft) -> None:
     from slimflow.models.optimize.predictors import CandidateInfo, GenerativePredictor, load_predictor
 
     tmp, _, model, tok, test = sft
-    out = tmp / "fp32"
-    if not (out / "model.onnx").is_file():
-        G.build(tmp / "teacher", out, G.GenaiBuildConfig(precision="fp32"), tmp / "cache")
+    out = tmp / "fp32-candidate"
+    G.build(tmp / "teacher", out, G.GenaiBuildConfig(precision="fp32"), tmp / "cache")
     CandidateInfo("onnxruntime-genai", variant="genai_fp32", source="teacher", task="causal-lm",
                   max_new_tokens=8).save(out)  # fmt: skip
     predictor = load_predictor(out, threads=1)
