@@ -9,7 +9,7 @@ from slimflow.cli.app import app
 
 # Each module registers its commands on ``app``; ``--help`` lists them in this order.
 # isort: off
-from slimflow.cli import init, run, bench, data, registry, ui, gc, servers  # noqa: E402,F401
+from slimflow.cli import init, run, bench, generate, data, registry, ui, gc, servers  # noqa: E402,F401
 # isort: on
 
 

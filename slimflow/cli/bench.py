@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -41,6 +41,11 @@ def bench(
     iterations: Annotated[int, typer.Option(help="Timed calls per setting (at most).")] = 200,
     warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 10,
     time_budget: Annotated[float, typer.Option(help="Seconds per setting before stopping early.")] = 8.0,
+    prompt_tokens: Annotated[
+        int, typer.Option(help="Causal LMs: prompt length of each timed generation.")
+    ] = 64,
+    new_tokens: Annotated[int, typer.Option(help="Causal LMs: tokens generated per timed generation.")] = 64,
+    generations: Annotated[int, typer.Option(help="Causal LMs: timed generations per batch size.")] = 8,
     isolate: Annotated[bool, typer.Option(help="Measure in a fresh process.")] = True,
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow store for models:/ references (default: $MLFLOW_TRACKING_URI).")
@@ -81,7 +86,12 @@ def bench(
 
         inputs = _bench_texts(texts, text_column)
         path = resolve_model(model, tracking_uri)
-        describe(path)  # a clear error now rather than from the benchmark process
+        info = describe(path)  # a clear error now rather than from the benchmark process
+        from slimflow.models.families import get_family
+
+        if get_family(info.task).generative:
+            _bench_generation(path, inputs, cfg, prompt_tokens, new_tokens, generations, warmup, json_out)
+            return
         err.print(f"measuring {path} on {len(inputs)} texts, threads={cfg.threads or 'all'}")
         result = run_bench(path, inputs, cfg, progress=not isolate)
     except FileNotFoundError as e:
@@ -95,6 +105,44 @@ def bench(
         f"peak RSS {result['peak_rss_mb']:.0f} MB, {result['hardware_fingerprint']}",
         highlight=False,
     )
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        err.print(f"written to {json_out}")
+
+
+def _bench_generation(
+    path: Path, texts: list[str], cfg: Any, prompt_tokens: int, new_tokens: int, generations: int,
+    warmup: int, json_out: Path | None,
+) -> None:  # fmt: skip
+    """A causal LM: time to first token, per-token latency and decode tokens/s (gen_bench)."""
+    import json
+
+    from slimflow.models.optimize.gen_bench import GenBenchConfig, bench_generation, fixed_prompt
+    from slimflow.models.optimize.predictors import load_predictor
+
+    gcfg = GenBenchConfig(
+        prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_sizes=cfg.batch_sizes,
+        warmup=min(warmup, 100), iterations=generations, threads=cfg.threads,
+    )  # fmt: skip
+    predictor = load_predictor(path, cfg.threads)
+    prompt = fixed_prompt([predictor.text_ids(t) for t in texts[:200]], prompt_tokens)
+    err.print(
+        f"generating with {path}: {prompt_tokens}-token prompt, {new_tokens} new tokens, batch "
+        f"{','.join(map(str, gcfg.batch_sizes))}, threads={cfg.threads or 'all'}"
+    )
+    result = bench_generation(predictor.runner, prompt, gcfg)
+    for s in result["settings"]:
+        lo, hi = s["decode_tokens_per_s_ci"]
+        out.print(
+            f"batch {s['batch_size']}: decode {s['decode_tokens_per_s']:.1f} tokens/s [{lo:.1f}, {hi:.1f}], "
+            f"per token p50 {s['token_p50_ms']:.2f} ms p95 {s['token_p95_ms']:.2f} ms, "
+            f"TTFT p50 {s['ttft_p50_ms']:.1f} ms p95 {s['ttft_p95_ms']:.1f} ms, "
+            f"prefill {s['prefill_tokens_per_s']:.0f} tokens/s",
+            highlight=False,
+        )
+    out.print(f"threads {result['threads']}, pinned cores {result['cores'] or 'none'}, "
+              f"peak RSS {result['peak_rss_mb']:.0f} MB", highlight=False)  # fmt: skip
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
