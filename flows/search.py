@@ -19,6 +19,7 @@ from slimflow.models.core.provenance import hardware_fingerprint
 from slimflow.models.core.redact import redact
 from slimflow.models.core.results import ModelResult
 from slimflow.models.data.prepare import PreparedData
+from slimflow.models.families import get_family
 from slimflow.models.optimize import candidates as C
 from slimflow.models.optimize.bench import flat_metrics, setting
 from slimflow.models.optimize.config import DaskRunner, OptimizeConfig, ThreadsRunner
@@ -98,7 +99,7 @@ def candidate_search(
             continue
         spec = {"source": s.source, "variant": s.variant, "target": s.target, "runtime": s.runtime,
                 "int8_preset": s.int8_preset}  # fmt: skip
-        args = (spec, quantizers.get(s.variant), export, refs[s.source], data, cfg.agreement)
+        args = (spec, quantizers.get(s.variant), export, refs[s.source], data, cfg.agreement, cfg.export)
         jobs[s.name] = (build_candidate, args)
     with candidate_runner(cfg.runner) as runner:
         built = run.fan_out("build-candidates", jobs, parallel=cfg.max_parallel, runner=runner)
@@ -125,13 +126,15 @@ def candidate_search(
         else:
             rows[name]["test"] = {k: v for k, v in res.items() if k not in ("name", "path")}
 
-    # 4. latency, one at a time
+    # 4. latency, one at a time (a generator's: generation speed)
     hw = hardware_fingerprint()
+    family = get_family(data.task)
+    gen = cfg.generation if family.generative else None
     ready = [n for n, r in rows.items() if r["status"] == "pending"]
     benches = run.fan_out(
         "benchmark-candidates",
         {
-            n: (benchmark_candidate, (n, built[n]["path"], built[n]["sha256"], cfg.bench, hw, data))
+            n: (benchmark_candidate, (n, built[n]["path"], built[n]["sha256"], cfg.bench, hw, data, gen))
             for n in ready
         },
         parallel=1,
@@ -145,7 +148,8 @@ def candidate_search(
 
     # 5. choose, plot, log
     table = list(rows.values())
-    selection = C.select(table, teacher_accuracy, cfg)
+    latency = "per-token decode latency" if family.generative else "latency, test-text lengths"
+    selection = C.select(table, teacher_accuracy, cfg, family.primary_metric, latency)
     out_dir = run.workdir / "runs" / (run.flow_run_id or run.run_id)
     png = (
         C.plot_pareto(table, selection, out_dir / "pareto.png")
@@ -206,8 +210,9 @@ def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result:
             },
         ).info.run_id
         m: dict[str, float] = {}
-        if r.get("test"):
-            m.update({"test_accuracy": r["test"]["accuracy"], "test_f1": r["test"]["f1"]})
+        if r.get("test"):  # every figure the family reports (accuracy, f1, ...; exact_match, perplexity)
+            m.update({f"test_{k}": float(v) for k, v in r["test"].items() if isinstance(v, int | float)})
+            m.pop("test_rows", None)
         if r.get("retention") is not None:
             m["accuracy_retention"] = r["retention"]
         if r.get("speedup_vs_reference"):
@@ -229,8 +234,9 @@ def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result:
     best = result.best
     if best:
         b = setting(best["bench"], sel["rank_batch_size"])
+        metric = sel.get("metric", "accuracy")
         best_metrics = {
-            "best.test_accuracy": best["test"]["accuracy"],
+            f"best.test_{metric}": best["test"][metric],
             "best.p50_ms": b["p50_ms"],
             "best.p95_ms": b["p95_ms"],
             "best.file_mb": best["file_bytes"] / 2**20,
@@ -300,6 +306,7 @@ def _plots(run: PipelineRun, result: C.SearchResult) -> None:
 
 def _table(result: C.SearchResult) -> list[dict[str, Any]]:
     b = result.selection["rank_batch_size"]
+    metric = result.selection.get("metric", "accuracy")
     rows = []
     for r in result.candidates:
         s = setting(r["bench"], b) if r["status"] == "ok" else None
@@ -307,7 +314,7 @@ def _table(result: C.SearchResult) -> list[dict[str, Any]]:
             {
                 "candidate": r["name"],
                 "status": r["status"],
-                "test_accuracy": round(r["test"]["accuracy"], 4) if r.get("test") else None,
+                f"test_{metric}": round(r["test"][metric], 4) if r.get("test") else None,
                 f"p50_ms_b{b}": round(s["p50_ms"], 3) if s else None,
                 f"p95_ms_b{b}": round(s["p95_ms"], 3) if s else None,
                 "size_mb": round(r["file_bytes"] / 2**20, 2) if r.get("file_bytes") else None,
@@ -322,10 +329,12 @@ def _markdown(result: C.SearchResult) -> str:
     """The candidate table as Markdown, for reading in the MLflow UI."""
     sel = result.selection
     b = sel["rank_batch_size"]
+    metric = sel.get("metric", "accuracy")
+    short = {"accuracy": "test acc", "exact_match": "test EM"}.get(metric, f"test {metric}")
     lines = [
         f"Best: **{sel['best'] or 'none'}** — {sel['reason']}",
         "",
-        f"| candidate | status | test acc | p50 b{b} ms (95% CI) | p95 b{b} ms | MB | Pareto | note |",
+        f"| candidate | status | {short} | p50 b{b} ms (95% CI) | p95 b{b} ms | MB | Pareto | note |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result.candidates:
@@ -333,7 +342,7 @@ def _markdown(result: C.SearchResult) -> str:
             s = setting(r["bench"], b)
             note = "slower than FP32" if r.get("slower_than_reference") else ""
             lines.append(
-                f"| {r['name']} | ok | {r['test']['accuracy']:.4f} | {s['p50_ms']:.2f} "
+                f"| {r['name']} | ok | {r['test'][metric]:.4f} | {s['p50_ms']:.2f} "
                 f"({s['p50_ci_low_ms']:.2f}–{s['p50_ci_high_ms']:.2f}) | {s['p95_ms']:.2f} | "
                 f"{r['file_bytes'] / 2**20:.1f} | {'yes' if r.get('pareto') else ''} | {note} |"
             )

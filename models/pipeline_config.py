@@ -63,6 +63,14 @@ class PipelineConfig(Strict):
                     f"task {self.task!r} does not support the {section}: section yet (it supports: "
                     f"{', '.join(['finetune', *family.stages])}); set {section}: null"
                 )
+        if family.generative and self.optimize is not None:
+            gen = self.optimize.generation
+            if self.optimize.rank_batch_size not in gen.batch_sizes:
+                raise ValueError(
+                    f"optimize.rank_batch_size {self.optimize.rank_batch_size} is not among "
+                    f"optimize.generation.batch_sizes {gen.batch_sizes} (task {self.task!r} ranks "
+                    "candidates by generation speed)"
+                )
         stages = {"finetune": self.finetune, "distill": self.distill, "compress": self.compress}
         for name, stage in stages.items():
             train = getattr(stage, "train", None) if stage is not None else None

@@ -19,16 +19,18 @@ from slimflow.models.core.errors import CandidateRejected
 from slimflow.models.core.modelfiles import file_sha256
 from slimflow.models.data.prepare import PreparedData
 from slimflow.models.data.tables import read_split
+from slimflow.models.families import get_family
 from slimflow.models.families.base import AgreementConfig
 from slimflow.models.optimize import candidates as C
 from slimflow.models.optimize.bench import bench, resolve_threads
-from slimflow.models.optimize.config import BenchConfig, ExportConfig
+from slimflow.models.optimize.config import BenchConfig, ExportConfig, GenBenchConfig
 from slimflow.models.optimize.export import export_onnx
 from slimflow.models.optimize.predictors import describe
 from slimflow.models.optimize.targets import get_target
 from slimflow.tasks.common import MODEL_TASK, ModelRef, StageContext, atomic_dir, cpu_bound, stage_key
 
 PARITY_TEXTS = 64  # validation texts reused across the parity shapes
+GENAI_PARITY_PROMPTS = 8  # validation prompts a causal LM's FP32 build is checked on
 AGREEMENT_ROWS = 1000  # validation rows for quantized-vs-FP32 agreement
 
 
@@ -37,7 +39,8 @@ def _threads(bench_cfg: BenchConfig | None = None) -> int:
 
 
 def _texts(data: PreparedData, split: str, n: int | None = None) -> list[str]:
-    texts = read_split(data.path(split))["text"].tolist()
+    """A split's model inputs (texts; a causal LM's prompts)."""
+    texts = read_split(data.path(split))[get_family(data.task).input_column].tolist()
     return texts if n is None else texts[:n]
 
 
@@ -82,6 +85,7 @@ def build_candidate(
     source: ModelRef,
     data: PreparedData,
     agreement_cfg: AgreementConfig,
+    export_cfg: ExportConfig,
     code_version: str,
     ctx: StageContext,
 ) -> dict[str, Any]:
@@ -89,13 +93,21 @@ def build_candidate(
     as ``{"name", "rejected": reason}``: a verdict, cached like any result, so a rerun with the same
     inputs gives the same verdict without rebuilding it."""
     cs = C.CandidateSpec(**spec)
-    key = stage_key(spec, quantizer, (export or {}).get("onnx_sha256"), source.sha256, code_version)
+    tolerance = export_cfg.atol if cs.variant == C.FP32_GENAI else None  # only the genai FP32 check uses it
+    key = stage_key(
+        spec, quantizer, (export or {}).get("onnx_sha256"), source.sha256, tolerance, code_version
+    )
     final = Path(ctx.workdir) / "candidates" / key
     info = describe(source.dir)
     record: dict[str, Any] = {"name": cs.name}
     try:
         with atomic_dir(final) as tmp:
-            if cs.variant == C.FP32_ONNX:
+            if cs.variant == C.FP32_GENAI:
+                record["parity"] = C.build_genai_fp32(
+                    Path(source.dir), cs, tmp, _texts(data, "validation", GENAI_PARITY_PROMPTS), export_cfg,
+                    _threads(),
+                )  # fmt: skip
+            elif cs.variant == C.FP32_ONNX:
                 C.fp32_candidate(Path(export["export_dir"]), cs, tmp, info.max_length, info.labels, info.task)
                 record["parity"] = export["parity"]
             elif cs.variant == C.FP32_TORCH:
@@ -115,10 +127,15 @@ def build_candidate(
                 record.update(report=built.report, agreement=built.agreement)
     except CandidateRejected as e:
         return {"name": cs.name, "rejected": _first_line(e)}
-    weights = final / "model.onnx" if cs.runtime == "onnxruntime" else next(final.glob("*.safetensors"))
+    if cs.runtime == C.GENAI:  # the graph and its external weights
+        files = sorted(final.glob("model.onnx*"))
+        weights = final / "model.onnx.data" if (final / "model.onnx.data").exists() else final / "model.onnx"
+    else:
+        weights = final / "model.onnx" if cs.runtime == "onnxruntime" else next(final.glob("*.safetensors"))
+        files = [weights]
     record.update(
         path=str(final),
-        file_bytes=weights.stat().st_size,
+        file_bytes=sum(f.stat().st_size for f in files),
         sha256=file_sha256(weights),
         identity=C.identity(final),
         worker={"host": socket.gethostname(), "pid": os.getpid()},  # where it ran (threads, Dask)
@@ -136,13 +153,10 @@ def _first_line(e: BaseException) -> str:
 def evaluate_candidate(
     name: str, path: str, sha256: str, data: PreparedData, code_version: str, ctx: StageContext
 ) -> dict[str, Any]:
-    """Test accuracy and macro F1 from raw test texts (tokenizer included)."""
+    """The family's test figures from the raw test split (tokenizer included): accuracy and macro
+    F1 of a classifier, exact match and perplexity of a causal LM."""
     frame = read_split(data.path("test"))
-    return {
-        "name": name,
-        "path": path,
-        **C.score_on_test(path, frame["text"].tolist(), data.labels, frame["label"].tolist(), _threads()),
-    }
+    return {"name": name, "path": path, **C.score_on_test(path, frame, _threads())}
 
 
 @task(name="benchmark-candidate", task_run_name="benchmark {name}", tags=["benchmark"], **MODEL_TASK)
@@ -153,9 +167,29 @@ def benchmark_candidate(
     cfg: BenchConfig,
     hardware: str,
     data: PreparedData,
+    gen_cfg: GenBenchConfig | None,
     code_version: str,
     ctx: StageContext,
 ) -> dict[str, Any]:
-    """Latency/throughput (models.bench), in a fresh process by default. Never run two at once."""
+    """Latency/throughput (models.bench), in a fresh process by default; a causal LM's generation
+    speed (gen_bench: TTFT, per-token latency, decode tokens/s). Never run two at once."""
+    if gen_cfg is not None and get_family(data.task).generative:
+        return {"name": name, "path": path, **_bench_generation(path, _texts(data, "test"), gen_cfg)}
     result = bench(path, _texts(data, "test"), cfg, progress=bool(ctx.progress))
     return {"name": name, "path": path, **result}
+
+
+def _bench_generation(path: str, prompts: list[str], cfg: GenBenchConfig) -> dict[str, Any]:
+    """Generation speed with the host's benchmark lock held (one measurement per host at a time)."""
+    from slimflow.models.core.locks import file_lock
+    from slimflow.models.core.provenance import hardware, hardware_fingerprint
+    from slimflow.models.optimize.bench import host_lock_path
+    from slimflow.models.optimize.gen_bench import bench_generation, fixed_prompt
+    from slimflow.models.optimize.predictors import load_predictor
+
+    predictor = load_predictor(path, cfg.threads)
+    prompt = fixed_prompt([predictor.prompt_ids(p) for p in prompts[:200]], cfg.prompt_tokens)
+    with file_lock(host_lock_path(), timeout_s=3600):
+        result = bench_generation(predictor.runner, prompt, cfg)
+    return {**result, "file_bytes": predictor.file_bytes, "hardware": hardware(),
+            "hardware_fingerprint": hardware_fingerprint()}  # fmt: skip

@@ -58,6 +58,8 @@ class TaskFamily:
     metrics: ClassVar[tuple[str, ...]] = ()  # evaluation figures, higher is better
     primary_metric: ClassVar[str] = ""  # the one gates, retention and the candidate choice use
     generative: ClassVar[bool] = False  # outputs are generated text (predictors.GenerativePredictor)
+    input_column: ClassVar[str] = "text"  # what a model reads, in the prepared split files
+    target_column: ClassVar[str] = "label"  # what it should answer
     # optional pipeline sections this family's models can go through
     stages: ClassVar[tuple[str, ...]] = ("distill", "compress", "optimize", "promote")
 
@@ -120,6 +122,11 @@ class TaskFamily:
         """Test figures of raw model outputs against gold answers (numbers; a family may add a
         ``report`` with details such as per-class figures, for the run's plots)."""
         raise NotImplementedError
+
+    def test_figures(self, predictor: Any, frame: Any) -> dict[str, Any]:
+        """A candidate's figures on a prepared test split (``score`` of its predictions)."""
+        outputs = predictor.predict(frame[self.input_column].tolist())
+        return self.score(outputs, frame[self.target_column].tolist(), predictor.info.labels)
 
     def agreement(
         self, reference: Any, candidate: Any, labels: list[str], cfg: AgreementConfig

@@ -61,6 +61,9 @@ class SearchResult(StageResult):
 
 FP32_ONNX = "onnx_fp32"
 FP32_TORCH = "torch_fp32"
+FP32_GENAI = "genai_fp32"  # causal LMs: the onnxruntime-genai FP32 build
+GENAI = "onnxruntime-genai"
+FP32_OF_RUNTIME = {"torch": FP32_TORCH, "onnxruntime": FP32_ONNX, GENAI: FP32_GENAI}
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,9 @@ class CandidateSpec:
     @property
     def reference(self) -> str | None:
         """The FP32 candidate this one is compared with (agreement, speed); None for FP32 ones."""
-        if self.variant in (FP32_ONNX, FP32_TORCH):
+        if self.variant in FP32_OF_RUNTIME.values():
             return None
-        ref = FP32_TORCH if self.runtime == "torch" else FP32_ONNX
-        return f"{self.source}/{ref}/{self.target}"
+        return f"{self.source}/{FP32_OF_RUNTIME[self.runtime]}/{self.target}"
 
 
 @dataclass
@@ -105,13 +107,15 @@ def plan(
     quant = [(q.kind, type(q)) for q in cfg.quantize]
     quantizer_cls = dict(quant)
     torch_needed = cfg.include_torch_fp32 or any(cls.runtime == "torch" for _, cls in quant)
+    # a generative family's FP32 reference is the onnxruntime-genai build, not an optimum export
+    fp32_runtime = GENAI if get_family(task).generative else "onnxruntime"
     for target_name in cfg.targets:
         target = get_target(target_name).resolved()
         ok, why = target.availability()
         for source in (s for s in wanted if s in sources):
             variants: list[tuple[str, str]] = []
-            if cfg.include_onnx_fp32 or any(cls.runtime == "onnxruntime" for _, cls in quant):
-                variants.append((FP32_ONNX, "onnxruntime"))
+            if cfg.include_onnx_fp32 or any(cls.runtime == fp32_runtime for _, cls in quant):
+                variants.append((FP32_OF_RUNTIME[fp32_runtime], fp32_runtime))
             if torch_needed:
                 variants.append((FP32_TORCH, "torch"))
             variants += [(kind, cls.runtime) for kind, cls in quant]
@@ -225,12 +229,44 @@ def build_quantized(
     return BuildResult(spec.name, str(out), asdict(report), check.to_dict())
 
 
-def score_on_test(
-    path: str | Path, texts: list[str], labels: list[str], gold: list[str], threads: int
-) -> dict[str, Any]:
-    """The family's test figures of a candidate (classification: accuracy, macro F1), on raw test texts."""
+def score_on_test(path: str | Path, frame: Any, threads: int) -> dict[str, Any]:
+    """The family's test figures of a candidate on the prepared test split (classification:
+    accuracy, macro F1 from raw texts; causal LMs: exact match and perplexity)."""
     predictor = load_predictor(path, threads)
-    return predictor.family.score(predictor.predict(texts), gold, predictor.info.labels or labels)
+    return predictor.family.test_figures(predictor, frame)
+
+
+def build_genai_fp32(
+    model_dir: Path, spec: CandidateSpec, out: Path, prompts: list[str], cfg: Any, threads: int
+) -> dict[str, Any]:
+    """The FP32 onnxruntime-genai build of a causal LM as a candidate, checked against PyTorch on
+    validation prompts: the greedy tokens must be the same and the logits within 100x the export
+    tolerance (a 30-layer decoder adds up rounding a classifier's few layers do not)."""
+    import tempfile
+
+    from slimflow.models.optimize import genai as G
+
+    src = describe(model_dir)
+    gpu = get_target(spec.target).device == "gpu"
+    build = G.GenaiBuildConfig(
+        precision="fp16" if gpu else "fp32", execution_provider="cuda" if gpu else "cpu"
+    )
+    with MODEL_LOCK, tempfile.TemporaryDirectory(prefix="genai-cache-") as cache:
+        G.build(model_dir, out, build, cache)
+    CandidateInfo(
+        GENAI, spec.target, spec.variant, spec.source, None, src.max_length, [], None, src.task
+    ).save(out)
+    cand, ref = load_predictor(out, threads), load_predictor(model_dir, threads)
+    ids = [ref.prompt_ids(p) for p in prompts]
+    report = G.parity(ref.runner, cand.runner, ids, new_tokens=16, stop=ref.ends)
+    tol = 100 * cfg.atol
+    if report["greedy_token_agreement"] < 1.0 or report["max_abs_logit_diff"] > tol:
+        raise ParityError(
+            f"{spec.name}: onnxruntime-genai FP32 build differs from PyTorch (max |logit diff| "
+            f"{report['max_abs_logit_diff']:.2e}, allowed {tol:.0e}; greedy tokens agree on "
+            f"{report['greedy_token_agreement']:.3f})"
+        )
+    return report
 
 
 def identity(folder: str | Path) -> str:
@@ -266,11 +302,20 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda n: points[n][1])
 
 
-def select(rows: list[dict[str, Any]], teacher_accuracy: float, cfg: OptimizeConfig) -> dict[str, Any]:
-    """Mark each measured candidate: meets the accuracy bar?, on the Pareto front?, slower than its
+def select(
+    rows: list[dict[str, Any]],
+    teacher_accuracy: float,
+    cfg: OptimizeConfig,
+    metric: str = "accuracy",
+    latency: str = "latency, test-text lengths",
+) -> dict[str, Any]:
+    """Mark each measured candidate: meets the quality bar?, on the Pareto front?, slower than its
     FP32 reference?; and name the best (lowest p50 at ``rank_batch_size`` among those meeting the bar).
 
-    ``rows`` are candidate records with 'name', 'status', 'reference', 'test' and 'bench' keys.
+    ``rows`` are candidate records with 'name', 'status', 'reference', 'test' and 'bench' keys;
+    ``metric`` is the task family's primary figure in 'test' (accuracy, exact match), and
+    ``teacher_accuracy`` the teacher's value of it. A generative candidate's p50 is its per-token
+    decode latency.
     """
     bar = cfg.accuracy_bar
     floor = 0.0
@@ -286,30 +331,34 @@ def select(rows: list[dict[str, Any]], teacher_accuracy: float, cfg: OptimizeCon
 
     rank_b = cfg.rank_batch_size
     for r in measured:
-        r["retention"] = r["test"]["accuracy"] / teacher_accuracy if teacher_accuracy else None
-        r["meets_bar"] = r["test"]["accuracy"] >= floor
+        r["retention"] = r["test"][metric] / teacher_accuracy if teacher_accuracy else None
+        r["meets_bar"] = r["test"][metric] >= floor
         r["speedup_vs_reference"] = None
         r["slower_than_reference"] = False
         ref = by_name.get(r.get("reference") or "")
         if ref is not None:
-            slower = [b for b in cfg.bench.batch_sizes if p50(r, b) > p50(ref, b)]
+            sizes = [x["batch_size"] for x in ref["bench"]["settings"] if x.get("length", "data") == "data"]
+            slower = [b for b in sizes if p50(r, b) > p50(ref, b)]
             r["slower_than_reference"] = bool(slower)
             r["slower_at_batch_sizes"] = slower
             r["speedup_vs_reference"] = p50(ref, rank_b) / p50(r, rank_b)
-    points = {r["name"]: (r["test"]["accuracy"], p50(r, rank_b)) for r in measured}
+    points = {r["name"]: (r["test"][metric], p50(r, rank_b)) for r in measured}
     front = pareto_front(points)
     for r in measured:
         r["pareto"] = r["name"] in front
     eligible = sorted(
-        (r for r in measured if r["meets_bar"]), key=lambda r: (p50(r, rank_b), -r["test"]["accuracy"])
+        (r for r in measured if r["meets_bar"]), key=lambda r: (p50(r, rank_b), -r["test"][metric])
     )
     best = eligible[0]["name"] if eligible else None
+    words = metric.replace("_", " ")
     reason = (
-        f"lowest p50 at batch {rank_b} among {len(eligible)} candidate(s) with test accuracy >= {floor:.4f}"
+        f"lowest p50 at batch {rank_b} among {len(eligible)} candidate(s) with test {words} >= {floor:.4f}"
         if best
-        else f"no candidate reaches test accuracy {floor:.4f} (bar: {bar.model_dump()})"
+        else f"no candidate reaches test {words} {floor:.4f} (bar: {bar.model_dump()})"
     )
     return {
+        "metric": metric,
+        "latency": latency,
         "best": best,
         "reason": reason,
         "accuracy_floor": floor,
@@ -328,11 +377,12 @@ def plot_pareto(rows: list[dict[str, Any]], selection: dict[str, Any], path: Pat
     import matplotlib.pyplot as plt
 
     b = selection["rank_batch_size"]
+    metric = selection.get("metric", "accuracy")
     measured = [r for r in rows if r["status"] == "ok"]
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     markers = {"teacher": "s", "student": "o", "compressed": "D"}
     for r in measured:
-        x, y = setting(r["bench"], b)["p50_ms"], r["test"]["accuracy"]
+        x, y = setting(r["bench"], b)["p50_ms"], r["test"][metric]
         lo, hi = setting(r["bench"], b)["p50_ci_low_ms"], setting(r["bench"], b)["p50_ci_high_ms"]
         color = "tab:green" if r.get("meets_bar") else "tab:gray"
         ax.errorbar(
@@ -346,7 +396,7 @@ def plot_pareto(rows: list[dict[str, Any]], selection: dict[str, Any], path: Pat
     if front:
         ax.plot(
             [setting(r["bench"], b)["p50_ms"] for r in front],
-            [r["test"]["accuracy"] for r in front],
+            [r["test"][metric] for r in front],
             "--",
             color="tab:blue",
             lw=1,
@@ -356,7 +406,7 @@ def plot_pareto(rows: list[dict[str, Any]], selection: dict[str, Any], path: Pat
         r = next(r for r in measured if r["name"] == selection["best"])
         ax.scatter(
             [setting(r["bench"], b)["p50_ms"]],
-            [r["test"]["accuracy"]],
+            [r["test"][metric]],
             s=260,
             facecolors="none",
             edgecolors="tab:red",
@@ -366,9 +416,11 @@ def plot_pareto(rows: list[dict[str, Any]], selection: dict[str, Any], path: Pat
     ax.axhline(selection["accuracy_floor"], color="tab:red", lw=0.8, ls=":", label="accuracy bar")
     ax.axhline(selection["teacher_accuracy"], color="black", lw=0.8, ls="-.", label="teacher (PyTorch)")
     ax.set_xscale("log")
-    ax.set_xlabel(f"p50 latency at batch {b}, test-text lengths (ms, log scale; bars = 95% CI)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Candidates: test accuracy vs latency")
+    what = selection.get("latency", "latency, test-text lengths")
+    ax.set_xlabel(f"p50 {what} at batch {b} (ms, log scale; bars = 95% CI)")
+    words = metric.replace("_", " ")
+    ax.set_ylabel(f"test {words}")
+    ax.set_title(f"Candidates: test {words} vs latency")
     ax.grid(True, which="both", alpha=0.3)
     from matplotlib.lines import Line2D
 

@@ -122,6 +122,20 @@ class BenchConfig(Strict):
         return v
 
 
+class GenBenchConfig(Strict):
+    """Generation benchmark of causal LMs (``gen_bench.py``)."""
+
+    prompt_tokens: int = Field(64, ge=1, le=32768, description="Prompt length of every timed generation.")
+    new_tokens: int = Field(64, ge=2, le=32768, description="Tokens generated per timed generation.")
+    batch_sizes: list[int] = Field([1], min_length=1, description="Prompts generated together.")
+    warmup: int = Field(2, ge=0, le=100, description="Untimed generations first.")
+    iterations: int = Field(8, ge=2, le=10_000, description="Timed generations per batch size.")
+    threads: int | None = Field(None, ge=1, le=256, description="Intra-op threads; None = visible cores.")
+    pin_cores: bool = Field(True, description="Pin the process to as many cores as threads.")
+    bootstrap: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples of each CI.")
+    seed: int = Field(0, description="Seed of the bootstrap.")
+
+
 class AccuracyBar(Strict):
     min_retention: float | None = Field(
         0.98, gt=0, le=1.5, description="Test accuracy at least this share of the teacher's; None = off."
@@ -193,6 +207,11 @@ class OptimizeConfig(Strict):
     export: ExportConfig = ExportConfig()
     agreement: AgreementConfig = AgreementConfig()
     bench: BenchConfig = BenchConfig()
+    generation: GenBenchConfig = Field(
+        default_factory=lambda: GenBenchConfig(),
+        description="Causal LMs: the generation benchmark (prompt and output lengths, batch sizes); "
+        "their candidates are ranked by per-token decode latency.",
+    )
     accuracy_bar: AccuracyBar = AccuracyBar()
     rank_batch_size: int = Field(
         1,

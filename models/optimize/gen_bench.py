@@ -19,22 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 
-from slimflow.models.config.base import Strict
 from slimflow.models.optimize.bench import CpuWatch, _peak_rss_mb, pin, resolve_threads, summarize
+from slimflow.models.optimize.config import GenBenchConfig
 
-
-class GenBenchConfig(Strict):
-    prompt_tokens: int = Field(64, ge=1, le=32768, description="Prompt length of every timed generation.")
-    new_tokens: int = Field(64, ge=2, le=32768, description="Tokens generated per timed generation.")
-    batch_sizes: list[int] = Field([1], min_length=1, description="Prompts generated together.")
-    warmup: int = Field(2, ge=0, le=100, description="Untimed generations first.")
-    iterations: int = Field(8, ge=2, le=10_000, description="Timed generations per batch size.")
-    threads: int | None = Field(None, ge=1, le=256, description="Intra-op threads; None = visible cores.")
-    pin_cores: bool = Field(True, description="Pin the process to as many cores as threads.")
-    bootstrap: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples of each CI.")
-    seed: int = Field(0, description="Seed of the bootstrap.")
+__all__ = ["GenBenchConfig", "bench_generation", "fixed_prompt", "setting"]
 
 
 def fixed_prompt(texts_ids: list[list[int]], length: int) -> list[int]:
@@ -83,6 +72,15 @@ def bench_generation(runner: Any, prompt: list[int], cfg: GenBenchConfig) -> dic
                 "decode_tokens_per_s_ci": [b * 1e3 / s["p50_ci_high_ms"], b * 1e3 / s["p50_ci_low_ms"]],
                 "prefill_tokens_per_s": b * len(prompt) * 1e3 / t["p50_ms"],
                 "other_cpu_share": watch.others_share(),
+                # the candidate search's latency keys: a generator's latency is per decoded token
+                "length": "data",
+                "p50_ms": s["p50_ms"],
+                "p95_ms": s["p95_ms"],
+                "p50_ci_low_ms": s["p50_ci_low_ms"],
+                "p50_ci_high_ms": s["p50_ci_high_ms"],
+                "p95_ci_low_ms": s["p95_ci_low_ms"],
+                "p95_ci_high_ms": s["p95_ci_high_ms"],
+                "throughput_eps": b * 1e3 / s["p50_ms"],
             }
         )
     return {"threads": threads, "cores": cores, "peak_rss_mb": _peak_rss_mb(), "settings": settings}

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +23,9 @@ from pydantic import Field
 
 from slimflow.models.config.base import Strict
 from slimflow.models.core.errors import SlimflowError
+from slimflow.models.families.causal_lm.scoring import Quality, quality
+
+__all__ = ["GenaiBuildConfig", "GenaiModel", "Quality", "TorchModel", "build", "parity", "quality", "size_mb"]
 
 log = logging.getLogger(__name__)
 
@@ -227,38 +229,6 @@ class TorchModel:
 
 
 # ------------------------------------------------------------------------------------ quality
-@dataclass
-class Quality:
-    """A candidate's answers and language modelling against the fine-tuned FP32 model."""
-
-    exact_match: float
-    perplexity: float
-    answers: list[str]
-    rows: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"exact_match": self.exact_match, "perplexity": self.perplexity, "rows": self.rows}
-
-
-def quality(runner: Any, data: Any, max_new_tokens: int) -> Quality:
-    """Exact match of greedy answers and whole-text perplexity of ``runner`` (GenaiModel or
-    TorchModel) on encoded chat examples (``ChatEncoded``: prompts, full texts, gold answers)."""
-    from slimflow.models.families.causal_lm.chat import normalize_answer
-
-    answers, nll, n = [], 0.0, 0
-    for prompt, feat in zip(data.prompts, data.features, strict=True):
-        ids = feat["input_ids"]
-        logits = runner.logits(ids)[:-1].astype(np.float64)
-        logits -= logits.max(-1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        nll -= float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
-        n += len(ids) - 1
-        out = runner.generate(prompt, max_new_tokens, data.eos_ids)
-        answers.append(data.tokenizer.decode(out, skip_special_tokens=True))
-    hits = [normalize_answer(a) == normalize_answer(g) for a, g in zip(answers, data.answers, strict=True)]
-    return Quality(float(np.mean(hits)) if hits else 0.0, float(np.exp(nll / max(n, 1))), answers, len(hits))
-
-
 def parity(
     reference: Any, candidate: Any, prompts: list[list[int]], new_tokens: int, stop: list[int] | None = None
 ) -> dict[str, float]:

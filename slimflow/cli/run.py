@@ -82,6 +82,8 @@ def _print_summary(s: dict, config: Path | None = None) -> None:
     keys = (
         "test_accuracy",
         "test_f1",
+        "test_exact_match",
+        "test_perplexity",
         "trainable_share",
         "counts_train",
         "counts_test",
@@ -113,13 +115,15 @@ def _print_candidates(search: dict) -> None:
 
     sel = search["selection"]
     b = sel["rank_batch_size"]
+    metric = sel.get("metric", "accuracy")
+    per_token = "per token " if "per-token" in sel.get("latency", "") else ""
     t = Table(title=f"candidates (best: {sel['best'] or 'none'})")
     for col, just in (
         ("candidate", "left"),
         ("status", "left"),
-        ("test acc", "right"),
-        (f"p50 b{b} ms [95% CI]", "right"),
-        (f"p95 b{b} ms", "right"),
+        ({"accuracy": "test acc", "exact_match": "test EM"}.get(metric, f"test {metric}"), "right"),
+        (f"{per_token}p50 b{b} ms [95% CI]", "right"),
+        (f"{per_token}p95 b{b} ms", "right"),
         ("MB", "right"),
         ("note", "left"),
     ):
@@ -134,11 +138,11 @@ def _print_candidates(search: dict) -> None:
         if r.get("slower_than_reference"):
             notes.append("[yellow]slower than its FP32 source[/]")
         if not r.get("meets_bar"):
-            notes.append("below accuracy bar")
+            notes.append("below the quality bar")
         t.add_row(
             r["name"],
             "[green]ok[/]",
-            f"{r['test']['accuracy']:.4f}",
+            f"{r['test'][metric]:.4f}",
             f"{st['p50_ms']:.2f} [{st['p50_ci_low_ms']:.2f}, {st['p50_ci_high_ms']:.2f}]",
             f"{st['p95_ms']:.2f}",
             f"{r['file_bytes'] / 2**20:.1f}",

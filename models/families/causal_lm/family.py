@@ -36,8 +36,10 @@ class CausalLM(TaskFamily):
     metrics: ClassVar[tuple[str, ...]] = ("exact_match",)
     primary_metric = "exact_match"
     generative = True
+    input_column: ClassVar[str] = "prompt"
+    target_column: ClassVar[str] = "completion"
     # distillation, pruning, export, quantization and serving of generators are still being built
-    stages: ClassVar[tuple[str, ...]] = ()
+    stages: ClassVar[tuple[str, ...]] = ("optimize",)
 
     # ------------------------------------------------------------------------------ data
     def prepare_data(
@@ -188,6 +190,14 @@ class CausalLM(TaskFamily):
             C.normalize_answer(str(a)) == C.normalize_answer(g) for a, g in zip(outputs, gold, strict=True)
         ]
         return {"exact_match": float(np.mean(hits)) if hits else 0.0, "rows": len(hits)}
+
+    def test_figures(self, predictor: Any, frame: Any) -> dict[str, Any]:
+        """Exact match of the greedy answers and perplexity over the whole test conversations."""
+        from slimflow.models.families.causal_lm.scoring import quality
+
+        data = self.encode(predictor.tokenizer, frame, [], predictor.context_length)
+        q = quality(predictor.runner, data, predictor.info.max_new_tokens)
+        return {**q.to_dict(), "rows": q.rows}
 
     def agreement(
         self, reference: Any, candidate: Any, labels: list[str], cfg: AgreementConfig
