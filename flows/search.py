@@ -83,11 +83,15 @@ def candidate_search(
 
     # 1. export every (source, target) that has ONNX candidates
     pairs = sorted({(s.source, s.target) for s in specs if s.runtime == "onnxruntime"})
-    exports = run.fan_out(
-        "export-onnx",
-        {f"{src}/{tgt}": (export_source, (cfg.export, tgt, refs[src], data)) for src, tgt in pairs},
-        parallel=cfg.max_parallel,
-        outputs=("onnx_path",),
+    exports = (
+        run.fan_out(
+            "export-onnx",
+            {f"{src}/{tgt}": (export_source, (cfg.export, tgt, refs[src], data)) for src, tgt in pairs},
+            parallel=cfg.max_parallel,
+            outputs=("onnx_path",),
+        )
+        if pairs  # causal LMs build from the model folder: no optimum export to make
+        else {}
     )
 
     # 2. build (quantize + agreement check)

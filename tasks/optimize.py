@@ -174,22 +174,11 @@ def benchmark_candidate(
     """Latency/throughput (models.bench), in a fresh process by default; a causal LM's generation
     speed (gen_bench: TTFT, per-token latency, decode tokens/s). Never run two at once."""
     if gen_cfg is not None and get_family(data.task).generative:
-        return {"name": name, "path": path, **_bench_generation(path, _texts(data, "test"), gen_cfg)}
+        from slimflow.models.optimize.gen_bench import bench_candidate
+
+        result = bench_candidate(
+            path, _texts(data, "test"), gen_cfg, cfg.isolate, cfg.host_lock_timeout_s, cfg.quiet_timeout_s
+        )
+        return {"name": name, "path": path, **result}
     result = bench(path, _texts(data, "test"), cfg, progress=bool(ctx.progress))
     return {"name": name, "path": path, **result}
-
-
-def _bench_generation(path: str, prompts: list[str], cfg: GenBenchConfig) -> dict[str, Any]:
-    """Generation speed with the host's benchmark lock held (one measurement per host at a time)."""
-    from slimflow.models.core.locks import file_lock
-    from slimflow.models.core.provenance import hardware, hardware_fingerprint
-    from slimflow.models.optimize.bench import host_lock_path
-    from slimflow.models.optimize.gen_bench import bench_generation, fixed_prompt
-    from slimflow.models.optimize.predictors import load_predictor
-
-    predictor = load_predictor(path, cfg.threads)
-    prompt = fixed_prompt([predictor.prompt_ids(p) for p in prompts[:200]], cfg.prompt_tokens)
-    with file_lock(host_lock_path(), timeout_s=3600):
-        result = bench_generation(predictor.runner, prompt, cfg)
-    return {**result, "file_bytes": predictor.file_bytes, "hardware": hardware(),
-            "hardware_fingerprint": hardware_fingerprint()}  # fmt: skip

@@ -16,6 +16,12 @@ Threads are set on the runtime and the process is pinned to as many cores; runne
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +29,7 @@ import numpy as np
 from slimflow.models.optimize.bench import CpuWatch, _peak_rss_mb, pin, resolve_threads, summarize
 from slimflow.models.optimize.config import GenBenchConfig
 
-__all__ = ["GenBenchConfig", "bench_generation", "fixed_prompt", "setting"]
+__all__ = ["GenBenchConfig", "bench_candidate", "bench_generation", "fixed_prompt", "setting"]
 
 
 def fixed_prompt(texts_ids: list[list[int]], length: int) -> list[int]:
@@ -91,3 +97,67 @@ def setting(result: dict[str, Any], batch_size: int) -> dict[str, Any]:
         if s["batch_size"] == batch_size:
             return s
     raise KeyError(f"no benchmark at batch size {batch_size}")
+
+
+def measure(path: str | Path, prompts: list[str], cfg: GenBenchConfig) -> dict[str, Any]:
+    """Load the generative model at ``path`` here and time it on a prompt built from ``prompts``
+    (chat turns as JSON, or text); adds its size and the hardware."""
+    from slimflow.models.core.provenance import hardware, hardware_fingerprint
+    from slimflow.models.optimize.predictors import load_predictor
+
+    threads = resolve_threads(cfg.threads)
+    predictor = load_predictor(path, threads)
+    prompt = fixed_prompt([predictor.prompt_ids(p) for p in prompts[:200]], cfg.prompt_tokens)
+    result = bench_generation(predictor.runner, prompt, cfg)
+    return {**result, "file_bytes": predictor.file_bytes, "hardware": hardware(),
+            "hardware_fingerprint": hardware_fingerprint()}  # fmt: skip
+
+
+def bench_candidate(
+    path: str | Path, prompts: list[str], cfg: GenBenchConfig, isolate: bool = True,
+    lock_timeout_s: float = 3600, quiet_timeout_s: float = 1800,
+) -> dict[str, Any]:  # fmt: skip
+    """``measure`` in a fresh process (``isolate``: no thread pools, caches or other threads of the
+    pipeline's process share the cores; the classifier benchmark does the same), holding the host's
+    benchmark lock and after other pipelines' heavy work on this host has ended."""
+    from slimflow.models.core.locks import measuring_alone
+
+    with measuring_alone(lock_timeout_s, quiet_timeout_s) as alone:
+        if not isolate:
+            result = measure(path, prompts, cfg)
+        else:
+            threads = resolve_threads(cfg.threads)
+            with tempfile.TemporaryDirectory(prefix="slimflow-genbench-") as d:
+                pfile, cfile, ofile = (Path(d) / n for n in ("prompts.json", "config.json", "out.json"))
+                pfile.write_text(json.dumps(prompts[:200]), encoding="utf-8")
+                cfile.write_text(
+                    cfg.model_copy(update={"threads": threads}).model_dump_json(), encoding="utf-8"
+                )
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                       "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+                cmd = [sys.executable, "-m", "slimflow.models.optimize.gen_bench", str(path), str(pfile),
+                       str(cfile), str(ofile)]  # fmt: skip
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+                if proc.returncode != 0 or not ofile.exists():
+                    lines = (proc.stderr or proc.stdout or "").strip().splitlines() or ["(no output)"]
+                    raise RuntimeError(
+                        f"generation benchmark of {path} failed (exit {proc.returncode}): {lines[-1]}\n"
+                        + "\n".join(lines[-12:])
+                    )
+                result = json.loads(ofile.read_text(encoding="utf-8"))
+    result.update(alone, isolated=isolate)
+    return result
+
+
+def _child(argv: list[str]) -> None:
+    path, prompts_file, cfg_file, out_file = argv
+    cfg = GenBenchConfig.model_validate_json(Path(cfg_file).read_text(encoding="utf-8"))
+    prompts = json.loads(Path(prompts_file).read_text(encoding="utf-8"))
+    Path(out_file).write_text(json.dumps(measure(path, prompts, cfg)), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    from slimflow.models.core.env import apply_defaults
+
+    apply_defaults()
+    _child(sys.argv[1:])

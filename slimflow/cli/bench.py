@@ -118,20 +118,17 @@ def _bench_generation(
     """A causal LM: time to first token, per-token latency and decode tokens/s (gen_bench)."""
     import json
 
-    from slimflow.models.optimize.gen_bench import GenBenchConfig, bench_generation, fixed_prompt
-    from slimflow.models.optimize.predictors import load_predictor
+    from slimflow.models.optimize.gen_bench import GenBenchConfig, bench_candidate
 
     gcfg = GenBenchConfig(
         prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_sizes=cfg.batch_sizes,
         warmup=min(warmup, 100), iterations=generations, threads=cfg.threads,
     )  # fmt: skip
-    predictor = load_predictor(path, cfg.threads)
-    prompt = fixed_prompt([predictor.text_ids(t) for t in texts[:200]], prompt_tokens)
     err.print(
-        f"generating with {path}: {prompt_tokens}-token prompt, {new_tokens} new tokens, batch "
-        f"{','.join(map(str, gcfg.batch_sizes))}, threads={cfg.threads or 'all'}"
+        f"generating with {path}: {prompt_tokens}-token prompt of the texts, {new_tokens} new tokens, "
+        f"batch {','.join(map(str, gcfg.batch_sizes))}, threads={cfg.threads or 'all'}"
     )
-    result = bench_generation(predictor.runner, prompt, gcfg)
+    result = bench_candidate(path, texts, gcfg, cfg.isolate, cfg.host_lock_timeout_s, cfg.quiet_timeout_s)
     for s in result["settings"]:
         lo, hi = s["decode_tokens_per_s_ci"]
         out.print(
