@@ -86,12 +86,38 @@ class TaskFamily:
         """A pretrained model with a new task head for ``labels``, and its tokenizer."""
         raise NotImplementedError
 
+    auto_model: ClassVar[str] = ""  # the transformers Auto class of this family's models
+    auto_peft_model: ClassVar[str] = ""  # peft's Auto class of an unmerged adapter folder
+
     def load_trained(self, path: str | Path) -> tuple[Any, Any]:
-        """A model slimflow saved (``save``), in eval mode, and its tokenizer."""
-        raise NotImplementedError
+        """A model slimflow saved (``save``: merged weights, or an unmergeable adapter folder such
+        as prefix tuning), in eval mode, and its tokenizer; safetensors only, no remote code."""
+        import transformers
+
+        path = Path(path)
+        if (path / "adapter_config.json").exists():
+            import peft
+
+            model = getattr(peft, self.auto_peft_model).from_pretrained(path, use_safetensors=True)
+        else:
+            auto = getattr(transformers, self.auto_model)
+            model = auto.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        return model.eval(), self.prepare_tokenizer(tokenizer)
+
+    def prepare_tokenizer(self, tokenizer: Any) -> Any:
+        """What a family's tokenizer needs beyond the saved one (a chat template, say)."""
+        return tokenizer
 
     def save(self, model: Any, tokenizer: Any, out_dir: Path, meta: dict[str, Any]) -> Path:
-        raise NotImplementedError
+        """Weights as safetensors, the tokenizer, and ``slimflow_model.json`` naming the family."""
+        from slimflow.models.core.modelfiles import write_meta
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+        write_meta(out_dir, {**meta, "task": self.name})
+        return out_dir
 
     # ------------------------------------------------------------------------- training
     def encode(self, tokenizer: Any, frame: Any, labels: list[str], max_length: int) -> Any:
@@ -139,8 +165,10 @@ class TaskFamily:
 
     # ------------------------------------------------------------------------ serving
     def request_schema(self, max_batch: int, max_chars: int) -> type:
-        """The pydantic request body of ``POST /predict``."""
-        raise NotImplementedError
+        """The pydantic request body of ``POST /predict`` (by default ``{"texts": [...]}``)."""
+        from slimflow.models.families.schema import request_model
+
+        return request_model(max_batch, max_chars)
 
     def response_schema(self) -> type:
         raise NotImplementedError
@@ -152,7 +180,15 @@ class TaskFamily:
         raise NotImplementedError
 
     def parse_input(self, model_input: Any) -> list[Any]:
-        raise NotImplementedError
+        """The inputs of a pyfunc ``predict`` call: a frame's ``input_column``, or a list."""
+        import pandas as pd
+
+        col = self.input_column
+        if isinstance(model_input, pd.DataFrame):
+            if col not in model_input.columns:
+                raise ValueError(f"input needs a {col!r} column, got {list(model_input.columns)}")
+            return model_input[col].astype(str).tolist()
+        return [str(t) for t in model_input]
 
     def output_frame(self, records: list[dict[str, Any]]) -> Any:
         raise NotImplementedError

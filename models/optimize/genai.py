@@ -209,23 +209,30 @@ class TorchModel:
 
     def timed(self, batch: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
         """Greedy decoding with the key/value cache, one forward per token (eager PyTorch)."""
-        torch = self._torch
-        ids = torch.tensor(batch)
-        mask = torch.ones_like(ids)
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            out = self.model(input_ids=ids, attention_mask=mask, use_cache=True)
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            ttft = time.perf_counter() - t0
-            past, steps = out.past_key_values, []
-            for _ in range(new_tokens - 1):
-                t = time.perf_counter()
-                mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-                out = self.model(input_ids=nxt, attention_mask=mask, past_key_values=past, use_cache=True)
-                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-                past = out.past_key_values
-                steps.append(time.perf_counter() - t)
-        return ttft, steps
+        with self._torch.no_grad():
+            return timed_with_cache(self.model, batch, new_tokens)
+
+
+def timed_with_cache(model: Any, batch: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
+    """Time to first token and each later token's time of greedy decoding with the key/value cache,
+    for any model called like a transformers causal LM (PyTorch, Optimum's ORTModelForCausalLM)."""
+    import torch
+
+    ids = torch.tensor(batch)
+    mask = torch.ones_like(ids)
+    t0 = time.perf_counter()
+    out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    ttft = time.perf_counter() - t0
+    past, steps = out.past_key_values, []
+    for _ in range(new_tokens - 1):
+        t = time.perf_counter()
+        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        out = model(input_ids=nxt, attention_mask=mask, past_key_values=past, use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        past = out.past_key_values
+        steps.append(time.perf_counter() - t)
+    return ttft, steps
 
 
 # ------------------------------------------------------------------------------------ quality

@@ -5,7 +5,6 @@ slimflow build is compared with."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -66,19 +65,6 @@ class OptimumModel:
 
     def timed(self, batch: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
         """Greedy decoding with the cache, one session run per token."""
-        torch = self._torch
-        ids = torch.tensor(batch)
-        mask = torch.ones_like(ids)
-        t0 = time.perf_counter()
-        out = self.model(input_ids=ids, attention_mask=mask, use_cache=True)
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-        ttft = time.perf_counter() - t0
-        past, steps = out.past_key_values, []
-        for _ in range(new_tokens - 1):
-            t = time.perf_counter()
-            mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-            out = self.model(input_ids=nxt, attention_mask=mask, past_key_values=past, use_cache=True)
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            past = out.past_key_values
-            steps.append(time.perf_counter() - t)
-        return ttft, steps
+        from slimflow.models.optimize.genai import timed_with_cache
+
+        return timed_with_cache(self.model, batch, new_tokens)

@@ -16,22 +16,28 @@ from tests.conftest import make_chats, write_jsonl
 pytestmark = pytest.mark.integration
 
 
-def test_chat_data_and_sft_run_as_a_flow(tmp_path: Path, tiny_causal_lm_dir: Path) -> None:
+def _config(tmp_path: Path, model_dir: Path, name: str, **sections: object) -> PipelineConfig:
+    """Synthetic chats and full fine-tuning of the tiny causal LM (enough for the task), plus ``sections``."""
     src = write_jsonl(make_chats(240), tmp_path / "chats.jsonl")
-    cfg = PipelineConfig.model_validate(
+    return PipelineConfig.model_validate(
         {
-            "name": "it-llm",
+            "name": name,
             "workdir": str(tmp_path / "work"),
             "task": "causal-lm",
             "data": {"source": str(src)},
             "finetune": {
-                "model": str(tiny_causal_lm_dir),
+                "model": str(model_dir),
                 "method": {"kind": "full"},
                 "train": {"epochs": 8, "batch_size": 16, "learning_rate": 1e-2, "max_length": 96,
                           "early_stopping_patience": None},
             },
+            **sections,
         }
     )  # fmt: skip
+
+
+def test_chat_data_and_sft_run_as_a_flow(tmp_path: Path, tiny_causal_lm_dir: Path) -> None:
+    cfg = _config(tmp_path, tiny_causal_lm_dir, "it-llm")
     summary = run_pipeline(cfg, progress=False)
     stages = summary["stages"]
     assert stages["validate-data"]["status"] == "completed"
@@ -50,36 +56,21 @@ def test_chat_data_and_sft_run_as_a_flow(tmp_path: Path, tiny_causal_lm_dir: Pat
 def test_generative_candidates_are_built_scored_measured_and_chosen(
     tmp_path: Path, tiny_causal_lm_dir: Path
 ) -> None:
-    src = write_jsonl(make_chats(240), tmp_path / "chats.jsonl")
-    cfg = PipelineConfig.model_validate(
-        {
-            "name": "it-llm-search",
-            "workdir": str(tmp_path / "work"),
-            "task": "causal-lm",
-            "data": {"source": str(src)},
-            "finetune": {
-                "model": str(tiny_causal_lm_dir),
-                "method": {"kind": "full"},
-                "train": {"epochs": 8, "batch_size": 16, "learning_rate": 1e-2, "max_length": 96,
-                          "early_stopping_patience": None},
-            },
-            "optimize": {
-                "targets": ["cpu"],
-                "quantize": [
-                    {"kind": "genai_int8", "block_size": 16},
-                    {"kind": "genai_int4", "block_size": 16},
-                    {"kind": "ort_int8_dynamic"},
-                ],
-                "include_torch_fp32": True,
-                "agreement": {"min_agreement": 0.5},
-                "bench": {"batch_sizes": [1]},
-                "generation": {"prompt_tokens": 16, "new_tokens": 4, "iterations": 3, "warmup": 1,
-                               "threads": 1},
-                "accuracy_bar": {"min_retention": 0.5},
-                "max_parallel": 1,
-            },
-        }
-    )  # fmt: skip
+    optimize = {
+        "targets": ["cpu"],
+        "quantize": [
+            {"kind": "genai_int8", "block_size": 16},
+            {"kind": "genai_int4", "block_size": 16},
+            {"kind": "ort_int8_dynamic"},
+        ],
+        "include_torch_fp32": True,
+        "agreement": {"min_agreement": 0.5},
+        "bench": {"batch_sizes": [1]},
+        "generation": {"prompt_tokens": 16, "new_tokens": 4, "iterations": 3, "warmup": 1, "threads": 1},
+        "accuracy_bar": {"min_retention": 0.5},
+        "max_parallel": 1,
+    }
+    cfg = _config(tmp_path, tiny_causal_lm_dir, "it-llm-search", optimize=optimize)
     summary = run_pipeline(cfg, progress=False)
     search = summary["search"]
     rows = {r["name"]: r for r in search["candidates"]}

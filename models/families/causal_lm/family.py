@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from slimflow.models.assets import resolve_pretrained
-from slimflow.models.core.modelfiles import write_meta
 from slimflow.models.families.base import AgreementConfig, AgreementReport, TaskFamily
 from slimflow.models.families.causal_lm import chat as C
 
@@ -36,6 +35,8 @@ class CausalLM(TaskFamily):
     metrics: ClassVar[tuple[str, ...]] = ("exact_match",)
     primary_metric = "exact_match"
     generative = True
+    auto_model: ClassVar[str] = "AutoModelForCausalLM"
+    auto_peft_model: ClassVar[str] = "AutoPeftModelForCausalLM"
     input_column: ClassVar[str] = "prompt"
     target_column: ClassVar[str] = "completion"
     # distillation, pruning, export, quantization and serving of generators are still being built
@@ -84,25 +85,8 @@ class CausalLM(TaskFamily):
                 model.generation_config.pad_token_id = tokenizer.pad_token_id
         return model, tokenizer
 
-    def load_trained(self, path: str | Path) -> tuple[Any, Any]:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = Path(path)
-        if (path / "adapter_config.json").exists():
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(path, use_safetensors=True)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
-        tok = C.ensure_chat_template(AutoTokenizer.from_pretrained(path, trust_remote_code=False))
-        return model.eval(), tok
-
-    def save(self, model: Any, tokenizer: Any, out_dir: Path, meta: dict[str, Any]) -> Path:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out_dir, safe_serialization=True)
-        tokenizer.save_pretrained(out_dir)
-        write_meta(out_dir, {**meta, "task": self.name})
-        return out_dir
+    def prepare_tokenizer(self, tokenizer: Any) -> Any:
+        return C.ensure_chat_template(tokenizer)
 
     # ------------------------------------------------------------------------- training
     def encode(self, tokenizer: Any, frame: Any, labels: list[str], max_length: int) -> C.ChatEncoded:
@@ -217,11 +201,6 @@ class CausalLM(TaskFamily):
         return [{"text": str(o)} for o in outputs]
 
     # ------------------------------------------------------------------------ serving
-    def request_schema(self, max_batch: int, max_chars: int) -> type:
-        from slimflow.models.families.causal_lm.schema import request_model
-
-        return request_model(max_batch, max_chars)
-
     def response_schema(self) -> type:
         from slimflow.models.families.causal_lm.schema import GenerateResponse
 
@@ -232,15 +211,6 @@ class CausalLM(TaskFamily):
         import pandas as pd
 
         return pd.DataFrame({"prompt": ["Is this movie review fresh or rotten? Answer with one word."]})
-
-    def parse_input(self, model_input: Any) -> list[str]:
-        import pandas as pd
-
-        if isinstance(model_input, pd.DataFrame):
-            if "prompt" not in model_input.columns:
-                raise ValueError(f"input needs a 'prompt' column, got {list(model_input.columns)}")
-            return model_input["prompt"].astype(str).tolist()
-        return [str(t) for t in model_input]
 
     def output_frame(self, records: list[dict[str, Any]]) -> Any:
         import pandas as pd

@@ -13,9 +13,8 @@ import numpy as np
 
 from slimflow.models.archs import adapter_for
 from slimflow.models.assets import resolve_pretrained
-from slimflow.models.core.modelfiles import write_meta
 from slimflow.models.families.base import AgreementConfig, AgreementReport, TaskFamily
-from slimflow.models.families.classification.schema import PredictResponse, request_model
+from slimflow.models.families.classification.schema import PredictResponse
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +26,8 @@ class SequenceClassification(TaskFamily):
     head_names: ClassVar[tuple[str, ...]] = ("classifier", "score")  # BERT-like / decoder heads
     metrics: ClassVar[tuple[str, ...]] = ("accuracy", "f1")
     primary_metric = "accuracy"
+    auto_model: ClassVar[str] = "AutoModelForSequenceClassification"
+    auto_peft_model: ClassVar[str] = "AutoPeftModelForSequenceClassification"
 
     # ---------------------------------------------------------------------------- models
     def load_pretrained(
@@ -74,28 +75,6 @@ class SequenceClassification(TaskFamily):
         tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False, token=token)
         arch.prepare(model, tokenizer)  # pad-token policy: the head must find the last real token
         return model, tokenizer
-
-    def load_trained(self, path: str | Path) -> tuple[Any, Any]:
-        """A saved (merged) classifier, or an unmergeable adapter folder (prefix tuning)."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        path = Path(path)
-        if (path / "adapter_config.json").exists():
-            from peft import AutoPeftModelForSequenceClassification
-
-            model = AutoPeftModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, use_safetensors=True, trust_remote_code=False
-            )
-        return model.eval(), AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-
-    def save(self, model: Any, tokenizer: Any, out_dir: Path, meta: dict[str, Any]) -> Path:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out_dir, safe_serialization=True)
-        tokenizer.save_pretrained(out_dir)
-        write_meta(out_dir, {**meta, "task": self.name})
-        return out_dir
 
     # ------------------------------------------------------------------------- training
     def encode(self, tokenizer: Any, frame: Any, labels: list[str], max_length: int) -> Any:
@@ -223,9 +202,6 @@ class SequenceClassification(TaskFamily):
         ]
 
     # ------------------------------------------------------------------------ serving
-    def request_schema(self, max_batch: int, max_chars: int) -> type:
-        return request_model(max_batch, max_chars)
-
     def response_schema(self) -> type:
         return PredictResponse
 
@@ -234,16 +210,6 @@ class SequenceClassification(TaskFamily):
         import pandas as pd
 
         return pd.DataFrame({"text": ["an example review"]})
-
-    def parse_input(self, model_input: Any) -> list[str]:
-        """The texts of a pyfunc ``predict`` input (a frame with a 'text' column, or a list)."""
-        import pandas as pd
-
-        if isinstance(model_input, pd.DataFrame):
-            if "text" not in model_input.columns:
-                raise ValueError(f"input needs a 'text' column, got {list(model_input.columns)}")
-            return model_input["text"].astype(str).tolist()
-        return [str(t) for t in model_input]
 
     def output_frame(self, records: list[dict[str, Any]]) -> Any:
         import pandas as pd
