@@ -152,8 +152,7 @@ def candidate_search(
 
     # 5. choose, plot, log
     table = list(rows.values())
-    latency = "per-token decode latency" if family.generative else "latency, test-text lengths"
-    selection = C.select(table, teacher_accuracy, cfg, family.primary_metric, latency)
+    selection = C.select(table, teacher_accuracy, cfg, family.primary_metric, family.latency_label)
     out_dir = run.workdir / "runs" / (run.flow_run_id or run.run_id)
     png = (
         C.plot_pareto(table, selection, out_dir / "pareto.png")

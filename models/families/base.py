@@ -58,6 +58,7 @@ class TaskFamily:
     metrics: ClassVar[tuple[str, ...]] = ()  # evaluation figures, higher is better
     primary_metric: ClassVar[str] = ""  # the one gates, retention and the candidate choice use
     generative: ClassVar[bool] = False  # outputs are generated text (predictors.GenerativePredictor)
+    latency_label: ClassVar[str] = "latency, test-text lengths"  # what a candidate's p50/p95 time
     input_column: ClassVar[str] = "text"  # what a model reads, in the prepared split files
     target_column: ClassVar[str] = "label"  # what it should answer
     # optional pipeline sections this family's models can go through

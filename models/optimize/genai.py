@@ -25,7 +25,17 @@ from slimflow.models.config.base import Strict
 from slimflow.models.core.errors import SlimflowError
 from slimflow.models.families.causal_lm.scoring import Quality, quality
 
-__all__ = ["GenaiBuildConfig", "GenaiModel", "Quality", "TorchModel", "build", "parity", "quality", "size_mb"]
+__all__ = [
+    "GenaiBuildConfig",
+    "GenaiModel",
+    "Quality",
+    "TorchModel",
+    "build",
+    "parity",
+    "quality",
+    "size_bytes",
+    "size_mb",
+]
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +103,13 @@ def build(model_dir: str | Path, out_dir: str | Path, cfg: GenaiBuildConfig, cac
     return out
 
 
+def size_bytes(folder: str | Path) -> int:
+    """Size of the model files (ONNX graph and its external weights) in bytes."""
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.name.startswith("model.onnx"))
+
+
 def size_mb(folder: str | Path) -> float:
-    """Size of the model files (ONNX graph and weights) in MB."""
-    folder = Path(folder)
-    files = [p for p in folder.iterdir() if p.name.startswith("model.onnx")]
-    return sum(p.stat().st_size for p in files) / 1e6
+    return size_bytes(folder) / 1e6
 
 
 # ------------------------------------------------------------------------------------- runtime

@@ -166,7 +166,7 @@ class GenerativePredictor:
         self.tokenizer = ensure_chat_template(tokenizer)
         if info.runtime == "onnxruntime-genai":
             self.runner: Any = G.GenaiModel(folder, threads)
-            self.file_bytes = int(G.size_mb(folder) * 1e6)
+            self.file_bytes = G.size_bytes(folder)
         else:
             if get_target(info.target).device != "cpu":
                 raise ValueError(f"PyTorch candidates run on CPU targets here, not {info.target!r}")

@@ -37,6 +37,7 @@ class CausalLM(TaskFamily):
     generative = True
     auto_model: ClassVar[str] = "AutoModelForCausalLM"
     auto_peft_model: ClassVar[str] = "AutoPeftModelForCausalLM"
+    latency_label: ClassVar[str] = "per-token decode latency"
     input_column: ClassVar[str] = "prompt"
     target_column: ClassVar[str] = "completion"
     # distillation, pruning, export, quantization and serving of generators are still being built
