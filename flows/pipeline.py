@@ -67,7 +67,7 @@ def pipeline(
         promoted = None
         if cfg.promote and search is not None:
             promoted = promotion(
-                run, cfg.promote, cfg, search, prepared, data.mlflow_run_id, teacher.test_score
+                run, cfg.promote, cfg, search, prepared, data.mlflow_run_id, teacher.test_score, teacher.test
             )
             run.summary["promotion"] = promoted.model_dump(exclude={"mlflow_run_id"})
         run.summary["decision"] = _decision(teacher, student, compressed, search, promoted)

@@ -10,6 +10,7 @@ from slimflow.flows.bookkeeping import PipelineRun
 from slimflow.flows.deploy import deploy
 from slimflow.models.core.provenance import git_commit
 from slimflow.models.data.prepare import PreparedData
+from slimflow.models.families import get_family
 from slimflow.models.optimize.candidates import SearchResult
 from slimflow.models.pipeline_config import PipelineConfig
 from slimflow.models.release import tracking
@@ -20,7 +21,11 @@ from slimflow.tasks.promote import PromotionResult, promote_champion, register_c
 
 
 def _context(
-    cfg: PipelineConfig, data: PreparedData, data_run_id: str | None, teacher_acc: float
+    cfg: PipelineConfig,
+    data: PreparedData,
+    data_run_id: str | None,
+    teacher_acc: float,
+    teacher_test: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     student = cfg.distill.student.model_dump() if cfg.distill else None
     steps = [s.kind for s in cfg.compress.steps] if cfg.compress else None
@@ -30,7 +35,9 @@ def _context(
         "counts": data.counts,
         "gx": f"passed (validate-data run {data_run_id})",
         "teacher_model": cfg.finetune.model,
-        "teacher_accuracy": teacher_acc,
+        "teacher_accuracy": teacher_acc,  # on the family's primary metric
+        "metric": get_family(cfg.task).primary_metric,
+        "teacher_test": {k: v for k, v in (teacher_test or {}).items() if isinstance(v, int | float)},
         "student": student,
         "steps": steps,
         "git_commit": git_commit(),
@@ -51,7 +58,7 @@ def _evidence(
     champion = None
     if reg.champion_at_decision:
         mv = run.client.get_model_version(cfg.model_name, reg.champion_at_decision)
-        champion = champion_figures(dict(mv.tags), reg.champion_at_decision)
+        champion = champion_figures(dict(mv.tags), reg.champion_at_decision, context["metric"])
     where = links(run.ctx.tracking_uri, run.ctx.experiment_id, run.run_id, cfg.model_name, reg.challenger)
     return review_evidence(
         cfg.model_name, reg.challenger, row, verdict, teacher_acc, cfg.gates.latency_batch_size,
@@ -67,8 +74,12 @@ def promotion(
     data: PreparedData,
     data_run_id: str | None,
     teacher_acc: float,
+    teacher_test: dict[str, Any] | None = None,
 ) -> PromotionResult:
-    context = _context(pipeline_cfg, data, data_run_id, teacher_acc)
+    """Judge, register, review and promote; ``teacher_acc`` is the fine-tuned teacher's test score on
+    the family's primary metric and ``teacher_test`` all its test figures (the perplexity gate's
+    reference)."""
+    context = _context(pipeline_cfg, data, data_run_id, teacher_acc, teacher_test)
     reg = run.stage("register", register_candidates, cfg, search.candidates, teacher_acc, context)
     out = PromotionResult(
         model_name=cfg.model_name,

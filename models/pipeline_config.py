@@ -90,13 +90,27 @@ class PipelineConfig(Strict):
             gates = self.promote.gates
             if gates.target is not None and gates.target not in self.optimize.targets:
                 raise ValueError(f"promote.gates.target {gates.target!r} is not in optimize.targets")
-            if (
-                gates.max_p95_ms is not None
-                and gates.latency_batch_size not in self.optimize.bench.batch_sizes
-            ):
+            family = get_family(self.task)
+            generative_only = gates.generative_gates()
+            if generative_only and not family.generative:
+                raise ValueError(
+                    f"promote.gates {', '.join(generative_only)}: judged on generated text only; task "
+                    f"{self.task!r} does not generate (set them to null)"
+                )
+            measured, where = (
+                (self.optimize.generation.batch_sizes, "optimize.generation.batch_sizes")
+                if family.generative
+                else (self.optimize.bench.batch_sizes, "optimize.bench.batch_sizes")
+            )
+            speed = [
+                g
+                for g in ("max_p95_ms", "min_decode_tokens_per_s", "max_ttft_ms")
+                if getattr(gates, g) is not None
+            ]
+            if speed and gates.latency_batch_size not in measured:
                 raise ValueError(
                     f"promote.gates.latency_batch_size {gates.latency_batch_size} is not measured "
-                    f"(optimize.bench.batch_sizes: {self.optimize.bench.batch_sizes})"
+                    f"({where}: {measured}), so {', '.join(speed)} could not be judged"
                 )
         return self
 

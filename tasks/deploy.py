@@ -63,23 +63,26 @@ def smoke_test(
     endpoint: str, model_name: str, version: str, tracking_uri: str, texts: list[str]
 ) -> dict[str, Any]:
     """Real HTTP requests to ``endpoint`` (the new server's control port, before it takes traffic):
-    predictions must equal the registered model's; bad requests get 4xx."""
+    predictions must equal the registered model's; bad requests get 4xx; a generative model also
+    answers a chat completion with the registered model's greedy answer."""
     import httpx
     import pandas as pd
 
+    model, _ = load_registered(f"models:/{model_name}/{version}", tracking_uri)
+    family = model.family
     t0 = time.perf_counter()
-    r = httpx.post(f"{endpoint}/predict", json={"texts": texts}, timeout=60)
+    r = httpx.post(f"{endpoint}/predict", json={"texts": texts}, timeout=120)
     seconds = time.perf_counter() - t0
     if r.status_code != 200:
         raise SmokeTestFailed(f"{endpoint}/predict answered HTTP {r.status_code}: {r.text[:300]}")
-    served = [p["label"] for p in r.json()["predictions"]]
-    model, _ = load_registered(f"models:/{model_name}/{version}", tracking_uri)
-    expected = model.predict(pd.DataFrame({"text": texts}))["label"].tolist()
+    served = [p[family.output_key] for p in r.json()["predictions"]]
+    expected = model.predict(pd.DataFrame({family.input_column: texts}))[family.output_key].tolist()
     mismatches = sum(a != b for a, b in zip(served, expected, strict=True))
     if mismatches:
         raise SmokeTestFailed(
             f"{mismatches} of {len(texts)} served predictions differ from the registered model's"
         )
+    chat = _chat_smoke(endpoint, texts[0], expected[0], model.generator) if model.generator else None
     bad = {
         "empty": httpx.post(f"{endpoint}/predict", json={"texts": []}, timeout=10).status_code,
         "wrong_type": httpx.post(f"{endpoint}/predict", json={"texts": "not a list"}, timeout=10).status_code,
@@ -90,7 +93,32 @@ def smoke_test(
     if not all(400 <= code < 500 for code in bad.values()):
         raise SmokeTestFailed(f"malformed requests were not refused with 4xx: {bad}")
     health = httpx.get(f"{endpoint}/health", timeout=10).json()
-    return {"requests_ok": len(texts), "batch_seconds": seconds, "malformed": bad, "health": health}
+    out = {"requests_ok": len(texts), "batch_seconds": seconds, "malformed": bad, "health": health}
+    return {**out, "chat": chat} if chat else out
+
+
+def _chat_smoke(endpoint: str, prompt: str, expected: str, generator: Any) -> dict[str, Any]:
+    """``POST /v1/chat/completions`` with ``prompt`` as the user's turn: the answer must be the
+    registered model's greedy answer to it (same token budget), a malformed chat must get 4xx."""
+    import httpx
+
+    limit = httpx.get(f"{endpoint}/health", timeout=10).json()["settings"]["max_new_tokens"]
+    budget = min(generator.info.max_new_tokens, limit)
+    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": budget}
+    t0 = time.perf_counter()
+    r = httpx.post(f"{endpoint}/v1/chat/completions", json=body, timeout=120)
+    seconds = time.perf_counter() - t0
+    if r.status_code != 200:
+        raise SmokeTestFailed(f"{endpoint}/v1/chat/completions answered HTTP {r.status_code}: {r.text[:300]}")
+    got = r.json()["choices"][0]["message"]["content"]
+    if budget == generator.info.max_new_tokens and got != expected:  # same budget: same greedy answer
+        raise SmokeTestFailed("the served chat answer differs from the registered model's greedy answer")
+    bad = httpx.post(
+        f"{endpoint}/v1/chat/completions", json={"messages": [{"role": "wizard", "content": "x"}]}, timeout=10
+    ).status_code
+    if not 400 <= bad < 500:
+        raise SmokeTestFailed(f"a chat with an unknown role was not refused with 4xx (HTTP {bad})")
+    return {"answer_chars": len(got), "seconds": seconds, "malformed": bad}
 
 
 @task(name="record-deployment", cache_policy=NO_CACHE)

@@ -68,5 +68,6 @@ def distill_student(
             }
         )
         mlflow.set_tag("slimflow.teacher_logits_cached", str(result.teacher_logits_cached))
-        mlflow.log_artifact(result.teacher_logits_path, "teacher_outputs")
+        if result.teacher_logits_path:  # none when the teacher ran beside the student (per-token targets)
+            mlflow.log_artifact(result.teacher_logits_path, "teacher_outputs")
         return publish_model(result, final, run, "student")

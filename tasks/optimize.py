@@ -108,10 +108,10 @@ def build_candidate(
                     _threads(),
                 )  # fmt: skip
             elif cs.variant == C.FP32_ONNX:
-                C.fp32_candidate(Path(export["export_dir"]), cs, tmp, info.max_length, info.labels, info.task)
+                C.fp32_candidate(Path(export["export_dir"]), cs, tmp, info)
                 record["parity"] = export["parity"]
             elif cs.variant == C.FP32_TORCH:
-                C.fp32_candidate(Path(source.dir), cs, tmp, info.max_length, info.labels, info.task)
+                C.fp32_candidate(Path(source.dir), cs, tmp, info)
             else:
                 built = C.build_quantized(
                     cs,

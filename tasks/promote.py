@@ -83,6 +83,17 @@ def _existing_version(client: Any, model_name: str, sha256: str) -> str | None:
     return str(max(int(v.version) for v in found)) if found else None
 
 
+def _figure_tags(row: dict[str, Any], batch: int) -> dict[str, str]:
+    """Every test figure (``slimflow.test_accuracy``, ``.test_exact_match``, ``.test_perplexity``...)
+    and a generator's speed at the gated batch size, so a later review compares against them."""
+    tags = {f"slimflow.test_{k}": f"{v:.6f}" for k, v in row["test"].items() if isinstance(v, float)}
+    for s in (row.get("bench") or {}).get("settings", []):
+        if s.get("batch_size") == batch and "decode_tokens_per_s" in s:
+            tags["slimflow.decode_tokens_per_s"] = f"{s['decode_tokens_per_s']:.3f}"
+            tags["slimflow.ttft_p50_ms"] = f"{s['ttft_p50_ms']:.3f}"
+    return tags
+
+
 @task(name="register-candidates", tags=["registry"], **REGISTRY_TASK)
 def register_candidates(
     cfg: PromoteConfig,
@@ -95,7 +106,8 @@ def register_candidates(
     """Judge every measured candidate; register those that pass; point 'challenger' at the winner."""
     import mlflow
 
-    decision = decide(candidates, cfg.gates, teacher_accuracy)
+    metric = str(context.get("metric") or "accuracy")
+    decision = decide(candidates, cfg.gates, teacher_accuracy, metric, context.get("teacher_test"))
     client = tracking.client(ctx.tracking_uri)
     tracking.use(ctx.tracking_uri)
     rows = {r["name"]: r for r in candidates}
@@ -126,7 +138,8 @@ def register_candidates(
                     "slimflow.candidate.sha256": sha,
                     "slimflow.target": row["target"],
                     "slimflow.gates": json.dumps([g.__dict__ for g in v.gates]),
-                    "slimflow.test_accuracy": f"{row['test']['accuracy']:.6f}",
+                    "slimflow.metric": metric,
+                    **_figure_tags(row, cfg.gates.latency_batch_size),
                     "slimflow.p50_ms": f"{v.p50_ms:.4f}" if v.p50_ms is not None else "",
                     "slimflow.p95_upper_ms": f"{v.p95_upper_ms:.4f}" if v.p95_upper_ms is not None else "",
                     "slimflow.size_mb": f"{v.size_mb:.3f}",

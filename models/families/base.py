@@ -60,6 +60,7 @@ class TaskFamily:
     generative: ClassVar[bool] = False  # outputs are generated text (predictors.GenerativePredictor)
     latency_label: ClassVar[str] = "latency, test-text lengths"  # what a candidate's p50/p95 time
     input_column: ClassVar[str] = "text"  # what a model reads, in the prepared split files
+    output_key: ClassVar[str] = "label"  # the answer in a prediction record (what must match when served)
     target_column: ClassVar[str] = "label"  # what it should answer
     # optional pipeline sections this family's models can go through
     stages: ClassVar[tuple[str, ...]] = ("distill", "compress", "optimize", "promote")
@@ -106,6 +107,11 @@ class TaskFamily:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         return model.eval(), self.prepare_tokenizer(tokenizer)
 
+    def inference_meta(self, train_set: Any) -> dict[str, Any]:
+        """What inference needs to know from the training data, saved with a trained model
+        (``slimflow_model.json``) and carried by its candidates; nothing for classifiers."""
+        return {}
+
     def prepare_tokenizer(self, tokenizer: Any) -> Any:
         """What a family's tokenizer needs beyond the saved one (a chat template, say)."""
         return tokenizer
@@ -138,6 +144,16 @@ class TaskFamily:
         from slimflow.models.families.batching import predict_logits
 
         return predict_logits(model, data, batch_size, pad_id)
+
+    # The teacher's soft targets: cached once per run (one row of class logits per example), or,
+    # when they are per token over a vocabulary (far too large to store), computed by the teacher
+    # beside the student on every batch.
+    online_soft_targets: ClassVar[bool] = False
+
+    def kd_batch(self, inputs: dict[str, Any], labels: Any) -> tuple[dict[str, Any], Any]:
+        """What the student and teacher read in a distillation batch, and what ``kd_loss`` takes
+        as ``targets``: the batch as it is and its labels."""
+        return inputs, labels
 
     def kd_loss(
         self, student_out: Any, teacher_out: Any, targets: Any, temperature: float, alpha: float

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,17 +147,29 @@ def plan(
     return specs, skipped
 
 
-def fp32_candidate(
-    src: Path, spec: CandidateSpec, out: Path, max_length: int, labels: list[str], task: str = DEFAULT_TASK
-) -> None:
-    """An FP32 model as a candidate: the ONNX export (parity checked at export) or the PyTorch model."""
+def candidate_info(
+    base: CandidateInfo, spec: CandidateSpec, torch_quant: dict[str, Any] | None = None
+) -> CandidateInfo:
+    """A candidate's record: what the source model says of itself (task, labels, lengths, answer
+    budget) with the candidate's runtime, target and variant."""
+    return replace(
+        base,
+        runtime=spec.runtime,
+        target=spec.target,
+        variant=spec.variant,
+        source=spec.source,
+        model_file="model.onnx" if spec.runtime == "onnxruntime" else None,
+        torch_quant=torch_quant,
+    )
+
+
+def fp32_candidate(src: Path, spec: CandidateSpec, out: Path, base: CandidateInfo) -> None:
+    """An FP32 model as a candidate: the ONNX export (parity checked at export) or the PyTorch model;
+    ``base`` is the source model's own record (``describe``)."""
     for f in src.iterdir():
         if f.is_file():
             shutil.copy2(f, out / f.name)
-    model_file = "model.onnx" if spec.runtime == "onnxruntime" else None
-    info = CandidateInfo(spec.runtime, spec.target, spec.variant, spec.source, model_file, max_length, labels)
-    info.task = task
-    info.save(out)
+    candidate_info(base, spec).save(out)
 
 
 @dataclass
@@ -208,18 +220,7 @@ def build_quantized(
             report = apply_quantizer(quant_cfg, ctx, out)
     except ValueError as e:  # a config problem specific to this candidate (e.g. keep_fp32 typo)
         raise ParityError(f"{spec.name}: {e}") from None
-    info = CandidateInfo(
-        spec.runtime,
-        spec.target,
-        spec.variant,
-        spec.source,
-        "model.onnx" if spec.runtime == "onnxruntime" else None,
-        src.max_length,
-        src.labels,
-        report.recipe or None if spec.runtime == "torch" else None,
-        src.task,
-    )
-    info.save(out)
+    candidate_info(src, spec, report.recipe or None if spec.runtime == "torch" else None).save(out)
     cand = load_predictor(out, threads)
     ref_logits = reference.predict(validation_texts)
     got_logits = cand.predict(validation_texts)
@@ -253,9 +254,7 @@ def build_genai_fp32(
     )
     with MODEL_LOCK, tempfile.TemporaryDirectory(prefix="genai-cache-") as cache:
         G.build(model_dir, out, build, cache)
-    CandidateInfo(
-        GENAI, spec.target, spec.variant, spec.source, None, src.max_length, [], None, src.task
-    ).save(out)
+    candidate_info(src, spec).save(out)
     cand, ref = load_predictor(out, threads), load_predictor(model_dir, threads)
     ids = [ref.prompt_ids(p) for p in prompts]
     report = G.parity(ref.runner, cand.runner, ids, new_tokens=16, stop=ref.ends)

@@ -260,6 +260,8 @@ def _meta(folder: Path) -> dict[str, Any]:
         out["labels"] = list(meta["labels"])
     if meta.get("task"):
         out["task"] = str(meta["task"])
+    if meta.get("max_new_tokens"):
+        out["max_new_tokens"] = int(meta["max_new_tokens"])
     if "labels" not in out:
         out["labels"] = config_labels(folder)
     return out

@@ -10,10 +10,18 @@ from slimflow.models.core.names import SAFE_NAME
 
 class GatesConfig(Strict):
     min_test_accuracy: float | None = Field(
-        None, ge=0, le=1, description="Lowest test accuracy a promoted model may have; None = off."
+        None,
+        ge=0,
+        le=1,
+        description="Lowest test score a promoted model may have, on the task family's primary metric "
+        "(accuracy; exact match of the generated answer for causal-lm); None = off.",
     )
     min_retention: float | None = Field(
-        0.98, gt=0, le=1.5, description="Test accuracy at least this share of the teacher's; None = off."
+        0.98,
+        gt=0,
+        le=1.5,
+        description="Test score (the family's primary metric) at least this share of the fine-tuned "
+        "teacher's; None = off.",
     )
     max_p95_ms: float | None = Field(
         None,
@@ -23,15 +31,39 @@ class GatesConfig(Strict):
     )
     latency_batch_size: int = Field(1, ge=1, description="Batch size the latency gate is judged at.")
     max_size_mb: float | None = Field(None, gt=0, description="Largest model file (MiB); None = off.")
+    max_perplexity_ratio: float | None = Field(
+        None,
+        ge=1,
+        description="Generative models: highest test perplexity as a multiple of the fine-tuned FP32 "
+        "model's (1.15 = at most 15% worse); None = off.",
+    )
+    min_decode_tokens_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="Generative models: lowest decode rate (tokens/s) at latency_batch_size, judged on "
+        "the lower end of its 95% confidence interval; None = off.",
+    )
+    max_ttft_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Generative models: highest p95 time to first token (ms) at latency_batch_size, "
+        "judged on the upper end of its 95% confidence interval; None = off.",
+    )
     target: str | None = Field(None, description="Only candidates for this target compete; None = any.")
 
     @model_validator(mode="after")
     def _some_gate(self) -> GatesConfig:
-        if all(
-            g is None for g in (self.min_test_accuracy, self.min_retention, self.max_p95_ms, self.max_size_mb)
-        ):
+        if all(getattr(self, g) is None for g in (*COMMON_GATES, *GENERATIVE_GATES)):
             raise ValueError("at least one gate must be set (every gate is None)")
         return self
+
+    def generative_gates(self) -> list[str]:
+        """The gates set here that only a generative model's figures can answer."""
+        return [g for g in GENERATIVE_GATES if getattr(self, g) is not None]
+
+
+COMMON_GATES = ("min_test_accuracy", "min_retention", "max_p95_ms", "max_size_mb")
+GENERATIVE_GATES = ("max_perplexity_ratio", "min_decode_tokens_per_s", "max_ttft_ms")
 
 
 class ApprovalConfig(Strict):

@@ -79,7 +79,9 @@ def review_evidence(
     (``version``, ``test_accuracy``, ``p50_ms``, ``p95_upper_ms``, ``size_mb``) or None.
     """
     test = row.get("test") or {}
-    acc = test.get("accuracy")
+    metric = str(context.get("metric") or "accuracy")
+    words = metric.replace("_", " ")
+    acc = test.get(metric)
     try:
         setting = bench_setting(row["bench"], latency_batch_size)
     except (KeyError, TypeError):  # not measured at the gated batch size
@@ -87,6 +89,7 @@ def review_evidence(
     size_mb = verdict.get("size_mb")
     retention = (acc / teacher_accuracy) if acc is not None and teacher_accuracy else None
     ch = champion or {}
+    teacher = context.get("teacher_test") or {}
     lines = [
         f"### Promote **{model_name}** version **{version}** (`{row.get('name', '?')}`) to `champion`?",
         "",
@@ -97,13 +100,27 @@ def review_evidence(
         + (f"champion v{champion['version']}" if champion else "champion (none yet)")
         + " | teacher |",
         "|---|---|---|---|",
-        f"| test accuracy | {_fmt(acc)} | {_fmt(ch.get('test_accuracy'))} | {_fmt(teacher_accuracy)} |",
+        f"| test {words} | {_fmt(acc)} | {_fmt(ch.get('test_score'))} | {_fmt(teacher_accuracy)} |",
         f"| retention of teacher | {_fmt(retention, '.2%')} | "
-        f"{_fmt(_ratio(ch.get('test_accuracy'), teacher_accuracy), '.2%')} | 100% |",
-        f"| p50 latency, batch {latency_batch_size} | {_ci(setting, 'p50')} "
-        f"| {_fmt(ch.get('p50_ms'), '.2f', ' ms')} | – |",
-        f"| p95 latency, batch {latency_batch_size} | {_ci(setting, 'p95')} "
-        f"| upper {_fmt(ch.get('p95_upper_ms'), '.2f', ' ms')} | – |",
+        f"{_fmt(_ratio(ch.get('test_score'), teacher_accuracy), '.2%')} | 100% |",
+    ]
+    if "perplexity" in test:  # a generator: language modelling and generation speed
+        lines += [
+            f"| test perplexity | {_fmt(test['perplexity'])} | {_fmt(ch.get('perplexity'))} "
+            f"| {_fmt(teacher.get('perplexity'))} |",
+            f"| decode tokens/s, batch {latency_batch_size} | {_rate(setting)} "
+            f"| {_fmt(ch.get('decode_tokens_per_s'), '.1f')} | – |",
+            f"| time to first token, batch {latency_batch_size} | {_ttft(setting)} "
+            f"| {_fmt(ch.get('ttft_ms'), '.1f', ' ms')} | – |",
+        ]
+    else:
+        lines += [
+            f"| p50 latency, batch {latency_batch_size} | {_ci(setting, 'p50')} "
+            f"| {_fmt(ch.get('p50_ms'), '.2f', ' ms')} | – |",
+            f"| p95 latency, batch {latency_batch_size} | {_ci(setting, 'p95')} "
+            f"| upper {_fmt(ch.get('p95_upper_ms'), '.2f', ' ms')} | – |",
+        ]
+    lines += [
         f"| size | {_fmt(size_mb, '.1f', ' MB')} | {_fmt(ch.get('size_mb'), '.1f', ' MB')} | – |",
         "",
         "**Gates**",
@@ -147,11 +164,27 @@ def _ci(setting: dict[str, Any], q: str) -> str:
     )
 
 
-def champion_figures(tags: dict[str, str], version: str) -> dict[str, Any]:
+def _rate(setting: dict[str, Any]) -> str:
+    if not setting or "decode_tokens_per_s" not in setting:
+        return "not measured"
+    lo, hi = setting["decode_tokens_per_s_ci"]
+    return f"{setting['decode_tokens_per_s']:.1f} [95% CI {lo:.1f}, {hi:.1f}]"
+
+
+def _ttft(setting: dict[str, Any]) -> str:
+    if not setting or "ttft_p50_ms" not in setting:
+        return "not measured"
+    return f"p50 {setting['ttft_p50_ms']:.1f} ms, p95 upper {setting['ttft_p95_ci_ms'][1]:.1f} ms"
+
+
+def champion_figures(tags: dict[str, str], version: str, metric: str = "accuracy") -> dict[str, Any]:
     """The figures a registered version carries in its tags (see ``tasks/promote.py``)."""
     return {
         "version": version,
-        "test_accuracy": tags.get("slimflow.test_accuracy"),
+        "test_score": tags.get(f"slimflow.test_{metric}"),
+        "perplexity": tags.get("slimflow.test_perplexity"),
+        "decode_tokens_per_s": tags.get("slimflow.decode_tokens_per_s"),
+        "ttft_ms": tags.get("slimflow.ttft_p50_ms"),
         "p50_ms": tags.get("slimflow.p50_ms"),
         "p95_upper_ms": tags.get("slimflow.p95_upper_ms"),
         "size_mb": tags.get("slimflow.size_mb"),

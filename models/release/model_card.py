@@ -16,8 +16,9 @@ def model_card(
 ) -> str:
     """A short Markdown card for a registered version: what it is, what it was trained on, its
     figures and the gates it passed, so a reviewer in the MLflow UI sees why it may be promoted."""
-    ctx = {"data_fingerprint": "?", "teacher_accuracy": float("nan"), **context}
-    test = {"f1": float("nan"), "rows": "?", **row["test"]}
+    ctx = {"data_fingerprint": "?", "teacher_accuracy": float("nan"), "metric": "accuracy", **context}
+    metric = ctx["metric"]
+    words = metric.replace("_", " ")
     lines = [
         f"# {ctx.get('model_name', 'slimflow model')}: {row['name']}",
         "",
@@ -25,22 +26,17 @@ def model_card(
         f"runtime `{row['runtime']}`",
         f"- **Data**: `{ctx.get('data_source', '?')}`, fingerprint `{str(ctx['data_fingerprint'])[:16]}`, "
         f"rows {counts_text(ctx.get('counts'))}; Great Expectations: {ctx.get('gx', '?')}",
-        f"- **Teacher**: `{ctx.get('teacher_model', '?')}`, test accuracy {ctx['teacher_accuracy']:.4f}",
+        f"- **Teacher**: `{ctx.get('teacher_model', '?')}`, test {words} {ctx['teacher_accuracy']:.4f}"
+        + _teacher_extra(ctx.get("teacher_test")),
     ]
     # what this candidate is made of: a teacher candidate has no student and no compression steps
     if row["source"] in ("student", "compressed") and context.get("student"):
         lines.append(f"- **Student**: {_student(context['student'])}")
     if row["source"] == "compressed" and context.get("steps"):
         lines.append(f"- **Compression steps**: {' → '.join(str(x) for x in context['steps'])}")
-    lines += [
-        f"- **Test accuracy**: {test['accuracy']:.4f} (macro F1 {test['f1']:.4f}, {test['rows']} rows)",
-    ]
+    lines.append(f"- **Test {words}**: {_test_line(row['test'], metric)}")
     for s in row.get("bench", {}).get("settings", []):
-        lines.append(
-            f"- **Latency** batch {s['batch_size']}, {s['length']} tokens: p50 {s['p50_ms']:.2f} ms "
-            f"[95% CI {s['p50_ci_low_ms']:.2f}, {s['p50_ci_high_ms']:.2f}], p95 {s['p95_ms']:.2f} ms "
-            f"(upper {s['p95_ci_high_ms']:.2f}), {s['throughput_eps']:.0f} examples/s"
-        )
+        lines.append(_bench_line(s))
     hw = row.get("bench", {}).get("hardware_fingerprint")
     if hw:
         lines.append(f"- **Measured on**: {hw}, {row['bench'].get('threads')} threads")
@@ -74,6 +70,40 @@ def with_approval(card: str, approval: dict[str, str]) -> str:
         return card.rstrip("\n") + f"\n\n{APPROVAL_HEADING}\n\n{approval_line(approval)}\n"
     _, _, rest = tail.partition("\n")
     return f"{head}{sep}{approval_line(approval)}\n{rest}"
+
+
+def _test_line(test: dict[str, Any], metric: str) -> str:
+    """The primary figure first, then the others the family reports (macro F1; perplexity)."""
+    others = {"f1": "macro F1", "perplexity": "perplexity"}
+    extra = [f"{name} {test[k]:.4f}" for k, name in others.items() if isinstance(test.get(k), int | float)]
+    rows = test.get("rows", "?")
+    return f"{test[metric]:.4f} (" + ", ".join([*extra, f"{rows} rows"]) + ")"
+
+
+def _teacher_extra(test: Any) -> str:
+    if isinstance(test, dict) and isinstance(test.get("perplexity"), int | float):
+        return f", perplexity {test['perplexity']:.4f}"
+    return ""
+
+
+def _bench_line(s: dict[str, Any]) -> str:
+    """One benchmark setting: a generator's decode rate and time to first token, a classifier's
+    latency per call on test-data lengths."""
+    if "decode_tokens_per_s" in s:
+        lo, hi = s["decode_tokens_per_s_ci"]
+        t_lo, t_hi = s["ttft_p95_ci_ms"]
+        return (
+            f"- **Generation** batch {s['batch_size']}, {s['prompt_tokens']}-token prompt, "
+            f"{s['new_tokens']} new tokens: {s['decode_tokens_per_s']:.1f} tokens/s [95% CI {lo:.1f}, "
+            f"{hi:.1f}], per-token p50 {s['token_p50_ms']:.2f} ms, p95 {s['token_p95_ms']:.2f} ms; "
+            f"time to first token p50 {s['ttft_p50_ms']:.1f} ms, "
+            f"p95 {s['ttft_p95_ms']:.1f} ms [{t_lo:.1f}, {t_hi:.1f}]"
+        )
+    return (
+        f"- **Latency** batch {s['batch_size']}, {s['length']} tokens: p50 {s['p50_ms']:.2f} ms "
+        f"[95% CI {s['p50_ci_low_ms']:.2f}, {s['p50_ci_high_ms']:.2f}], p95 {s['p95_ms']:.2f} ms "
+        f"(upper {s['p95_ci_high_ms']:.2f}), {s['throughput_eps']:.0f} examples/s"
+    )
 
 
 def _student(student: Any) -> str:

@@ -82,6 +82,10 @@ def _requirements(candidate_dir: str | Path) -> list[str]:
         gpu = get_target(info.target).device == "gpu" or version("onnxruntime-gpu") is not None
         dists = [("onnxruntime-gpu" if gpu else "onnxruntime", ort), ("tokenizers", None), ("numpy", None),
                  ("pandas", None)]  # fmt: skip
+    elif info.runtime == "onnxruntime-genai":  # the build runs in genai; the chat template in transformers
+        genai = "onnxruntime-genai-cuda" if version("onnxruntime-genai-cuda") else "onnxruntime-genai"
+        dists = [(d, None) for d in (genai, "onnxruntime", "transformers", "tokenizers", "jinja2", "numpy",
+                                     "pandas")]  # fmt: skip
     else:
         dists = [(d, None) for d in ("torch", "transformers", "torchao", "pandas")]
     out = []

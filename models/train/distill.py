@@ -112,7 +112,7 @@ class TeacherTargets:
     """The teacher's soft targets for the training rows of ``frames``."""
 
     frames: dict[str, Any]  # split -> DataFrame (train possibly subsampled)
-    logits: np.ndarray  # teacher logits for frames["train"], row-aligned
+    logits: np.ndarray | None  # teacher logits for frames["train"], row-aligned; None: computed online
     cached: bool
     logits_path: str
 
@@ -142,6 +142,8 @@ def teacher_targets(
         teacher_sha256, f"{data.split_fingerprint}|{len(frames['train'])}|{tc.seed}|{amp}", t_len
     )
     t_train = family.encode(t_tok, frames["train"], data.labels, t_len)
+    if family.online_soft_targets:  # per-token targets: the teacher runs on every student batch
+        return TeacherTargets(frames, None, False, ""), teacher, t_tok
     teacher = teacher.to(device)
     pad = adapter_of(teacher).pad_id(t_tok)
     logits, hit = cached_teacher_logits(
@@ -208,16 +210,18 @@ def kd_loss_layers(
     inter: Intermediate,
     inputs: T.Batch,
     labels: torch.Tensor,
-    soft: torch.Tensor,
+    soft: torch.Tensor | None,
     temperature: float,
     alpha: float,
 ) -> torch.Tensor:
     """kd_loss plus hidden-state and attention-map MSE over the mapped layers (padding excluded)."""
     want_attn = inter.attention_weight > 0
     s_out = model.student(**inputs, output_hidden_states=True, output_attentions=want_attn)
-    loss = family.kd_loss(s_out.logits, soft.to(s_out.logits.device), labels, temperature, alpha)
     with torch.no_grad():
         t_out = inter.teacher(**inputs, output_hidden_states=True, output_attentions=want_attn)
+    if soft is None:  # the family's targets are computed online: this batch's teacher logits
+        soft = t_out.logits
+    loss = family.kd_loss(s_out.logits, soft.to(s_out.logits.device), labels, temperature, alpha)
     mask = inputs["attention_mask"]
     keys = mask[:, None, None, :].to(s_out.logits.dtype)
     for i, t_layer in enumerate(inter.layer_map):
@@ -245,12 +249,17 @@ def kd_train(
     desc: str = "student",
     intermediate: Intermediate | None = None,
     keep_initial: bool = False,
+    teacher: torch.nn.Module | None = None,
 ) -> tuple[T.TrainResult, dict[str, float], dict[str, float]]:
     """Train ``student`` on soft targets + hard labels; returns (result, validation, test) metrics.
 
     With ``intermediate``, the teacher also runs on each batch (its hidden states and attention
-    maps are too large to cache) and mapped layers are matched by MSE.
+    maps are too large to cache) and mapped layers are matched by MSE. Targets without cached
+    logits (``targets.logits`` None: per-token targets of a causal LM) come from ``teacher`` run on
+    each batch, which then must read the student's tokens.
     """
+    if targets.logits is None and intermediate is None and teacher is None:
+        raise ValueError("soft targets computed online need the teacher")
     T.set_seed(tc.seed)
     device = T.device_for()
     student = student.to(device)
@@ -265,13 +274,21 @@ def kd_train(
     train_set, val_set, test_set = (
         family.encode(tok, targets.frames[s], labels, tc.max_length) for s in ("train", "validation", "test")
     )
-    soft = torch.from_numpy(targets.logits)
+    soft = torch.from_numpy(targets.logits) if targets.logits is not None else None
+    if soft is None and intermediate is None:
+        teacher = teacher.to(device).eval()
 
     def loss_fn(model: torch.nn.Module, inputs: T.Batch, y: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        inputs, y = family.kd_batch(inputs, y)
         if intermediate is None:
             out = model(**inputs).logits
-            return family.kd_loss(out, soft[idx].to(out.device), y, temperature, alpha)
-        return kd_loss_layers(family, model, intermediate, inputs, y, soft[idx], temperature, alpha)
+            if soft is not None:
+                return family.kd_loss(out, soft[idx].to(out.device), y, temperature, alpha)
+            with torch.no_grad():
+                t_out = teacher(**inputs).logits
+            return family.kd_loss(out, t_out, y, temperature, alpha)
+        batch_soft = soft[idx] if soft is not None else None
+        return kd_loss_layers(family, model, intermediate, inputs, y, batch_soft, temperature, alpha)
 
     res = T.train(
         trained,
@@ -321,7 +338,16 @@ def distill(
     ctx = StudentContext(teacher, t_tok, data.labels, Path(cache_dir), tc.dropout, family)
     student, s_tok = build.build(cfg.student, ctx)
     inter = resolve_intermediate(cfg, teacher, t_tok, student, s_tok)
-    del teacher
+    online = targets.logits is None
+    if online and t_tok.get_vocab() != s_tok.get_vocab():
+        raise ValueError(
+            f"task {data.task!r} distils token by token, so the student must read the teacher's "
+            f"tokens: student kind {cfg.student.kind!r} brought another tokenizer (use layer_drop, or a "
+            "pretrained student of the same tokenizer family)"
+        )
+    if not online:
+        del teacher
+        teacher = None
     t0 = time.perf_counter()
     res, val_m, test_m = kd_train(
         family,
@@ -335,6 +361,7 @@ def distill(
         on_epoch=on_epoch,
         progress=progress,
         intermediate=inter,
+        teacher=teacher,
     )
     seconds = time.perf_counter() - t0
     meta = {
@@ -345,6 +372,7 @@ def distill(
         "labels": data.labels,
         "max_length": tc.max_length,
         "test": test_m,
+        **family.inference_meta(family.encode(s_tok, targets.frames["train"], data.labels, tc.max_length)),
     }
     family.save(student.to("cpu"), s_tok, Path(out_dir), meta)
     return DistillResult(

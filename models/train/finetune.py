@@ -174,6 +174,7 @@ def finetune(
         "split_fingerprint": data.split_fingerprint,
         "max_length": tc.max_length,
         "test": test_m,
+        **family.inference_meta(train_set),
     }
     family.save(model.to("cpu"), tok, out, meta)
     return FinetuneResult(

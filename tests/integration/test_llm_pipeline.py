@@ -4,8 +4,10 @@ SmolLM2 in the LLM quickstart)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from slimflow.flows.pipeline import run_pipeline
@@ -103,3 +105,100 @@ def test_generative_candidates_are_built_scored_measured_and_chosen(
     logged = {r.data.tags["slimflow.candidate"]: r.data.metrics for r in runs}
     assert "test_exact_match" in logged["teacher/genai_fp32/cpu"]
     assert "b1_data.decode_tokens_per_s" in logged["teacher/genai_fp32/cpu"]
+
+
+def test_generative_champion_is_gated_registered_served_and_answers_chat_over_http(
+    tmp_path: Path, tiny_causal_lm_dir: Path
+) -> None:
+    import httpx
+
+    from slimflow.models.release import deployments as serve
+    from slimflow.models.release.registry import alias_version
+    from tests.integration.test_promotion import free_port
+
+    optimize = {
+        "targets": ["cpu"],
+        "quantize": [{"kind": "genai_int8", "block_size": 16}],
+        "agreement": {"min_agreement": 0.5},
+        "generation": {"prompt_tokens": 16, "new_tokens": 4, "iterations": 3, "warmup": 1, "threads": 1},
+        "accuracy_bar": {"min_retention": 0.5},
+        "max_parallel": 1,
+    }
+    gates = {"min_retention": 0.5, "max_perplexity_ratio": 1.5, "min_decode_tokens_per_s": 1.0,
+             "max_ttft_ms": 60_000, "max_size_mb": 100}  # fmt: skip
+    port = free_port()
+    promote = {"model_name": "tiny-chat", "gates": gates, "deploy": {"port": port}}
+    distill = {"student": {"kind": "layer_drop", "keep_layers": [1]}, "alpha": 0.7,
+               "train": {"epochs": 4, "batch_size": 16, "learning_rate": 1e-2, "max_length": 96,
+                         "early_stopping_patience": None}}  # fmt: skip
+    sections = {"optimize": optimize, "promote": promote, "distill": distill}
+    cfg = _config(tmp_path, tiny_causal_lm_dir, "it-llm-promote", **sections)
+    try:
+        s = run_pipeline(cfg, progress=False)
+        assert s["status"] == "completed", s.get("error")
+        d = s["decision"]
+        assert d["outcome"] == "promoted" and d["champion"], d
+        # the distilled 1-layer student went through the search beside the teacher
+        names = {r["name"] for r in s["search"]["candidates"]}
+        assert {"student/genai_fp32/cpu", "student/genai_int8/cpu"} <= names
+        assert s["stages"]["distill-student"]["status"] == "completed"
+        dep = s["promotion"]["deployment"]
+        assert dep["smoke"]["requests_ok"] == 4 and dep["smoke"]["chat"]["answer_chars"] >= 0
+        assert 400 <= dep["smoke"]["chat"]["malformed"] < 500
+        review = "Is this movie review fresh or rotten? Answer with one word.\n\nGreat."
+        ask = {"messages": [{"role": "user", "content": review}], "max_tokens": 8}
+        url = f"{dep['endpoint']}/v1/chat/completions"
+        chat = httpx.post(url, json=ask, timeout=60)
+        assert chat.status_code == 200, chat.text
+        body = chat.json()
+        assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] <= 8
+        assert body["choices"][0]["finish_reason"] in ("stop", "length")
+        whole = body["choices"][0]["message"]["content"]
+        streamed = httpx.post(url, json={**ask, "stream": True}, timeout=60)
+        events = [ln.removeprefix("data: ") for ln in streamed.text.splitlines() if ln.startswith("data: ")]
+        assert streamed.status_code == 200 and events[-1] == "[DONE]"
+        pieces = [json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1]]
+        assert "".join(pieces) == whole  # streamed == whole answer
+        assert httpx.post(url, json={"messages": []}, timeout=10).status_code == 422
+    finally:
+        assert serve.stop(cfg.workdir_path(), "tiny-chat")
+    client = tracking.client(s["tracking_uri"])
+    assert alias_version(client, "tiny-chat", "champion") == d["champion"]
+    mv = client.get_model_version("tiny-chat", d["champion"])
+    tags = mv.tags
+    assert tags["slimflow.metric"] == "exact_match"
+    winner = next(r for r in s["search"]["candidates"] if r["name"] == s["promotion"]["winner"])
+    assert float(tags["slimflow.test_exact_match"]) == pytest.approx(winner["test"]["exact_match"], abs=1e-6)
+    assert float(tags["slimflow.test_perplexity"]) == pytest.approx(winner["test"]["perplexity"], rel=1e-5)
+    assert float(tags["slimflow.decode_tokens_per_s"]) > 1.0
+    judged = {g["gate"] for g in json.loads(tags["slimflow.gates"])}
+    assert judged == {"min_retention", "max_perplexity_ratio", "min_decode_tokens_per_s", "max_ttft_ms",
+                      "max_size_mb"}  # fmt: skip
+    assert "**Generation** batch 1" in mv.description and "perplexity" in mv.description
+    # what the registered model needs: the genai runtime, not torch
+    tracking.use(s["tracking_uri"])
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/tiny-chat/{d['champion']}"))
+    reqs = (local / "requirements.txt").read_text()
+    assert "onnxruntime-genai==" in reqs and "torch==" not in reqs
+    # `slimflow generate` on the registry reference answers as the server did
+    from typer.testing import CliRunner
+
+    from slimflow.cli import app
+
+    ref = "models:/tiny-chat@champion"
+    cli = CliRunner().invoke(
+        app, ["generate", "-m", ref, "-p", review, "--max-tokens", "8", "--tracking-uri", s["tracking_uri"]]
+    )
+    assert cli.exit_code == 0, cli.output
+    assert cli.stdout.rstrip("\n") == whole
+
+    # the same model with a decode-speed floor no CPU reaches: nothing promoted, the gate named,
+    # the champion untouched
+    gates_fail = {**gates, "min_decode_tokens_per_s": 1e9}
+    sections2 = {**sections, "promote": {**promote, "gates": gates_fail, "deploy": None}}
+    cfg2 = _config(tmp_path, tiny_causal_lm_dir, "it-llm-promote", **sections2)
+    s2 = run_pipeline(cfg2, progress=False)
+    d2 = s2["decision"]
+    assert d2["outcome"] == "no_candidate_passes" and d2["promoted"] is False
+    assert d2["failed_gates"] == ["min_decode_tokens_per_s"]
+    assert alias_version(client, "tiny-chat", "champion") == d["champion"]

@@ -27,6 +27,13 @@ EXTRA_NEW_TOKENS = 4
 MAX_NEW_TOKENS = 256
 
 
+def answer_budget(data: C.ChatEncoded) -> int:
+    """Greedy answers stop at an end token or this many new tokens: the longest answer of ``data``
+    plus EXTRA_NEW_TOKENS, at most MAX_NEW_TOKENS."""
+    longest = max((sum(1 for t in f["labels"] if t >= 0) for f in data.features), default=1)
+    return min(MAX_NEW_TOKENS, longest + EXTRA_NEW_TOKENS)
+
+
 class CausalLM(TaskFamily):
     name = "causal-lm"
     onnx_task = "text-generation-with-past"
@@ -40,8 +47,9 @@ class CausalLM(TaskFamily):
     latency_label: ClassVar[str] = "per-token decode latency"
     input_column: ClassVar[str] = "prompt"
     target_column: ClassVar[str] = "completion"
-    # distillation, pruning, export, quantization and serving of generators are still being built
-    stages: ClassVar[tuple[str, ...]] = ("optimize",)
+    output_key: ClassVar[str] = "text"
+    # pruning of generators (compress:) is still being built
+    stages: ClassVar[tuple[str, ...]] = ("distill", "optimize", "promote")
 
     # ------------------------------------------------------------------------------ data
     def prepare_data(
@@ -85,6 +93,11 @@ class CausalLM(TaskFamily):
             if model.generation_config is not None and model.generation_config.pad_token_id is None:
                 model.generation_config.pad_token_id = tokenizer.pad_token_id
         return model, tokenizer
+
+    def inference_meta(self, train_set: C.ChatEncoded) -> dict[str, Any]:
+        """The answer budget of a served or evaluated candidate: the longest training answer (in
+        tokens, end-of-turn included) plus a margin, at most MAX_NEW_TOKENS."""
+        return {"max_new_tokens": answer_budget(train_set)}
 
     def prepare_tokenizer(self, tokenizer: Any) -> Any:
         return C.ensure_chat_template(tokenizer)
@@ -139,10 +152,17 @@ class CausalLM(TaskFamily):
         """Greedy answers to the prompts of ``data``, as text."""
         if data.tokenizer is None:
             raise ValueError("generation needs the tokenizer the data was encoded with")
-        longest = max((sum(1 for t in f["labels"] if t >= 0) for f in data.features), default=1)
-        new = min(MAX_NEW_TOKENS, longest + EXTRA_NEW_TOKENS)
-        ids = C.generate_greedy(model, data.prompts, new, batch_size, pad_id, data.eos_ids or [pad_id])
+        ids = C.generate_greedy(
+            model, data.prompts, answer_budget(data), batch_size, pad_id, data.eos_ids or [pad_id]
+        )
         return [data.tokenizer.decode(s, skip_special_tokens=True) for s in ids]
+
+    online_soft_targets: ClassVar[bool] = True  # [rows, tokens, vocabulary]: never cached
+
+    def kd_batch(self, inputs: dict[str, Any], labels: Any) -> tuple[dict[str, Any], Any]:
+        """The token labels travel in the batch (``labels`` is the row index): the models read the
+        tokens, the loss takes the answer positions."""
+        return {k: v for k, v in inputs.items() if k != "labels"}, inputs["labels"]
 
     def kd_loss(
         self, student_out: Any, teacher_out: Any, targets: Any, temperature: float, alpha: float

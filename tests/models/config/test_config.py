@@ -177,6 +177,23 @@ def test_a_best_epoch_metric_the_family_does_not_compute_is_refused(tmp_path):
 
 
 def test_sections_a_family_cannot_run_yet_are_refused_before_any_work(tmp_path):
-    p = write(tmp_path, "task: causal-lm\ndistill:\n  student:\n    kind: layer_drop\n    keep_layers: [0]\n")
-    with pytest.raises(ConfigError, match=r"task 'causal-lm' does not support the distill: section yet"):
+    p = write(tmp_path, "task: causal-lm\ncompress:\n  steps:\n    - {kind: prune_heads, ratio: 0.3}\n")
+    with pytest.raises(ConfigError, match=r"task 'causal-lm' does not support the compress: section yet"):
         load_config(p)
+
+
+def test_generation_gates_are_refused_for_a_family_that_does_not_generate(tmp_path):
+    p = write(tmp_path, "optimize: {}\npromote:\n  model_name: m\n  gates:\n    max_perplexity_ratio: 1.1\n")
+    with pytest.raises(ConfigError, match=r"max_perplexity_ratio: judged on generated text only"):
+        load_config(p)
+
+
+def test_a_generator_speed_gate_needs_its_batch_size_among_the_generation_benchmarks(tmp_path):
+    body = "task: causal-lm\noptimize: {}\npromote:\n  model_name: m\n  gates:\n"
+    body += "    min_decode_tokens_per_s: 50\n"
+    cfg = load_config(write(tmp_path, body))
+    assert cfg.promote.gates.min_decode_tokens_per_s == 50 and cfg.optimize.generation.batch_sizes == [1]
+    with pytest.raises(
+        ConfigError, match=r"optimize.generation.batch_sizes: \[1\]\), so min_decode_tokens_per_s"
+    ):
+        load_config(write(tmp_path, body + "    latency_batch_size: 4\n"))

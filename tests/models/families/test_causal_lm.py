@@ -139,6 +139,13 @@ def test_sft_learns_the_task_scored_by_exact_match(tmp_path: Path, tiny_causal_l
     again = FAMILY.evaluate(model, test, 16, tok.pad_token_id)
     assert again["exact_match"] == pytest.approx(result.test["exact_match"])
     assert again["perplexity"] == pytest.approx(result.test["perplexity"], rel=1e-4)
+    # the answer budget a served model uses: the longest training answer ("rotten" + end of turn)
+    # plus the margin, recorded with the model and carried by its candidates
+    from slimflow.models.families.causal_lm.family import EXTRA_NEW_TOKENS
+    from slimflow.models.optimize.predictors import describe
+
+    longest = max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in ("fresh", "rotten")) + 1
+    assert describe(tmp_path / "teacher").max_new_tokens == longest + EXTRA_NEW_TOKENS
 
 
 def test_lora_sft_trains_adapters_and_merges_with_parity(tmp_path: Path, tiny_causal_lm_dir: Path) -> None:
@@ -181,3 +188,52 @@ def test_loss_from_the_earliest_answer_on_equals_the_full_loss(tiny_lm) -> None:
         full = model(**inputs).loss
         ours = FAMILY.loss(model, inputs, None)
     assert float(ours) == pytest.approx(float(full), rel=1e-5)
+
+
+def test_a_layer_drop_student_is_distilled_token_by_token_with_the_teacher_online(
+    tiny_sft, tmp_path: Path
+) -> None:
+    """Minitron-style on a tiny model: drop a layer, then distil on the teacher's per-token
+    distributions over the answer (alpha 1: no hard labels at all), computed beside the student on
+    every batch -- nothing cached, the student learns the task from the teacher alone."""
+    from slimflow.models.optimize.predictors import describe
+    from slimflow.models.train.config import DistillConfig
+    from slimflow.models.train.distill import distill
+
+    _, teacher, prepared = tiny_sft
+    cfg = DistillConfig.model_validate(
+        {"student": {"kind": "layer_drop", "keep_layers": [1]}, "temperature": 1.0, "alpha": 1.0,
+         "train": {"epochs": 8, "batch_size": 16, "learning_rate": 1e-2, "max_length": 96,
+                   "early_stopping_patience": None}}
+    )  # fmt: skip
+    res = distill(
+        cfg, prepared, teacher.model_dir, "sha", tmp_path / "student", tmp_path / "cache", progress=False
+    )
+    assert res.teacher_logits_cached is False and res.teacher_logits_path == ""
+    assert not list((tmp_path / "cache").glob("teacher-logits-*"))  # per-token targets are never stored
+    assert res.student_params < res.teacher_params
+    assert res.primary_metric == "exact_match" and res.teacher_test == teacher.test
+    assert res.test["exact_match"] >= 0.8, res.history  # the 1-layer student answers like the teacher
+    model, _ = FAMILY.load_trained(tmp_path / "student")
+    assert model.config.num_hidden_layers == 1
+    assert describe(tmp_path / "student").max_new_tokens == describe(teacher.model_dir).max_new_tokens
+
+
+def test_an_online_distillation_loss_is_the_kl_to_the_teachers_tokens(tiny_sft) -> None:
+    """The per-batch teacher targets equal what kd_loss gets from the teacher's own logits: zero
+    against itself, positive against another model."""
+    import torch
+
+    from slimflow.models.train.loop import batches
+
+    _, teacher, prepared = tiny_sft
+    model, tok = FAMILY.load_trained(teacher.model_dir)
+    data = FAMILY.encode(tok, pd.read_parquet(prepared.path("validation")).head(8), [], 96)
+    inputs, rows, _ = next(batches(data, 8, tok.pad_token_id, shuffle=False, seed=0))
+    inputs, y = FAMILY.kd_batch(inputs, rows)
+    assert "labels" not in inputs and y.shape == inputs["input_ids"].shape
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        assert float(FAMILY.kd_loss(logits, logits, y, 2.0, 1.0)) == pytest.approx(0.0, abs=1e-6)
+        other = logits + torch.randn_like(logits)
+        assert float(FAMILY.kd_loss(other, logits, y, 2.0, 1.0)) > 0.01

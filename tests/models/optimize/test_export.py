@@ -176,8 +176,9 @@ def test_candidate_identity_tells_torch_fp32_from_torch_int8_on_the_same_weights
     fp32, int8, copy = (tmp_path / n for n in ("fp32", "int8", "copy"))
     for d in (fp32, int8):
         d.mkdir()
-    fp32_candidate(trained, CandidateSpec("s", "torch_fp32", "cpu", "torch"), fp32, 32, ["neg", "pos"])
-    fp32_candidate(trained, CandidateSpec("s", "torch_int8", "cpu", "torch"), int8, 32, ["neg", "pos"])
+    base = CandidateInfo("torch", max_length=32, labels=["neg", "pos"])
+    fp32_candidate(trained, CandidateSpec("s", "torch_fp32", "cpu", "torch"), fp32, base)
+    fp32_candidate(trained, CandidateSpec("s", "torch_int8", "cpu", "torch"), int8, base)
     CandidateInfo("torch", "cpu", "torch_int8", "s", None, 32, ["neg", "pos"], {"kind": "torch_int8"}).save(
         int8
     )

@@ -13,6 +13,7 @@ def candidates(tmp_path_factory):
     from slimflow.models.optimize.candidates import CandidateSpec, fp32_candidate
     from slimflow.models.optimize.config import ExportConfig
     from slimflow.models.optimize.export import export_onnx
+    from slimflow.models.optimize.predictors import CandidateInfo
     from slimflow.models.optimize.targets import get_target
     from tests.conftest import build_tiny_model, make_reviews, train_tiny_teacher
 
@@ -24,6 +25,7 @@ def candidates(tmp_path_factory):
     for runtime, src in (("onnxruntime", tmp / "onnx"), ("torch", Path(res.model_dir))):
         folder = tmp / runtime
         folder.mkdir()
-        fp32_candidate(src, CandidateSpec("teacher", "fp32", "cpu", runtime), folder, 32, ["neg", "pos"])
+        base = CandidateInfo(runtime, max_length=32, labels=["neg", "pos"])
+        fp32_candidate(src, CandidateSpec("teacher", "fp32", "cpu", runtime), folder, base)
         out[runtime] = folder
     return out

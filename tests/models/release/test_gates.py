@@ -118,3 +118,78 @@ def test_an_unreliable_measurement_neither_passes_nor_fails_a_gate_and_cannot_wi
     assert d.winner == "shaky" and "not judged on speed" in d.reason  # the only one: it wins, said so
     d = decide([fast_but_shaky], g, 0.84)
     assert d.winner is None and "not judged" in d.reason
+
+
+def gen(name="g", em=0.80, ppl=10.0, rate_lo=100.0, ttft_hi=80.0, mb=200.0) -> dict:
+    """A generative candidate row: decode rate and TTFT with their CIs, as the generation benchmark."""
+    st = {"batch_size": 1, "length": "data", "p50_ms": 1e3 / (rate_lo * 1.02), "p95_ci_high_ms": 12.0,
+          "decode_tokens_per_s": rate_lo * 1.02, "decode_tokens_per_s_ci": [rate_lo, rate_lo * 1.05],
+          "ttft_p50_ms": ttft_hi * 0.8, "ttft_p95_ci_ms": [ttft_hi * 0.9, ttft_hi]}  # fmt: skip
+    return {"name": name, "status": "ok", "target": "cpu", "test": {"exact_match": em, "perplexity": ppl},
+            "file_bytes": int(mb * 2**20), "bench": {"settings": [st]}}  # fmt: skip
+
+
+REF = {"exact_match": 0.80, "perplexity": 10.0}
+
+
+@pytest.mark.parametrize(
+    ("gates", "row", "passed"),
+    [
+        # perplexity ratio vs the fine-tuned FP32 model (10.0): at, just above, below
+        ({"max_perplexity_ratio": 1.15}, {"ppl": 11.5}, True),
+        ({"max_perplexity_ratio": 1.15}, {"ppl": 11.5 + 1e-6}, False),
+        ({"max_perplexity_ratio": 1.15}, {"ppl": 10.2}, True),
+        # decode rate judged on the lower end of its CI
+        ({"min_decode_tokens_per_s": 100.0}, {"rate_lo": 100.0}, True),
+        ({"min_decode_tokens_per_s": 100.0}, {"rate_lo": 100.0 - 1e-6}, False),
+        # time to first token judged on the upper end of its p95's CI
+        ({"max_ttft_ms": 80.0}, {"ttft_hi": 80.0}, True),
+        ({"max_ttft_ms": 80.0}, {"ttft_hi": 80.0 + 1e-6}, False),
+        # the task metric: exact match, and retention of the teacher's
+        ({"min_test_accuracy": 0.80, "min_retention": None}, {"em": 0.80}, True),
+        ({"min_test_accuracy": 0.80, "min_retention": None}, {"em": 0.80 - 1e-6}, False),
+        ({"min_retention": 0.99}, {"em": 0.792}, True),
+        ({"min_retention": 0.99}, {"em": 0.79}, False),
+        ({"max_size_mb": 100.0, "min_retention": None}, {"mb": 100.5}, False),
+    ],
+)
+def test_generative_gates_at_and_around_their_thresholds(gates, row, passed):
+    g = GatesConfig(**gates)
+    v = judge(gen(**row), g, 0.80, "exact_match", REF)
+    assert v.passed is passed, [x.describe() for x in v.gates]
+    assert (decide([gen(**row)], g, 0.80, "exact_match", REF).winner == "g") is passed
+
+
+def test_the_score_gate_is_named_after_the_family_metric():
+    v = judge(gen(), GatesConfig(min_test_accuracy=0.5, min_retention=None), 0.80, "exact_match", REF)
+    assert [x.gate for x in v.gates] == ["min_test_exact_match"]
+
+
+def test_a_figure_a_gate_needs_but_lacks_fails_it_and_never_passes():
+    g = GatesConfig(
+        max_perplexity_ratio=1.15, min_decode_tokens_per_s=1.0, max_ttft_ms=1e6, min_retention=None
+    )
+    no_ref = judge(gen(), g, 0.80, "exact_match", reference={})
+    assert not no_ref.passed and no_ref.failed == ["max_perplexity_ratio"]
+    row = gen()
+    row["bench"]["settings"][0]["batch_size"] = 4  # the gated batch size (1) was not measured
+    v = judge(row, g, 0.80, "exact_match", REF)
+    assert v.failed == ["min_decode_tokens_per_s", "max_ttft_ms"]
+
+
+def test_an_unreliable_generation_benchmark_is_not_judged_on_speed():
+    row = gen()
+    row["bench"]["settings"][0].update(reliable=False, unreliable_reason="others used 50% of the CPU")
+    v = judge(row, GatesConfig(min_decode_tokens_per_s=1.0, min_retention=None), 0.80, "exact_match", REF)
+    assert not v.passed and "not judged" in v.gates[0].describe()
+
+
+def test_the_fastest_generator_that_passes_wins():
+    g = GatesConfig(max_perplexity_ratio=1.15, min_retention=0.98)
+    rows = [
+        gen("int4", em=0.76, ppl=11.0, rate_lo=160.0),  # fast, loses exact match
+        gen("int8", em=0.80, ppl=10.3, rate_lo=115.0),
+        gen("fp32", em=0.80, ppl=10.0, rate_lo=45.0),
+    ]
+    d = decide(rows, g, 0.80, "exact_match", REF)
+    assert d.winner == "int8" and d.verdict("int4").failed == ["min_retention"]

@@ -51,3 +51,44 @@ def test_a_teacher_card_names_no_student_and_the_approval_line_follows_the_decis
     card2 = model_card(row2, judge(row2, GatesConfig(max_p95_ms=5.0), 0.85), ctx)
     assert "- **Student**: kind layer_drop, keep_layers [0, 2, 4]" in card2
     assert "- **Compression steps**: prune_heads → prune_ffn" in card2
+
+
+def _gen_row() -> dict:
+    from tests.models.release.test_gates import gen
+
+    row = gen("teacher/genai_int8/cpu", em=0.7933, ppl=154.37, rate_lo=101.9, ttft_hi=95.0, mb=267.0)
+    row.update(source="teacher", variant="genai_int8", runtime="onnxruntime-genai")
+    row["test"]["rows"] = 300
+    row["bench"]["settings"][0].update(prompt_tokens=64, new_tokens=64, token_p50_ms=9.76, token_p95_ms=10.4,
+                                       ttft_p95_ms=90.0)  # fmt: skip
+    return row
+
+
+def test_a_generators_card_and_review_name_exact_match_perplexity_and_tokens_per_second():
+    from slimflow.models.release.evidence import champion_figures, links, review_evidence
+    from slimflow.models.release.model_card import model_card
+
+    row = _gen_row()
+    g = GatesConfig(max_perplexity_ratio=1.15, min_decode_tokens_per_s=50.0, min_retention=0.98)
+    v = judge(row, g, 0.79, "exact_match", {"perplexity": 156.3})
+    ctx = {"teacher_accuracy": 0.79, "metric": "exact_match", "teacher_test": {"perplexity": 156.3}}
+    card = model_card(row, v, ctx)
+    needles = (
+        "**Teacher**: `?`, test exact match 0.7900, perplexity 156.3000",
+        "**Test exact match**: 0.7933 (perplexity 154.3700, 300 rows)",
+        "**Generation** batch 1, 64-token prompt, 64 new tokens: 103.9 tokens/s [95% CI 101.9, 107.0]",
+        "max_perplexity_ratio: 0.9877 <= 1.15 ok",
+        "min_decode_tokens_per_s: 101.9 >= 50 ok",
+    )
+    for needle in needles:
+        assert needle in card, (needle, card)
+    champ = champion_figures({"slimflow.test_exact_match": "0.8100", "slimflow.test_perplexity": "150.0",
+                              "slimflow.decode_tokens_per_s": "40.0", "slimflow.ttft_p50_ms": "80.0"}, "2",
+                             "exact_match")  # fmt: skip
+    where = links("sqlite:////tmp/x.db", "1", "r", "chat", "3")
+    md = review_evidence("chat", "3", row, v.__dict__ | {"gates": [x.__dict__ for x in v.gates]}, 0.79, 1,
+                         champ, ctx, where)  # fmt: skip
+    assert "| test exact match | 0.7933 | 0.8100 | 0.7900 |" in md
+    assert "| test perplexity | 154.3700 | 150.0000 | 156.3000 |" in md
+    assert "| decode tokens/s, batch 1 | 103.9 [95% CI 101.9, 107.0] | 40.0 | – |" in md
+    assert "p50 latency" not in md  # a generator is judged per token and by its first token
