@@ -1,10 +1,17 @@
 """Side-by-side, one run, one machine: the fine-tuned teacher in PyTorch FP32 eager, the same teacher
 through Optimum's documented dynamic-INT8 recipe, the teacher's best quantized form found by the
 search (when the search quantized the teacher: an LLM teacher's weight-only INT4/INT8, say), and the
-pipeline's best candidate.
+pipeline's promoted candidate (else its best).
 
     python benchmarks/compare.py                       # reads .slimflow/last-summary.json (make demo)
     python benchmarks/compare.py --summary S.json --threads 2 --out compare.json
+
+The comparison follows the summary's task family (the teacher folder names it): for a generative
+model (task causal-lm) the rows are the fine-tuned model in PyTorch FP32 eager, Optimum's ONNX
+export with the key/value cache (``text-generation-with-past``, ``ORTModelForCausalLM``) and the
+promoted onnxruntime-genai build, each scored on the test split (exact match, perplexity) and timed
+generating in its own process (``benchmarks/llm_compare.py``: decode tokens/s with 95% CIs, time to
+first token); ``ratios`` then holds decode speed-ups, perplexity ratios and exact-match deltas.
 
 Optimum's recipe, as its docs show it: ``ORTModelForSequenceClassification.from_pretrained(teacher,
 export=True)`` then ``ORTQuantizer.from_pretrained(...).quantize(AutoQuantizationConfig.<preset>(
@@ -68,6 +75,11 @@ def main() -> None:
     ap.add_argument(
         "--min-retention", type=float, default=0.98, help="accuracy bar of the teacher's quantized form"
     )
+    gen = ap.add_argument_group("causal LMs")
+    gen.add_argument("--rows", type=int, default=None, help="test rows scored (default: all)")
+    gen.add_argument("--prompt-tokens", type=int, default=64, help="timed prompt length (tokens)")
+    gen.add_argument("--new-tokens", type=int, default=64, help="tokens generated per timed answer")
+    gen.add_argument("--gen-iterations", type=int, default=8, help="timed generations per model")
     args = ap.parse_args()
 
     import pandas as pd
@@ -87,10 +99,16 @@ def main() -> None:
             f"no candidate folder at {best!s}; run the pipeline with an optimize: section, or pass --best"
         )
     data_out = stages.get("validate-data", {}).get("outputs", {})
-    test = pd.read_parquet(args.test or data_out.get("paths.test") or data_out["data.paths.test"])
+    test_path = Path(args.test or data_out.get("paths.test") or data_out["data.paths.test"])
+    from slimflow.models.families import get_family
+    from slimflow.models.optimize.predictors import describe
+
+    if get_family(describe(teacher).task).generative:
+        generative(teacher, best, test_path, args)
+        return
+    test = pd.read_parquet(test_path)
     preset = cpu_int8_preset() if args.preset == "auto" else args.preset
-    texts, gold = test["text"].tolist(), test["label"].tolist()
-    labels = sorted(set(gold))
+    texts = test["text"].tolist()
     cfg = BenchConfig(
         batch_sizes=[1, 32],
         lengths=["data"],
@@ -121,7 +139,7 @@ def main() -> None:
             print(f"measuring {name} ...", flush=True)
             rows[name] = {
                 "path": str(path),
-                "test": score_on_test(path, texts, labels, gold, cfg.threads or 0),
+                "test": score_on_test(path, test, cfg.threads or 0),
                 "bench": bench(path, texts, cfg),
             }
     t_name, b_name = roles["teacher"], roles["best"]
@@ -181,11 +199,62 @@ def main() -> None:
 
 
 def selected_candidate(summary: dict) -> str | None:
-    """The folder of the search's best candidate (the decision names it when nothing was promoted)."""
+    """The folder of the promoted candidate (the gates' winner), else of the search's best (the
+    decision names it when nothing was promoted)."""
     search = summary.get("search") or {}
-    name = (search.get("selection") or {}).get("best")
+    name = (summary.get("promotion") or {}).get("winner") or (search.get("selection") or {}).get("best")
     path = next((c.get("path") for c in search.get("candidates", []) if c.get("name") == name), None)
     return path or (summary.get("decision") or {}).get("model_dir")
+
+
+def generative(model_dir: Path, best: Path, test_path: Path, args: argparse.Namespace) -> None:
+    """The causal-LM comparison: PyTorch FP32 eager, Optimum's ONNX export with past, the candidate."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("llm_compare", Path(__file__).with_name("llm_compare.py"))
+    llm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(llm)
+    info = json.loads((best / "candidate.json").read_text())
+    roles = {
+        "teacher": "fine-tuned, PyTorch FP32 eager",
+        "optimum": "fine-tuned, Optimum ONNX FP32 with past",
+        "best": f"promoted: {info['source']}/{info['variant']}",
+    }
+    plan = [(roles["teacher"], "pytorch_fp32", None), (roles["optimum"], "optimum_onnx_fp32", None),
+            (roles["best"], "genai", best)]  # fmt: skip
+    opts = argparse.Namespace(
+        rows=args.rows, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, batch=[1],
+        iterations=args.gen_iterations, threads=args.threads, workdir=None,
+    )  # fmt: skip
+    report = llm.measure(model_dir, test_path, plan, opts)
+    print(llm._table(report))
+    rows = {r["variant"]: r for r in report["rows"]}
+    ratios = {
+        "best_vs_teacher": report["ratios"][roles["best"]],
+        "optimum_vs_teacher": report["ratios"][roles["optimum"]],
+        "best_vs_optimum": llm.ratio(rows[roles["optimum"]], rows[roles["best"]], 1),
+    }
+    b = ratios["best_vs_teacher"]
+    goals = {
+        ">= 6x the decode tokens/s of PyTorch FP32 eager": b["decode_speedup"] >= 6,
+        "perplexity ratio <= 1.15": b["perplexity_ratio"] <= 1.15,
+        "exact match within 1 point of the FP32 model": b["exact_match_delta"] >= -0.01,
+    }
+    print()
+    for key, r in ratios.items():
+        print(
+            f"{key:<20} {r['decode_speedup']:.2f}x decode tokens/s (CI-conservative "
+            f"{r['decode_speedup_ci_low']:.2f}x), TTFT x{r['ttft_ratio']:.2f}, perplexity x"
+            f"{r['perplexity_ratio']:.3f}, exact match {r['exact_match_delta']:+.4f}, "
+            f"{1 / r['size_ratio']:.1f}x smaller"
+        )
+    for goal, ok in goals.items():
+        print(f"  [{'met' if ok else 'NOT met'}] {goal}")
+    if args.out:
+        out = {"task": "causal-lm", "rows": rows, "roles": roles, "ratios": ratios, "goals": goals,
+               "hardware": report["hardware"]}  # fmt: skip
+        Path(args.out).write_text(json.dumps(out, indent=2, default=str))
+        print(f"written to {args.out}")
 
 
 def teacher_quantized(candidates: list[dict], min_retention: float) -> dict | None:

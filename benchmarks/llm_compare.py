@@ -40,6 +40,7 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
 
 
 def runner(kind: str, folder: Path, model_dir: Path, threads: int | None) -> Any:
+    """PyTorch eager, Optimum's ONNX export, or any onnxruntime-genai build folder (other kinds)."""
     from slimflow.models.optimize import genai as G
 
     if kind == "pytorch_fp32":
@@ -89,7 +90,25 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    model_dir, test_path = _inputs(args)
+    plan = []
+    for kind in args.variants.split(","):
+        if kind not in VARIANTS:
+            raise SystemExit(f"unknown variant {kind!r}; known: {', '.join(VARIANTS)}")
+        plan.append((kind, kind, None))
+    report = measure(model_dir, test_path, plan, args)
+    print(_table(report))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print(f"written: {args.out}")
 
+
+def measure(
+    model_dir: Path, test_path: Path, plan: list[tuple[str, str, Path | None]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Every variant of ``plan`` — (name, kind, folder): kind a key of VARIANTS (built from
+    ``model_dir`` when its folder is None) or "genai" for an existing build — scored on the test
+    split and timed in its own process; the report with rows and ratios against PyTorch FP32."""
     import pandas as pd
 
     from slimflow.models.families import get_family
@@ -97,7 +116,6 @@ def main() -> None:
     from slimflow.models.optimize.gen_bench import GenBenchConfig, fixed_prompt, setting
     from slimflow.models.optimize.llm_export import export_with_past
 
-    model_dir, test_path = _inputs(args)
     family = get_family("causal-lm")
     _, tok = family.load_trained(model_dir)
     test_df = pd.read_parquet(test_path)
@@ -112,14 +130,12 @@ def main() -> None:
     longest = max(sum(1 for t in f["labels"] if t >= 0) for f in test.features)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="llm-compare-"))
     rows = []
-    for kind in args.variants.split(","):
-        if kind not in VARIANTS:
-            raise SystemExit(f"unknown variant {kind!r}; known: {', '.join(VARIANTS)}")
+    for name, kind, given in plan:
         t0 = time.perf_counter()
-        folder = work / kind
+        folder = given or work / kind
         if kind == "optimum_onnx_fp32" and not (folder / "model.onnx").is_file():
             export_with_past(model_dir, folder)
-        elif VARIANTS[kind] is not None and not (folder / "model.onnx").is_file():
+        elif VARIANTS.get(kind) is not None and not (folder / "model.onnx").is_file():
             G.build(model_dir, folder, G.GenaiBuildConfig.model_validate(VARIANTS[kind]), work / "cache")
         built = time.perf_counter() - t0
         size = _size_mb(model_dir if kind == "pytorch_fp32" else folder)
@@ -127,20 +143,17 @@ def main() -> None:
         q = G.quality(run, test, longest + 4)
         del run
         speed = _speed(kind, folder, model_dir, bench, prompt)
-        row = {"variant": kind, "size_mb": size, "build_s": built, **q.to_dict(), "speed": speed}
+        row = {"variant": name, "kind": kind, "path": str(folder), "size_mb": size, "build_s": built,
+               **q.to_dict(), "speed": speed}  # fmt: skip
         rows.append(row)
         s1 = setting(speed, args.batch[0])
         print(
-            f"{kind:26s} {size:7.1f} MB  ppl {q.perplexity:8.3f}  EM {q.exact_match:.4f}  "
+            f"{name:26s} {size:7.1f} MB  ppl {q.perplexity:8.3f}  EM {q.exact_match:.4f}  "
             f"decode {s1['decode_tokens_per_s']:7.1f} tok/s [{s1['decode_tokens_per_s_ci'][0]:.1f}, "
             f"{s1['decode_tokens_per_s_ci'][1]:.1f}]  TTFT {s1['ttft_p50_ms']:7.1f} ms",
             flush=True,
         )
-    report = _report(rows, args, model_dir)
-    print(_table(report))
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
-        print(f"written: {args.out}")
+    return _report(rows, args, model_dir)
 
 
 def _inputs(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -171,26 +184,30 @@ def _speed(kind: str, folder: Path, model_dir: Path, bench: Any, prompt: list[in
 
 def _report(rows: list[dict[str, Any]], args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     from slimflow.models.core.provenance import hardware
-    from slimflow.models.optimize.gen_bench import setting
 
-    by = {r["variant"]: r for r in rows}
-    ref = by.get("pytorch_fp32")
+    ref = next((r for r in rows if r["kind"] == "pytorch_fp32"), None)
     ratios: dict[str, Any] = {}
     if ref is not None:
-        base = setting(ref["speed"], args.batch[0])
-        for r in rows:
-            s = setting(r["speed"], args.batch[0])
-            ratios[r["variant"]] = {
-                "decode_speedup": s["decode_tokens_per_s"] / base["decode_tokens_per_s"],
-                "decode_speedup_ci_low": s["decode_tokens_per_s_ci"][0] / base["decode_tokens_per_s_ci"][1],
-                "ttft_ratio": s["ttft_p50_ms"] / base["ttft_p50_ms"],
-                "perplexity_ratio": r["perplexity"] / ref["perplexity"],
-                "exact_match_delta": r["exact_match"] - ref["exact_match"],
-                "size_ratio": r["size_mb"] / ref["size_mb"],
-            }
+        ratios = {r["variant"]: ratio(ref, r, args.batch[0]) for r in rows}
     return {"model": str(model_dir), "hardware": hardware(), "batch_sizes": args.batch,
             "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "rows": rows,
             "ratios": ratios}  # fmt: skip
+
+
+def ratio(base: dict[str, Any], other: dict[str, Any], batch: int) -> dict[str, float]:
+    """``other`` against ``base``: decode speed-up (point, and CI-conservative: the low end of the
+    other's rate over the high end of the base's), TTFT, perplexity and size ratios, exact-match delta."""
+    from slimflow.models.optimize.gen_bench import setting
+
+    b, s = setting(base["speed"], batch), setting(other["speed"], batch)
+    return {
+        "decode_speedup": s["decode_tokens_per_s"] / b["decode_tokens_per_s"],
+        "decode_speedup_ci_low": s["decode_tokens_per_s_ci"][0] / b["decode_tokens_per_s_ci"][1],
+        "ttft_ratio": s["ttft_p50_ms"] / b["ttft_p50_ms"],
+        "perplexity_ratio": other["perplexity"] / base["perplexity"],
+        "exact_match_delta": other["exact_match"] - base["exact_match"],
+        "size_ratio": other["size_mb"] / base["size_mb"],
+    }
 
 
 def _table(report: dict[str, Any]) -> str:

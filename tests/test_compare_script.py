@@ -69,3 +69,17 @@ def test_the_best_candidate_comes_from_the_search_whether_or_not_it_was_promoted
     assert compare.selected_candidate(promoted) == "/c/b"
     assert compare.selected_candidate({"decision": {"model_dir": "/c/x"}}) == "/c/x"  # no search rows
     assert compare.selected_candidate({}) is None
+
+
+def test_the_promoted_candidate_comes_before_the_search_best(compare):
+    search = {
+        "selection": {"best": "teacher/genai_int4/cpu"},
+        "candidates": [
+            {"name": "teacher/genai_int4/cpu", "path": "/c/int4"},
+            {"name": "teacher/genai_int8/cpu", "path": "/c/int8"},
+        ],
+    }
+    summary = {"search": search, "promotion": {"winner": "teacher/genai_int8/cpu"}}
+    assert compare.selected_candidate(summary) == "/c/int8"
+    summary["promotion"]["winner"] = None  # nothing passed the gates: the search's best
+    assert compare.selected_candidate(summary) == "/c/int4"
