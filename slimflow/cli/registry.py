@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from slimflow.cli.app import DebugOpt, app, fail, load, out
+from slimflow.cli.app import DebugOpt, SetOpt, app, fail, load, out
 from slimflow.models.core.env import apply_defaults
 from slimflow.models.core.errors import ConfigError, SlimflowError
 
@@ -105,13 +105,14 @@ def rollback(
         ),
     ] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default: the config's).")] = None,
+    set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Move the 'champion' alias back to 'previous' (or --to VERSION); the version rolled back from
     becomes 'previous'. A second rollback without --to is refused (it would undo the first)."""
     apply_defaults()
     try:
-        _, name, uri = _registry_target(config, model_name, tracking_uri)
+        _, name, uri = _registry_target(config, model_name, tracking_uri, set_)
         if to is not None and not to.isdigit():
             raise ConfigError(f"--to must be a version number, got {to!r}")
 
@@ -136,11 +137,15 @@ def rollback(
         out.print(f"{name}: champion moved from version {old} back to version {new} (previous is now {old})")
 
 
-def _registry_target(config: Path | None, model_name: str | None, tracking_uri: str | None):
+def _registry_target(
+    config: Path | None, model_name: str | None, tracking_uri: str | None, overrides: list[str] | None = None
+):
     from slimflow.models.pipeline_config import PipelineConfig
     from slimflow.models.release.tracking import tracking_uri as resolve_uri
 
-    cfg = load(config, []) if config else PipelineConfig()
+    if overrides and not config:
+        raise ConfigError("--set overrides a config's fields: pass the config with -c")
+    cfg = load(config, overrides or []) if config else PipelineConfig()
     name = model_name or (cfg.promote.model_name if cfg.promote else None)
     if not name:
         raise ConfigError("no model name: pass --model-name or a --config with a promote: section")
@@ -164,12 +169,13 @@ def deploy(
     ] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default: the config's).")] = None,
     stop: Annotated[bool, typer.Option("--stop", help="Stop this model's server instead.")] = False,
+    set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Serve models:/NAME@champion on 127.0.0.1 (/predict, /health), smoke-test it, record it in MLflow."""
     apply_defaults()
     try:
-        cfg, name, uri = _registry_target(config, model_name, tracking_uri)
+        cfg, name, uri = _registry_target(config, model_name, tracking_uri, set_)
         from slimflow.models.release import deployments
 
         if stop:

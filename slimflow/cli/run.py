@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -68,12 +69,12 @@ def run(
         if summary and summary.exists():
             err.print(f"summary written to {summary}")
         fail(e, debug)
-    _print_summary(result, config)
+    _print_summary(result, config, set_)
     if summary:
         err.print(f"summary written to {summary}")
 
 
-def _print_summary(s: dict, config: Path | None = None) -> None:
+def _print_summary(s: dict, config: Path | None = None, overrides: list[str] | None = None) -> None:
     t = Table(title=f"slimflow run {s.get('mlflow_run_id', '')[:12]}", show_lines=False)
     t.add_column("stage")
     t.add_column("status")
@@ -101,12 +102,13 @@ def _print_summary(s: dict, config: Path | None = None) -> None:
     d = s.get("decision") or {}
     out.print(f"decision: [bold]{d.get('outcome')}[/] — {escape(str(d.get('reason')))}")
     dep = (s.get("promotion") or {}).get("deployment")
+    sets = "".join(f" --set {shlex.quote(o)}" for o in overrides or [])
     if dep:
         out.print(
             f"serving {d.get('model_name')} v{dep['version']} at {dep['endpoint']} "
-            f"(POST /predict, GET /health; `slimflow deploy --stop -c {config}` stops it)"
+            f"(POST /predict, GET /health; `slimflow deploy --stop -c {config}{sets}` stops it)"
         )
-    ui = f"`slimflow ui -c {config}`" if config else "`slimflow ui`"
+    ui = f"`slimflow ui -c {config}{sets}`" if config else "`slimflow ui`"
     out.print(f"MLflow: {s.get('tracking_uri')} (run {s.get('mlflow_run_id')}); {ui} to browse")
 
 

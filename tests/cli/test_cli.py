@@ -390,3 +390,29 @@ def test_version_and_shell_completion_are_offered():
     assert r.exit_code == 0 and r.output.startswith("slimflow ")
     r = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert "--install-completion" in r.output and "--version" in r.output
+
+
+def test_registry_commands_take_the_same_overrides_as_run(tmp_path, monkeypatch):
+    """A pipeline run with `--set workdir=...` is stopped, rolled back and browsed with the same
+    `--set`: the summary's hint repeats it; without -c a --set is refused."""
+    from rich.console import Console
+
+    from slimflow.cli.run import _print_summary
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("optimize: {}\npromote:\n  model_name: clf\n")
+    work = tmp_path / "elsewhere"
+    r = slimflow("deploy", "-c", str(cfg), "--set", f"workdir={work}", "--stop", cwd=tmp_path)
+    assert r.returncode == 0 and "clf: no server was running" in r.stdout, r.stderr
+    assert work.is_dir() and not (tmp_path / ".slimflow").exists()  # the overridden workdir was used
+    r = slimflow("deploy", "--model-name", "clf", "--set", f"workdir={work}", "--stop", cwd=tmp_path)
+    assert r.returncode == 2 and "--set overrides a config's fields: pass the config with -c" in r.stderr
+
+    console = Console(record=True, width=400)
+    monkeypatch.setattr("slimflow.cli.run.out", console)
+    summary = {"stages": {}, "decision": {"outcome": "promoted", "model_name": "clf"},
+               "promotion": {"deployment": {"version": "1", "endpoint": "http://127.0.0.1:1"}}}  # fmt: skip
+    _print_summary(summary, cfg, [f"workdir={work}"])
+    text = console.export_text()
+    assert f"slimflow deploy --stop -c {cfg} --set workdir={work}" in text
+    assert f"slimflow ui -c {cfg} --set workdir={work}" in text
