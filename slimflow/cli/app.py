@@ -117,6 +117,18 @@ def fail(exc: BaseException, debug: bool) -> NoReturn:
     raise typer.Exit(1)
 
 
+def registry_store(tracking_uri: str | None) -> str:
+    """The MLflow store for ``models:/`` references: the option, else $MLFLOW_TRACKING_URI, else the
+    default workdir's store (where `slimflow run` writes without a config's tracking.uri)."""
+    from slimflow.models.pipeline_config import PipelineConfig
+    from slimflow.models.release.tracking import tracking_uri as resolve
+
+    if tracking_uri:
+        return tracking_uri
+    cfg = PipelineConfig()
+    return resolve(cfg.tracking, cfg.workdir_path())
+
+
 def load(config: Path, overrides: list[str] | None) -> Any:
     from slimflow.models.pipeline_config import load_config
 

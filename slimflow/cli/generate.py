@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from slimflow.cli.app import DebugOpt, app, err, fail
+from slimflow.cli.app import DebugOpt, app, err, fail, registry_store
 from slimflow.models.core.env import apply_defaults
 from slimflow.models.core.errors import ConfigError
 
@@ -48,7 +48,11 @@ def generate(
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens generated per answer.")] = 256,
     threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: every core).")] = None,
     tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow store for models:/ references (default: $MLFLOW_TRACKING_URI).")
+        str | None,
+        typer.Option(
+            help="MLflow store for models:/ references (default: $MLFLOW_TRACKING_URI, else "
+            "./.slimflow/mlflow.db, where `slimflow run` records)."
+        ),
     ] = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -60,7 +64,9 @@ def generate(
         from slimflow.models.optimize.predictors import describe, load_predictor
         from slimflow.models.release.registry import resolve_candidate
 
-        path = resolve_candidate(model, tracking_uri)
+        path = resolve_candidate(
+            model, registry_store(tracking_uri) if model.startswith("models:/") else None
+        )
         info = describe(path)
         if not get_family(info.task).generative:
             raise ConfigError(

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from slimflow.cli.app import DebugOpt, SetOpt, app, fail, load, out
+from slimflow.cli.app import DebugOpt, SetOpt, app, fail, load, out, registry_store
 from slimflow.models.core.env import apply_defaults
 from slimflow.models.core.errors import ConfigError, SlimflowError
 
@@ -234,7 +234,11 @@ def predict(
         int, typer.Option(help="Rows read, predicted and written at a time (bounds memory).", min=1)
     ] = 10_000,
     tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow store for models:/ (default: $MLFLOW_TRACKING_URI).")
+        str | None,
+        typer.Option(
+            help="MLflow store for models:/ (default: $MLFLOW_TRACKING_URI, else ./.slimflow/mlflow.db, "
+            "where `slimflow run` records)."
+        ),
     ] = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -258,7 +262,8 @@ def predict(
 
         from slimflow.models.release.serving import load_registered
 
-        pyfunc, version = load_registered(model, tracking_uri)
+        store = registry_store(tracking_uri) if model.startswith("models:/") else None
+        pyfunc, version = load_registered(model, store)
 
         def run(texts: list[str]) -> pd.DataFrame:
             parts = [pyfunc.predict(pd.DataFrame({"text": texts[i : i + batch_size]}))

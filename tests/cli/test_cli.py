@@ -416,3 +416,14 @@ def test_registry_commands_take_the_same_overrides_as_run(tmp_path, monkeypatch)
     text = console.export_text()
     assert f"slimflow deploy --stop -c {cfg} --set workdir={work}" in text
     assert f"slimflow ui -c {cfg} --set workdir={work}" in text
+
+
+def test_models_references_default_to_the_store_slimflow_run_writes(tmp_path, monkeypatch):
+    from slimflow.cli.app import registry_store
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert registry_store(None) == f"sqlite:///{tmp_path.resolve()}/.slimflow/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert registry_store(None) == "http://127.0.0.1:5000"
+    assert registry_store("sqlite:////x/y.db") == "sqlite:////x/y.db"
