@@ -26,7 +26,13 @@ from slimflow.models.optimize.config import DaskRunner, OptimizeConfig, ThreadsR
 from slimflow.models.release.evidence import artifact_url
 from slimflow.models.release.tracking import log_params
 from slimflow.tasks.common import ModelRef
-from slimflow.tasks.optimize import benchmark_candidate, build_candidate, evaluate_candidate, export_source
+from slimflow.tasks.optimize import (
+    benchmark_candidate,
+    build_candidate,
+    build_cascade_candidate,
+    evaluate_candidate,
+    export_source,
+)
 
 
 def _reason(exc: BaseException) -> str:
@@ -130,6 +136,10 @@ def candidate_search(
         else:
             rows[name]["test"] = {k: v for k, v in res.items() if k not in ("name", "path")}
 
+    # 3b. cascades of two built and scored candidates (threshold fitted on validation only)
+    built = dict(built)
+    _cascades(run, cfg, data, rows, built, skipped)
+
     # 4. latency, one at a time (a generator's: generation speed)
     hw = hardware_fingerprint()
     family = get_family(data.task)
@@ -167,6 +177,43 @@ def candidate_search(
     )
     _log(run, cfg, exports, result)
     return result
+
+
+def _cascades(
+    run: PipelineRun,
+    cfg: OptimizeConfig,
+    data: PreparedData,
+    rows: dict[str, dict[str, Any]],
+    built: dict[str, Any],
+    skipped: list[C.Skipped],
+) -> None:
+    """Add each configured cascade whose two parts were built and scored as a pending candidate
+    (then benchmarked like the others); a cascade whose part is missing is listed as skipped."""
+    jobs = {}
+    for cc in cfg.cascades:
+        name = cc.name()
+        missing = [p for p in (cc.fast, cc.fallback) if rows.get(p, {}).get("status") != "pending"]
+        if missing:
+            why = ", ".join(
+                f"{p} ({rows[p]['status']})" if p in rows else f"{p} (not planned)" for p in missing
+            )
+            skipped.append(C.Skipped(name, f"its part(s) {why} are not measured candidates of this run"))
+            continue
+        jobs[name] = (build_cascade_candidate, (name, cc, built[cc.fast], built[cc.fallback], data))
+    if not jobs:
+        return
+    made = run.fan_out("build-cascades", jobs, parallel=cfg.max_parallel)
+    for name, res in made.items():
+        cc = next(c for c in cfg.cascades if c.name() == name)
+        f_src, f_var, target = cc.fast.split("/")
+        row = {"name": name, "source": f"{f_src}_then_{cc.fallback.split('/')[0]}", "variant": "cascade",
+               "target": target, "runtime": "cascade", "reference": cc.fallback}  # fmt: skip
+        if isinstance(res, BaseException):
+            rows[name] = {**row, "status": "failed", "reason": _reason(res)}
+            continue
+        built[name] = res
+        rows[name] = {**row, "status": "pending", "build": res, "path": res["path"],
+                      "file_bytes": res["file_bytes"], "test": res["test"]}  # fmt: skip
 
 
 def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result: C.SearchResult) -> None:

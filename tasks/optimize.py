@@ -23,7 +23,7 @@ from slimflow.models.families import get_family
 from slimflow.models.families.base import AgreementConfig
 from slimflow.models.optimize import candidates as C
 from slimflow.models.optimize.bench import bench, resolve_threads
-from slimflow.models.optimize.config import BenchConfig, ExportConfig, GenBenchConfig
+from slimflow.models.optimize.config import BenchConfig, CascadeConfig, ExportConfig, GenBenchConfig
 from slimflow.models.optimize.export import export_onnx
 from slimflow.models.optimize.predictors import describe
 from slimflow.models.optimize.targets import get_target
@@ -146,6 +146,47 @@ def build_candidate(
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:500] if text else type(e).__name__
+
+
+@task(name="build-cascade", task_run_name="build {name}", tags=["candidate"], **MODEL_TASK)
+@cpu_bound
+def build_cascade_candidate(
+    name: str,
+    cfg: CascadeConfig,
+    fast: dict[str, Any],
+    fallback: dict[str, Any],
+    data: PreparedData,
+    code_version: str,
+    ctx: StageContext,
+) -> dict[str, Any]:
+    """A cascade of two built candidates (``fast``/``fallback``: their build records): the threshold
+    fitted on the validation split only, the folder written, its test figures with the share of
+    test rows it escalated."""
+    from slimflow.models.optimize import cascade as K
+    from slimflow.models.optimize.predictors import load_predictor
+
+    key = stage_key(cfg, fast["identity"], fallback["identity"], code_version)
+    final = Path(ctx.workdir) / "candidates" / key
+    with atomic_dir(final) as tmp:
+        threads = _threads()
+        parts = load_predictor(fast["path"], threads), load_predictor(fallback["path"], threads)
+        choice = K.fit_threshold(
+            *parts, read_split(data.path("validation")), cfg.confidence, cfg.max_accuracy_drop
+        )
+        del parts
+        K.build_cascade(fast["path"], fallback["path"], tmp, choice, name)
+    frame = read_split(data.path("test"))
+    test = C.score_on_test(final, frame, _threads())
+    return {
+        "name": name,
+        "path": str(final),
+        "file_bytes": fast["file_bytes"] + fallback["file_bytes"],
+        "sha256": C.identity(final),
+        "identity": C.identity(final),
+        "cascade": choice.to_dict(),
+        "test": {**test, "escalation_rate": K.escalation_rate(final, frame, _threads())},
+        "worker": {"host": socket.gethostname(), "pid": os.getpid()},
+    }
 
 
 @task(name="evaluate-candidate", task_run_name="evaluate {name}", tags=["candidate"], **MODEL_TASK)

@@ -274,7 +274,11 @@ def identity(folder: str | Path) -> str:
     (PyTorch FP32 and torchao INT8) therefore differ; the registry keys idempotency on this."""
     import hashlib
 
+    from slimflow.models.optimize import cascade
+
     folder = Path(folder)
+    if cascade.is_cascade(folder):  # two candidates and a threshold
+        return cascade.identity(folder, identity)
     h = hashlib.sha256()
     weights = sorted(folder.glob("*.onnx")) or sorted(folder.glob("*.safetensors"))
     for f in [*weights, folder / CANDIDATE_FILE]:

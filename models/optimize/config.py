@@ -158,6 +158,54 @@ class SkipRule(Strict):
     )
 
 
+CANDIDATE_NAME = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
+
+
+class CascadeConfig(Strict):
+    """Adaptive inference: a fast candidate answers what it is sure of, a stronger one the rest
+    (``models/optimize/cascade.py``). Both parts must be measured candidates of this search."""
+
+    fast: str = Field(
+        ...,
+        pattern=CANDIDATE_NAME,
+        description="The candidate that answers first: SOURCE/VARIANT/TARGET, e.g. "
+        "student/ort_int8_dynamic/cpu.",
+    )
+    fallback: str = Field(
+        ...,
+        pattern=CANDIDATE_NAME,
+        description="The candidate that answers the rows the fast one is unsure of, e.g. "
+        "teacher/ort_int8_dynamic/cpu (same target).",
+    )
+    confidence: Literal["max_prob", "margin"] = Field(
+        "max_prob",
+        description="The fast part's confidence: its top softmax probability, or the top minus the "
+        "runner-up.",
+    )
+    max_accuracy_drop: float = Field(
+        0.002,
+        ge=0,
+        le=1,
+        description="The threshold (chosen on the validation split only) keeps validation accuracy at "
+        "least the fallback's minus this (0.002 = 0.2 points), escalating as few rows as possible.",
+    )
+
+    @model_validator(mode="after")
+    def _two_parts(self) -> CascadeConfig:
+        if self.fast == self.fallback:
+            raise ValueError(f"a cascade needs two different candidates, got {self.fast} twice")
+        if self.fast.rsplit("/", 1)[1] != self.fallback.rsplit("/", 1)[1]:
+            raise ValueError(f"a cascade's parts run on one target: {self.fast} vs {self.fallback}")
+        return self
+
+    def name(self) -> str:
+        """Its candidate name: cascade/FAST_SOURCE.FAST_VARIANT_then_FALLBACK_SOURCE.FALLBACK_VARIANT/
+        TARGET (MLflow keys allow no '+')."""
+        f_src, f_var, target = self.fast.split("/")
+        b_src, b_var, _ = self.fallback.split("/")
+        return f"cascade/{f_src}.{f_var}_then_{b_src}.{b_var}/{target}"
+
+
 class ThreadsRunner(Strict):
     kind: Literal["threads"] = "threads"
 
@@ -203,6 +251,11 @@ class OptimizeConfig(Strict):
         default_factory=list,
         description="Candidates not built, each with its reason (variants known to fail or lose on this "
         "target); they are listed as skipped in the summary and the run's candidate table.",
+    )
+    cascades: list[CascadeConfig] = Field(
+        default_factory=list,
+        description="Cascade candidates made of two candidates of this search (classifiers only); "
+        "benchmarked on the real mix of fast and escalated test rows, judged like any candidate.",
     )
     export: ExportConfig = ExportConfig()
     agreement: AgreementConfig = AgreementConfig()

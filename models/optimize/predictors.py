@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ MODEL_LOCK = threading.RLock()
 
 @dataclass
 class CandidateInfo:
-    runtime: Literal["onnxruntime", "torch", "onnxruntime-genai"]
+    runtime: Literal["onnxruntime", "torch", "onnxruntime-genai", "cascade"]
     target: str = "cpu"
     variant: str = "fp32"
     source: str = ""
@@ -349,11 +349,18 @@ def load_tokenizer(folder: Path, runtime: str) -> Any:
     return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
 
 
+# Runtimes whose candidates are made of other candidates (a cascade: ``cascade.py`` registers it
+# when the package is imported): runtime -> loader(folder, info, threads).
+COMPOSITE_RUNTIMES: dict[str, Callable[[Path, CandidateInfo, int | None], Predictor]] = {}
+
+
 def load_predictor(path: str | Path, threads: int | None = None) -> Predictor:
     """Load any model slimflow makes, ready for inference with ``threads`` intra-op threads."""
     p = Path(path)
     info = describe(p)
     folder = p.parent if p.is_file() else p
+    if info.runtime in COMPOSITE_RUNTIMES:  # made of other candidates, each loading its own
+        return COMPOSITE_RUNTIMES[info.runtime](folder, info, threads)
     with MODEL_LOCK:
         tokenizer = load_tokenizer(folder, info.runtime)
         if get_family(info.task).generative:

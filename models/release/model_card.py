@@ -34,6 +34,9 @@ def model_card(
         lines.append(f"- **Student**: {_student(context['student'])}")
     if row["source"] == "compressed" and context.get("steps"):
         lines.append(f"- **Compression steps**: {' → '.join(str(x) for x in context['steps'])}")
+    cascade = (row.get("build") or {}).get("cascade")
+    if cascade:
+        lines.append(_cascade_line(cascade, row))
     lines.append(f"- **Test {words}**: {_test_line(row['test'], metric)}")
     for s in row.get("bench", {}).get("settings", []):
         lines.append(_bench_line(s))
@@ -70,6 +73,19 @@ def with_approval(card: str, approval: dict[str, str]) -> str:
         return card.rstrip("\n") + f"\n\n{APPROVAL_HEADING}\n\n{approval_line(approval)}\n"
     _, _, rest = tail.partition("\n")
     return f"{head}{sep}{approval_line(approval)}\n{rest}"
+
+
+def _cascade_line(c: dict[str, Any], row: dict[str, Any]) -> str:
+    """Which part answers what, and how the threshold was chosen (validation rows only)."""
+    test_esc = row.get("test", {}).get("escalation_rate")
+    on_test = f"; {test_esc:.1%} of test rows escalated" if isinstance(test_esc, int | float) else ""
+    return (
+        f"- **Cascade**: the fast part answers when its {c['confidence']} confidence is at least "
+        f"{c['threshold']:.4g}, the fallback (`{row.get('reference', '?')}`) otherwise; threshold chosen on "
+        f"{c['rows']} validation rows: accuracy {c['accuracy']:.4f} (fallback {c['fallback_accuracy']:.4f}, "
+        f"fast part {c['fast_accuracy']:.4f}, target {c['target_accuracy']:.4f}), "
+        f"{c['escalation_rate']:.1%} escalated{on_test}"
+    )
 
 
 def _test_line(test: dict[str, Any], metric: str) -> str:

@@ -77,6 +77,12 @@ def _requirements(candidate_dir: str | Path) -> list[str]:
             return None
 
     info = describe(candidate_dir)
+    if info.runtime == "cascade":  # what either part needs, once
+        parts = [
+            *_requirements(Path(candidate_dir) / "fast"),
+            *_requirements(Path(candidate_dir) / "fallback"),
+        ]
+        return sorted(dict.fromkeys(parts))
     if info.runtime == "onnxruntime":
         ort = version("onnxruntime-gpu") or version("onnxruntime")
         gpu = get_target(info.target).device == "gpu" or version("onnxruntime-gpu") is not None

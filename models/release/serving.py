@@ -77,11 +77,17 @@ class _Served:
         return self.impl.predict(None, frame)
 
     def predict_records(self, inputs: list[Any]) -> list[dict[str, Any]]:
-        """One response record per input, in order (the server's model call)."""
+        """One response record per input, in order (the server's model call); a model that routes
+        between parts (a cascade) also says which part answered each."""
         predictor = self.impl.predictor
         if not inputs:
             return []
-        return self.family.predictions(predictor.predict(inputs), predictor.info.labels)
+        routed = getattr(predictor, "predict_routed", None)
+        if routed is None:
+            return self.family.predictions(predictor.predict(inputs), predictor.info.labels)
+        outputs, parts = routed(inputs)
+        records = self.family.predictions(outputs, predictor.info.labels)
+        return [{**r, "answered_by": part} for r, part in zip(records, parts, strict=True)]
 
 
 def load_as_data(model_uri: str) -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Literal
+
+from pydantic import BaseModel, Field
 
 from slimflow.models.families.schema import request_model
 
@@ -12,6 +14,9 @@ __all__ = ["PredictResponse", "Prediction", "request_model"]
 class Prediction(BaseModel):
     label: str
     score: float
+    answered_by: Literal["fast", "fallback"] | None = Field(
+        None, description="A cascade's part that answered this text; absent for other models."
+    )
 
 
 class PredictResponse(BaseModel):

@@ -197,3 +197,20 @@ def test_a_generator_speed_gate_needs_its_batch_size_among_the_generation_benchm
         ConfigError, match=r"optimize.generation.batch_sizes: \[1\]\), so min_decode_tokens_per_s"
     ):
         load_config(write(tmp_path, body + "    latency_batch_size: 4\n"))
+
+
+def test_cascades_need_two_parts_on_one_target_of_a_classifier(tmp_path):
+    body = "optimize:\n  cascades:\n    - {fast: student/ort_int8_dynamic/cpu, fallback: %s}\n"
+    cfg = load_config(write(tmp_path, body % "teacher/ort_int8_dynamic/cpu"))
+    assert (
+        cfg.optimize.cascades[0].name()
+        == "cascade/student.ort_int8_dynamic_then_teacher.ort_int8_dynamic/cpu"
+    )
+    with pytest.raises(ConfigError, match="two different candidates"):
+        load_config(write(tmp_path, body % "student/ort_int8_dynamic/cpu"))
+    with pytest.raises(ConfigError, match="run on one target"):
+        load_config(write(tmp_path, body % "teacher/ort_int8_dynamic/cuda"))
+    with pytest.raises(ConfigError, match="cascades"):
+        load_config(write(tmp_path, body % "teacher"))  # not SOURCE/VARIANT/TARGET
+    with pytest.raises(ConfigError, match="a cascade routes on the confidence of a classifier"):
+        load_config(write(tmp_path, "task: causal-lm\n" + body % "teacher/genai_int8/cpu"))

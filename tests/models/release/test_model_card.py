@@ -92,3 +92,21 @@ def test_a_generators_card_and_review_name_exact_match_perplexity_and_tokens_per
     assert "| test perplexity | 154.3700 | 150.0000 | 156.3000 |" in md
     assert "| decode tokens/s, batch 1 | 103.9 [95% CI 101.9, 107.0] | 40.0 | – |" in md
     assert "p50 latency" not in md  # a generator is judged per token and by its first token
+
+
+def test_a_cascades_card_states_its_threshold_and_how_it_was_chosen():
+    from slimflow.models.release.model_card import model_card
+
+    row = _cand(
+        "cascade/student.ort_int8_dynamic_then_teacher.ort_int8_dynamic/cpu",
+        "student_then_teacher",
+        "cascade",
+    )
+    row.update(runtime="cascade", reference="teacher/ort_int8_dynamic/cpu")
+    row["test"]["escalation_rate"] = 0.125
+    row["build"] = {"cascade": {"threshold": 0.93, "confidence": "max_prob", "rows": 300, "accuracy": 0.84,
+                                "fallback_accuracy": 0.842, "fast_accuracy": 0.82, "target_accuracy": 0.84,
+                                "escalation_rate": 0.2}}  # fmt: skip
+    card = model_card(row, judge(row, GatesConfig(min_retention=0.9), 0.85), {"teacher_accuracy": 0.85})
+    assert "max_prob confidence is at least 0.93, the fallback (`teacher/ort_int8_dynamic/cpu`)" in card
+    assert "300 validation rows: accuracy 0.8400 (fallback 0.8420" in card and "12.5% of test rows" in card
