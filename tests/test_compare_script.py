@@ -83,3 +83,14 @@ def test_the_promoted_candidate_comes_before_the_search_best(compare):
     assert compare.selected_candidate(summary) == "/c/int8"
     summary["promotion"]["winner"] = None  # nothing passed the gates: the search's best
     assert compare.selected_candidate(summary) == "/c/int4"
+
+
+def test_the_most_accurate_measured_cascade_is_compared(compare):
+    def casc(name, acc, p50, status="ok"):
+        r = row("student_then_teacher", "cascade", acc, p50, status)
+        return {**r, "name": name, "runtime": "cascade"}
+
+    rows = [casc("a", 0.84, 2.0), casc("b", 0.845, 3.0), casc("c", 0.845, 2.5), casc("d", 0.9, 1.0, "failed"),
+            {**row("teacher", "ort_int8_dynamic", 0.99, 1.0), "runtime": "onnxruntime"}]  # fmt: skip
+    assert compare.best_cascade(rows)["name"] == "c"
+    assert compare.best_cascade(rows[-2:]) is None
