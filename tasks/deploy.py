@@ -103,7 +103,8 @@ def _chat_smoke(endpoint: str, prompt: str, expected: str, generator: Any) -> di
     import httpx
 
     limit = httpx.get(f"{endpoint}/health", timeout=10).json()["settings"]["max_new_tokens"]
-    budget = min(generator.info.max_new_tokens, limit)
+    room = generator.context_length - len(generator.prompt_ids(prompt))  # the server refuses more (400)
+    budget = max(1, min(generator.info.max_new_tokens, limit, room))
     body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": budget}
     t0 = time.perf_counter()
     r = httpx.post(f"{endpoint}/v1/chat/completions", json=body, timeout=120)

@@ -62,7 +62,11 @@ def compress(
     """``test`` of the result is after recovery (equal to ``test_pruned`` without recovery)."""
     tc: TrainConfig = cfg.recovery.train if cfg.recovery else TrainConfig()
     # the teacher is loaded (and its logits computed or read from the cache) only for recovery
-    targets = teacher_targets(data, teacher_dir, teacher_sha256, tc, cache_dir)[0] if cfg.recovery else None
+    targets, teacher = None, None
+    if cfg.recovery:
+        targets, teacher, _ = teacher_targets(data, teacher_dir, teacher_sha256, tc, cache_dir)
+        if targets.logits is not None:  # cached soft targets: the teacher is not needed any more
+            teacher = None
     frames = targets.frames if targets else load_frames(data, tc)
     family = family_of(source_dir)
     model, tok = family.load_trained(source_dir)
@@ -106,6 +110,7 @@ def compress(
             progress=progress,
             desc="recovery",
             keep_initial=True,
+            teacher=teacher,
         )
         seconds = time.perf_counter() - t0
         history = [h.to_dict() for h in res.history]
@@ -121,6 +126,7 @@ def compress(
         "labels": data.labels,
         "max_length": max_length,
         "test": test_m,
+        **family.inference_meta(family.encode(tok, frames["train"], data.labels, max_length)),
     }
     family.save(model.to("cpu"), tok, out, meta)
     return CompressResult(

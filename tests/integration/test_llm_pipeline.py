@@ -131,7 +131,10 @@ def test_generative_champion_is_gated_registered_served_and_answers_chat_over_ht
     distill = {"student": {"kind": "layer_drop", "keep_layers": [1]}, "alpha": 0.7,
                "train": {"epochs": 4, "batch_size": 16, "learning_rate": 1e-2, "max_length": 96,
                          "early_stopping_patience": None}}  # fmt: skip
-    sections = {"optimize": optimize, "promote": promote, "distill": distill}
+    compress = {"steps": [{"kind": "prune_ffn", "ratio": 0.25}], "calibration_examples": 32,
+                "recovery": {"train": {"epochs": 1, "batch_size": 16, "learning_rate": 5e-3, "max_length": 96,
+                                       "early_stopping_patience": None}}}  # fmt: skip
+    sections = {"optimize": optimize, "promote": promote, "distill": distill, "compress": compress}
     cfg = _config(tmp_path, tiny_causal_lm_dir, "it-llm-promote", **sections)
     try:
         s = run_pipeline(cfg, progress=False)
@@ -140,8 +143,9 @@ def test_generative_champion_is_gated_registered_served_and_answers_chat_over_ht
         assert d["outcome"] == "promoted" and d["champion"], d
         # the distilled 1-layer student went through the search beside the teacher
         names = {r["name"] for r in s["search"]["candidates"]}
-        assert {"student/genai_fp32/cpu", "student/genai_int8/cpu"} <= names
+        assert {"student/genai_fp32/cpu", "student/genai_int8/cpu", "compressed/genai_int8/cpu"} <= names
         assert s["stages"]["distill-student"]["status"] == "completed"
+        assert s["stages"]["compress"]["status"] == "completed"  # the student's FFNs pruned, recovered
         dep = s["promotion"]["deployment"]
         assert dep["smoke"]["requests_ok"] == 4 and dep["smoke"]["chat"]["answer_chars"] >= 0
         assert 400 <= dep["smoke"]["chat"]["malformed"] < 500

@@ -48,8 +48,7 @@ class CausalLM(TaskFamily):
     input_column: ClassVar[str] = "prompt"
     target_column: ClassVar[str] = "completion"
     output_key: ClassVar[str] = "text"
-    # pruning of generators (compress:) is still being built
-    stages: ClassVar[tuple[str, ...]] = ("distill", "optimize", "promote")
+    stages: ClassVar[tuple[str, ...]] = ("distill", "compress", "optimize", "promote")
 
     # ------------------------------------------------------------------------------ data
     def prepare_data(

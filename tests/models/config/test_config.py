@@ -176,8 +176,12 @@ def test_a_best_epoch_metric_the_family_does_not_compute_is_refused(tmp_path):
     assert cfg.finetune.train.metric is None
 
 
-def test_sections_a_family_cannot_run_yet_are_refused_before_any_work(tmp_path):
+def test_sections_a_family_cannot_run_yet_are_refused_before_any_work(tmp_path, monkeypatch):
+    from slimflow.models.families.causal_lm.family import CausalLM
+
     p = write(tmp_path, "task: causal-lm\ncompress:\n  steps:\n    - {kind: prune_heads, ratio: 0.3}\n")
+    assert load_config(p).compress is not None  # every stage runs for causal LMs now
+    monkeypatch.setattr(CausalLM, "stages", ("optimize",))  # a family without the stage
     with pytest.raises(ConfigError, match=r"task 'causal-lm' does not support the compress: section yet"):
         load_config(p)
 

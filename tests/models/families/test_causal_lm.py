@@ -237,3 +237,46 @@ def test_an_online_distillation_loss_is_the_kl_to_the_teachers_tokens(tiny_sft) 
         assert float(FAMILY.kd_loss(logits, logits, y, 2.0, 1.0)) == pytest.approx(0.0, abs=1e-6)
         other = logits + torch.randn_like(logits)
         assert float(FAMILY.kd_loss(other, logits, y, 2.0, 1.0)) > 0.01
+
+
+def test_width_pruning_then_online_recovery_and_the_pruned_model_builds_for_genai(
+    tiny_sft, tmp_path: Path
+) -> None:
+    """Minitron's width axis on a tiny model: half the attention heads (whole key/value groups) and
+    half the FFN neurons by gradient importance, then recovery distilled from the teacher online;
+    the pruned model still builds with onnxruntime-genai and reproduces PyTorch."""
+    from slimflow.models.optimize import genai as G
+    from slimflow.models.optimize.predictors import CandidateInfo, load_predictor
+    from slimflow.models.train.compress import compress
+    from slimflow.models.train.config import CompressConfig
+
+    _, teacher, prepared = tiny_sft
+    cfg = CompressConfig.model_validate(
+        {"steps": [{"kind": "prune_heads", "ratio": 0.5}, {"kind": "prune_ffn", "ratio": 0.5}],
+         "calibration_examples": 64,
+         "recovery": {"temperature": 1.0, "alpha": 0.7,
+                      "train": {"epochs": 3, "batch_size": 16, "learning_rate": 5e-3, "max_length": 96,
+                                "early_stopping_patience": None}}}
+    )  # fmt: skip
+    model_dir = teacher.model_dir
+    out = compress(
+        cfg, prepared, model_dir, model_dir, "sha", tmp_path / "c", tmp_path / "cache", progress=False
+    )
+    heads, ffn = out.steps
+    assert (
+        heads["heads_removed"] == heads["heads_total"] // 2
+        and ffn["ffn_width_after"] == ffn["ffn_width_before"] // 2
+    )
+    assert not list((tmp_path / "cache").glob("teacher-logits-*"))  # per-token targets: never stored
+    assert out.test["exact_match"] > out.test_pruned["exact_match"]  # recovery repaired the pruning
+    assert out.test["exact_match"] >= 0.75, out.history
+    from slimflow.models.optimize.predictors import describe
+
+    assert describe(tmp_path / "c").max_new_tokens == describe(teacher.model_dir).max_new_tokens
+    built = G.build(tmp_path / "c", tmp_path / "g", G.GenaiBuildConfig(precision="fp32"), tmp_path / "gc")
+    CandidateInfo("onnxruntime-genai", variant="genai_fp32", source="compressed", task="causal-lm",
+                  max_new_tokens=8).save(built)  # fmt: skip
+    ref, cand = load_predictor(tmp_path / "c", 1), load_predictor(built, 1)
+    ids = [ref.prompt_ids(p) for p in pd.read_parquet(prepared.path("validation"))["prompt"].head(4)]
+    report = G.parity(ref.runner, cand.runner, ids, new_tokens=8, stop=ref.ends)
+    assert report["greedy_token_agreement"] == 1.0 and report["max_abs_logit_diff"] < 1e-3
