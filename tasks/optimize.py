@@ -177,12 +177,13 @@ def build_cascade_candidate(
         K.build_cascade(fast["path"], fallback["path"], tmp, choice, name)
     frame = read_split(data.path("test"))
     test = C.score_on_test(final, frame, _threads())
+    ident = C.identity(final)  # a cascade's "weights" are its parts and threshold: one hash serves both
     return {
         "name": name,
         "path": str(final),
         "file_bytes": fast["file_bytes"] + fallback["file_bytes"],
-        "sha256": C.identity(final),
-        "identity": C.identity(final),
+        "sha256": ident,
+        "identity": ident,
         "cascade": choice.to_dict(),
         "test": {**test, "escalation_rate": K.escalation_rate(final, frame, _threads())},
         "worker": {"host": socket.gethostname(), "pid": os.getpid()},

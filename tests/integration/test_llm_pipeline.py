@@ -147,7 +147,8 @@ def test_generative_champion_is_gated_registered_served_and_answers_chat_over_ht
         assert s["stages"]["distill-student"]["status"] == "completed"
         assert s["stages"]["compress"]["status"] == "completed"  # the student's FFNs pruned, recovered
         dep = s["promotion"]["deployment"]
-        assert dep["smoke"]["requests_ok"] == 4 and dep["smoke"]["chat"]["answer_chars"] >= 0
+        # the smoke test asked a chat completion too (it raises when the answer differs from the model's)
+        assert dep["smoke"]["requests_ok"] == 4 and dep["smoke"]["chat"]["seconds"] > 0
         assert 400 <= dep["smoke"]["chat"]["malformed"] < 500
         review = "Is this movie review fresh or rotten? Answer with one word.\n\nGreat."
         ask = {"messages": [{"role": "user", "content": review}], "max_tokens": 8}
