@@ -117,6 +117,7 @@ def main() -> None:
         time_budget_s=args.time_budget,
         threads=args.threads,
         warmup=20,
+        tune=None,  # each model runs as shipped: a candidate with the settings the pipeline tuned here
     )
     best_info = json.loads((best / "candidate.json").read_text())
     tq = teacher_quantized(summary.get("search", {}).get("candidates", []), args.min_retention)
@@ -135,6 +136,10 @@ def main() -> None:
         name = f"best candidate: {best_info['source']}/{best_info['variant']}"
         models[name] = best
         roles["best"] = name
+        if (best / "runtime.json").exists():  # the tuning lever, measured: the same model untuned
+            name = "  best, ONNX Runtime default settings"
+            models[name] = untuned_copy(best, Path(tmp) / "untuned")
+            roles["best_untuned"] = name
         casc = best_cascade(summary.get("search", {}).get("candidates", []))
         if casc is not None:
             name = f"best cascade: {casc['name'].split('/')[1]}"
@@ -176,12 +181,21 @@ def main() -> None:
         )
         ci = f"[{b1[n]['p50_ci_low_ms']:.2f}, {b1[n]['p50_ci_high_ms']:.2f}]"
         print(f"{'  b1 p50 95% CI':<44} {ci:>21}")
+        for b in (1, 32):
+            label = (b1 if b == 1 else b32)[n].get("session")
+            if label:
+                print(f"    b{b} ran with {label}")
     ratios: dict[str, dict[str, float]] = {}
     for role, name in roles.items():
-        if role in ("best", "cascade", "cascade_fast"):
+        if role in ("best", "cascade", "cascade_fast", "best_untuned"):
             continue
         ratios[f"best_vs_{role}"] = compare_rows(
             rows[name], rows[b_name], b1[name], b1[b_name], b32, name, b_name
+        )
+    if "best_untuned" in roles:
+        u = roles["best_untuned"]
+        ratios["tuned_vs_default_settings"] = compare_rows(
+            rows[u], rows[b_name], b1[u], b1[b_name], b32, u, b_name
         )
     if "teacher_quantized" in roles:
         q = roles["teacher_quantized"]
@@ -225,6 +239,14 @@ def main() -> None:
         out = {"rows": rows, "roles": roles, "ratios": ratios, "goals": goals}
         Path(args.out).write_text(json.dumps(out, indent=2, default=str))
         print(f"written to {args.out}")
+
+
+def untuned_copy(folder: Path, dest: Path) -> Path:
+    """``folder`` without its tuned runtime settings (ONNX Runtime's defaults when loaded)."""
+    import shutil
+
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("runtime.json"))
+    return dest
 
 
 def selected_candidate(summary: dict) -> str | None:

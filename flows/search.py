@@ -257,6 +257,11 @@ def _log(run: PipelineRun, cfg: OptimizeConfig, exports: dict[str, Any], result:
                 "slimflow.best": str(r["name"] == sel["best"]),
                 **({"slimflow.reason": r["reason"]} if r.get("reason") else {}),
                 **({"slimflow.slower_than_fp32": "true"} if r.get("slower_than_reference") else {}),
+                **{  # the ONNX Runtime settings each measured batch ran with (tuned or default)
+                    f"slimflow.session.b{s['batch_size']}_{s['length']}": s["session"]
+                    for s in (r.get("bench") or {}).get("settings", [])
+                    if s.get("session")
+                },
             },
         ).info.run_id
         m: dict[str, float] = {}

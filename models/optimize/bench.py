@@ -186,9 +186,10 @@ def bench_model(
 def _measure(
     path: str | Path, texts: list[str], cfg: BenchConfig, threads: int, cores: list[int], progress: bool
 ) -> dict[str, Any]:
+    tuning = tune_folder(path, texts, cfg, threads) if cfg.tune is not None else {}
     rss0 = _rss_mb()
     t0 = time.perf_counter()
-    predictor = load_predictor(path, threads)
+    predictor = load_predictor(path, threads)  # with the settings just tuned (runtime.json)
     load_s = time.perf_counter() - t0
     settings = []
     combos = [(b, n) for b in cfg.batch_sizes for n in cfg.lengths]
@@ -227,6 +228,7 @@ def _measure(
                 "attempts": attempt,
                 "reliable": not problems,
                 "unreliable_reason": "; ".join(problems),
+                "session": session_label(predictor, b),
             }
         )
         if bar:
@@ -250,7 +252,60 @@ def _measure(
         "hardware": hw,
         "hardware_fingerprint": hardware_fingerprint(hw),
         "settings": settings,
+        "runtime_tuning": tuning,
     }
+
+
+def session_label(predictor: Any, rows: int) -> str:
+    """The ONNX Runtime settings a batch of ``rows`` runs with ("" for other runtimes); a cascade
+    names both parts'."""
+    if hasattr(predictor, "settings_for"):
+        return str(predictor.settings_for(rows).label())
+    parts = [(n, getattr(predictor, n, None)) for n in ("fast", "fallback")]
+    labels = [f"{n}: {session_label(p, rows)}" for n, p in parts if p is not None and session_label(p, rows)]
+    return "; ".join(labels)
+
+
+def tune_folder(path: str | Path, texts: list[str], cfg: BenchConfig, threads: int) -> dict[str, Any]:
+    """Search the ONNX Runtime settings of the model at ``path`` (each part of a cascade) per batch
+    size and save the best beside it (``runtime.json``). Returns, per tuned folder, the choice and
+    every trial; models of other runtimes are left alone (listed with the reason)."""
+    from slimflow.models.optimize.predictors import OrtPredictor, describe
+    from slimflow.models.optimize.runtime_tuning import tune
+    from slimflow.models.optimize.targets import get_target
+
+    assert cfg.tune is not None
+    p = Path(path)
+    folder = p.parent if p.is_file() else p
+    info = describe(p)
+    if info.runtime == "cascade":
+        out: dict[str, Any] = {}
+        for part in ("fast", "fallback"):
+            for k, v in tune_folder(folder / part, texts, cfg, threads).items():
+                out[f"{part}/{k}" if k != "." else part] = v
+        return out
+    if info.runtime != "onnxruntime":
+        return {".": {"tuned": False, "reason": f"{info.runtime} models are not tuned (ONNX Runtime only)"}}
+    model_path = p if p.is_file() else folder / (info.model_file or "model.onnx")
+    from slimflow.models.optimize.predictors import load_tokenizer
+
+    predictor = OrtPredictor(model_path, load_tokenizer(folder, info.runtime), info, threads, tuned=False)
+    names = predictor.input_names
+    sizes = cfg.tune.batch_sizes or cfg.batch_sizes
+    inputs = {b: make_inputs(predictor, texts, b, "data", 20, cfg.seed) for b in sizes}
+    target = get_target(info.target)
+
+    class _Run:
+        def __init__(self, settings: Any) -> None:
+            self.session = target.session(model_path, settings=settings)
+
+        def run(self, x: dict[str, np.ndarray]) -> Any:
+            return self.session.run(None, {k: v for k, v in x.items() if k in names})
+
+    del predictor
+    tuned = tune(_Run, inputs, cfg.tune, threads, hardware_fingerprint(hardware()))
+    tuned.save(folder)
+    return {".": {"tuned": True, "by_batch": tuned.summary(), "trials": tuned.trials}}
 
 
 class CpuWatch:

@@ -44,6 +44,48 @@ class ExportConfig(Strict):
         return v
 
 
+class TuneConfig(Strict):
+    """The runtime settings search of ONNX Runtime candidates (``runtime_tuning.py``)."""
+
+    threads: list[int] | None = Field(
+        None,
+        description="Intra-op thread counts tried; None = 1, 2, 4, ... up to the benchmark's threads. "
+        "Counts above the benchmark's threads are dropped.",
+    )
+    spinning: list[bool] = Field(
+        default_factory=lambda: [True, False],
+        min_length=1,
+        description="Whether idle intra-op threads spin (lower latency, burns CPU) — both are tried.",
+    )
+    graph_levels: list[Literal["basic", "extended", "all"]] = Field(
+        default_factory=lambda: ["all"],
+        min_length=1,
+        description="ONNX Runtime online graph optimisation levels tried (candidates are already "
+        "optimised offline; add 'basic' to measure the difference).",
+    )
+    batch_sizes: list[int] | None = Field(
+        None, description="Batch sizes tuned (each gets its own best setting); None = bench.batch_sizes."
+    )
+    seconds: float = Field(0.6, gt=0, le=60, description="Timing budget per setting and round.")
+    rounds: int = Field(
+        2, ge=1, le=10, description="Interleaved rounds; a setting's figure is its best round."
+    )
+    min_gain: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Keep the default (all threads, spinning on, graph 'all') unless another setting's "
+        "p50 is at least this share faster (0.05 = 5%): differences inside the noise change nothing.",
+    )
+
+    @field_validator("threads", "batch_sizes")
+    @classmethod
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(x < 1 for x in v)):
+            raise ValueError(f"must be a non-empty list of positive integers, got {v}")
+        return v
+
+
 class BenchConfig(Strict):
     batch_sizes: list[int] = Field(
         default_factory=lambda: [1, 32], min_length=1, description="Batch sizes measured."
@@ -74,6 +116,12 @@ class BenchConfig(Strict):
         description="Intra-op threads (ORT and torch); None = every CPU this process may use.",
     )
     pin_cores: bool = Field(True, description="Pin the benchmark process to as many cores as threads.")
+    tune: TuneConfig | None = Field(
+        default_factory=TuneConfig,
+        description="Search ONNX Runtime settings (threads, spinning, graph level) per batch size before "
+        "measuring; the best are saved with the candidate (runtime.json) and used by the benchmark, the "
+        "registry and the server on the same hardware. null = ONNX Runtime's defaults.",
+    )
     isolate: bool = Field(
         True, description="Measure each model in a fresh process (own memory peak, no shared thread pools)."
     )

@@ -10,6 +10,7 @@ torchao tensors are not safetensors-serialisable, so the recipe is stored and ap
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import threading
@@ -25,7 +26,7 @@ from slimflow.models.archs import position_limit
 from slimflow.models.core.modelfiles import config_labels, read_config, read_meta
 from slimflow.models.families import DEFAULT_TASK, TaskFamily, get_family
 from slimflow.models.optimize.quantizers.torch_int8 import quantize_module
-from slimflow.models.optimize.targets import get_target
+from slimflow.models.optimize.targets import SessionSettings, get_target
 
 CANDIDATE_FILE = "candidate.json"
 Batch = dict[str, np.ndarray]
@@ -112,17 +113,50 @@ class Predictor:
 
 
 class OrtPredictor(Predictor):
-    def __init__(self, path: Path, tokenizer: Any, info: CandidateInfo, threads: int | None) -> None:
+    """An ONNX graph on its target. With tuned runtime settings (``runtime.json`` measured on this
+    hardware, see ``runtime_tuning.py``) each batch runs on the session of the setting tuned for
+    its size (sessions made on first use); ``threads`` then caps the tuned thread counts."""
+
+    def __init__(
+        self, path: Path, tokenizer: Any, info: CandidateInfo, threads: int | None, tuned: bool = True
+    ) -> None:
+        from slimflow.models.optimize.runtime_tuning import load_tuned
+
         super().__init__(tokenizer, info, path.stat().st_size, path.parent)
-        self.session = get_target(info.target).session(path, threads)
+        self.path, self.threads = path, threads
+        self.tuned = load_tuned(path.parent) if tuned else None
+        self._sessions: dict[SessionSettings, Any] = {}
+        self._session_lock = threading.Lock()
+        self.session = self.session_for(1)
         self._inputs = {i.name for i in self.session.get_inputs()}
+
+    def settings_for(self, rows: int) -> SessionSettings:
+        if self.tuned is None:
+            return SessionSettings(threads=self.threads or 0)
+        s = self.tuned.for_rows(rows)
+        if self.threads and s.threads > self.threads:
+            s = dataclasses.replace(s, threads=self.threads)
+        return s
+
+    def session_for(self, rows: int) -> Any:
+        s = self.settings_for(rows)
+        sess = self._sessions.get(s)
+        if sess is None:
+            with self._session_lock:
+                sess = self._sessions.get(s)
+                if sess is None:
+                    sess = get_target(self.info.target).session(self.path, settings=s)
+                    self._sessions[s] = sess
+        return sess
 
     @property
     def input_names(self) -> set[str]:
         return self._inputs
 
     def logits(self, batch: Batch) -> np.ndarray:
-        return self.session.run(None, {k: v for k, v in batch.items() if k in self._inputs})[0]
+        rows = len(next(iter(batch.values()))) if batch else 1
+        session = self.session_for(rows) if self.tuned is not None else self.session
+        return session.run(None, {k: v for k, v in batch.items() if k in self._inputs})[0]
 
 
 class TorchPredictor(Predictor):

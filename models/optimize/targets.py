@@ -28,6 +28,25 @@ from slimflow.models.core.plugins import Registry
 
 HOST = "host"  # int8_preset: the CPU of the machine that plans the search (and benchmarks on it)
 
+GraphLevel = Literal["basic", "extended", "all"]
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """How an ONNX Runtime session runs: intra-op threads (0 = ONNX Runtime's default, one per
+    core), whether idle pool threads spin, and the online graph optimisation level. The runtime
+    tuning (``runtime_tuning.py``) measures these per batch size instead of assuming them."""
+
+    threads: int = 0
+    spinning: bool = True
+    graph_level: GraphLevel = "all"
+
+    def label(self) -> str:
+        threads = (
+            f"{self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else "all threads"
+        )
+        return f"{threads}, spinning {'on' if self.spinning else 'off'}, graph {self.graph_level}"
+
 
 @dataclass(frozen=True)
 class Target:
@@ -52,16 +71,27 @@ class Target:
         """(True, "") when the provider runs here, else (False, the reason)."""
         return _probe(self.provider, tuple(sorted(self.provider_options.items())))
 
-    def session(self, model_path: str | Path, threads: int | None = None) -> Any:
-        """An InferenceSession on this target's provider only; raises if the provider was dropped."""
+    def session(
+        self, model_path: str | Path, threads: int | None = None, settings: SessionSettings | None = None
+    ) -> Any:
+        """An InferenceSession on this target's provider only; raises if the provider was dropped.
+        ``settings`` (threads, spinning, graph level) win over ``threads``."""
         import onnxruntime as ort
 
+        settings = settings or SessionSettings(threads=threads or 0)
+        levels = {
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
         so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
+        if settings.threads:
+            so.intra_op_num_threads = settings.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.graph_optimization_level = levels[settings.graph_level]
+        if not settings.spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         sess = ort.InferenceSession(
             str(model_path), so, providers=[(self.provider, dict(self.provider_options))]

@@ -119,6 +119,7 @@ def _bench_line(s: dict[str, Any]) -> str:
         f"- **Latency** batch {s['batch_size']}, {s['length']} tokens: p50 {s['p50_ms']:.2f} ms "
         f"[95% CI {s['p50_ci_low_ms']:.2f}, {s['p50_ci_high_ms']:.2f}], p95 {s['p95_ms']:.2f} ms "
         f"(upper {s['p95_ci_high_ms']:.2f}), {s['throughput_eps']:.0f} examples/s"
+        + (f"; ONNX Runtime {s['session']}" if s.get("session") else "")
     )
 
 

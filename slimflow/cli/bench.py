@@ -47,6 +47,14 @@ def bench(
     new_tokens: Annotated[int, typer.Option(help="Causal LMs: tokens generated per timed generation.")] = 64,
     generations: Annotated[int, typer.Option(help="Causal LMs: timed generations per batch size.")] = 8,
     isolate: Annotated[bool, typer.Option(help="Measure in a fresh process.")] = True,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            help="ONNX models: first search intra-op threads and spinning per batch size, save the best "
+            "beside the model (runtime.json, used on this hardware by later loads and the server) and "
+            "measure with them. Without it, a runtime.json tuned on this hardware is still used."
+        ),
+    ] = False,
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow store for models:/ references (default: $MLFLOW_TRACKING_URI).")
     ] = None,
@@ -56,7 +64,7 @@ def bench(
     """Measure one model's latency and throughput (p50/p90/p95/p99 with 95% CIs, examples/s)."""
     apply_defaults()
     try:
-        from slimflow.models.optimize.config import BenchConfig
+        from slimflow.models.optimize.config import BenchConfig, TuneConfig
 
         cfg = BenchConfig(
             batch_sizes=[int(x) for x in batch_sizes.split(",") if x.strip()],
@@ -67,6 +75,7 @@ def bench(
             time_budget_s=time_budget,
             min_iterations=min(20, iterations),
             isolate=isolate,
+            tune=TuneConfig() if tune else None,
         )
     except ValueError as e:
         from pydantic import ValidationError
@@ -99,6 +108,7 @@ def bench(
     except Exception as e:
         fail(e, debug)
     typer.echo(format_table([(Path(str(path)).name, result)]))
+    _print_tuning(result)
     out.print(
         f"threads {result['threads']} (runtime reports {result['threads_effective']}), "
         f"pinned cores {result['pinned_cores'] or 'none'}, file {result['file_bytes'] / 2**20:.1f} MB, "
@@ -109,6 +119,22 @@ def bench(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
         err.print(f"written to {json_out}")
+
+
+def _print_tuning(result: dict[str, Any]) -> None:
+    """The runtime settings search (``--tune``) and the settings each batch size ran with."""
+    from slimflow.models.optimize.runtime_tuning import SessionSettings, TunedRuntime, format_trials
+
+    for part, t in (result.get("runtime_tuning") or {}).items():
+        where = "" if part == "." else f" ({part})"
+        if not t.get("tuned"):
+            err.print(f"not tuned{where}: {t.get('reason', '')}")
+            continue
+        tuned = TunedRuntime("", 0, {1: SessionSettings()}, t["trials"])
+        typer.echo(f"runtime settings searched{where}:\n{format_trials(tuned)}")
+    for s in result.get("settings", []):
+        if s.get("session"):
+            out.print(f"b{s['batch_size']} {s['length']}: ran with {s['session']}", highlight=False)
 
 
 def _bench_generation(

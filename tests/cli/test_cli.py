@@ -230,6 +230,28 @@ def test_bench_prints_percentiles_and_writes_json(tmp_path, tiny_onnx):
     assert result["isolated"] is True and [s["batch_size"] for s in result["settings"]] == [1, 4]
 
 
+def test_bench_tune_searches_settings_saves_them_and_later_runs_use_them(tmp_path, tiny_onnx):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_onnx, model)
+    texts = tmp_path / "texts.csv"
+    make_reviews(40).to_csv(texts, index=False)
+    args = ["bench", "-m", str(model), "--texts", str(texts), "--text-column", "review", "--batch-sizes",
+            "1,4", "--lengths", "data", "--threads", "1", "--iterations", "10", "--warmup", "2"]  # fmt: skip
+    r = slimflow(*args, "--tune", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "runtime settings searched" in r.stdout and "<- chosen" in r.stdout
+    saved = json.loads((model / "runtime.json").read_text())
+    chosen = {b: s for b, s in saved["by_batch"].items()}
+    assert set(chosen) == {"1", "4"} and all(s["threads"] == 1 for s in chosen.values())
+    spin = "on" if chosen["1"]["spinning"] else "off"
+    assert f"b1 data: ran with 1 thread, spinning {spin}" in r.stdout
+    again = slimflow(*args, cwd=tmp_path)  # no --tune: the saved settings still apply here
+    assert again.returncode == 0 and "runtime settings searched" not in again.stdout
+    assert f"b1 data: ran with 1 thread, spinning {spin}" in again.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

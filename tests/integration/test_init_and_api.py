@@ -24,7 +24,8 @@ TINY = [  # the generated config, scaled down to the tiny 2-layer test model
     "optimize.agreement.min_agreement=0.9",
     "optimize.accuracy_bar.min_retention=0.9",
     "optimize.bench={warmup: 1, iterations: 6, min_iterations: 5, time_budget_s: 1, bootstrap: 100,"
-    " threads: 1, isolate: false, pin_cores: false, batch_sizes: [1], lengths: [data]}",
+    " threads: 1, isolate: false, pin_cores: false, batch_sizes: [1], lengths: [data],"
+    " tune: {seconds: 0.05, rounds: 1}}",
     "promote.gates.min_retention=0.9",
     "promote.deploy=null",
 ]

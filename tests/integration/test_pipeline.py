@@ -58,6 +58,7 @@ def test_real_model_and_data_slice_end_to_end(tmp_path):
                     "threads": 2,
                     "isolate": False,
                     "pin_cores": False,
+                    "tune": {"seconds": 0.1, "rounds": 1},
                 },
             },  # fmt: skip
         }

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 
 BENCH = {"warmup": 1, "iterations": 6, "min_iterations": 5, "time_budget_s": 1, "bootstrap": 100,
          "threads": 1, "isolate": False, "pin_cores": False, "batch_sizes": [1],
-         "lengths": ["data"]}  # fmt: skip
+         "lengths": ["data"],
+         "tune": {"seconds": 0.05, "rounds": 1}}  # fmt: skip
 
 
 def _cfg(tmp_path: Path, data: Path, model: Path, **promote) -> PipelineConfig:

@@ -15,7 +15,8 @@ from tests.conftest import make_reviews
 pytestmark = pytest.mark.integration
 
 BENCH = {"warmup": 2, "iterations": 10, "min_iterations": 5, "time_budget_s": 1, "bootstrap": 200,
-         "threads": 1, "isolate": False, "pin_cores": False}  # fmt: skip
+         "threads": 1, "isolate": False, "pin_cores": False,
+         "tune": {"seconds": 0.05, "rounds": 1}}  # fmt: skip
 
 
 def _cfg(tmp_path: Path, data: Path, model: Path, **optimize) -> PipelineConfig:
@@ -71,6 +72,14 @@ def test_search_builds_checks_measures_and_picks_a_candidate(tmp_path, tiny_mode
             (32, "data"),
             (32, 128),
         }
+        # ONNX candidates: runtime settings searched per batch size, saved with them, measured with
+        if r["runtime"] == "onnxruntime":
+            assert r["bench"]["runtime_tuning"]["."]["tuned"] is True
+            saved = json.loads((Path(r["path"]) / "runtime.json").read_text(encoding="utf-8"))
+            assert set(saved["by_batch"]) == {"1", "32"}
+            assert all(x["session"].startswith("1 thread") for x in st)  # threads: 1 caps every choice
+        else:
+            assert r["bench"]["runtime_tuning"]["."]["tuned"] is False
     int8 = rows["student/ort_int8_dynamic/cpu"]
     assert int8["build"]["agreement"]["agreement"] >= 0.9 and int8["reference"] == "student/onnx_fp32/cpu"
     assert rows["student/onnx_fp32/cpu"]["build"]["parity"]["passed"]
@@ -96,6 +105,8 @@ def test_search_builds_checks_measures_and_picks_a_candidate(tmp_path, tiny_mode
     assert {c.info.run_name for c in cands} == expected
     best_run = next(c for c in cands if c.info.run_name == sel["best"])
     assert best_run.data.tags["slimflow.best"] == "True"
+    onnx_run = next(c for c in cands if c.info.run_name == "student/ort_int8_dynamic/cpu")
+    assert onnx_run.data.tags["slimflow.session.b1_data"].startswith("1 thread, spinning")
     assert {"test_accuracy", "b1_data.p50_ms", "b1_data.p95_ci_high_ms", "b32_128.throughput_eps"} <= set(
         best_run.data.metrics
     )

@@ -14,7 +14,8 @@ from slimflow.models.optimize.targets import TARGETS, _probe, cpu_int8_preset, g
 from tests.conftest import make_reviews
 
 TEXTS = make_reviews(60)["review"].tolist()
-FAST = {"warmup": 2, "iterations": 12, "min_iterations": 5, "time_budget_s": None, "bootstrap": 200}
+FAST = {"warmup": 2, "iterations": 12, "min_iterations": 5, "time_budget_s": None, "bootstrap": 200,
+        "tune": None}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

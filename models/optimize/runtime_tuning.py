@@ -1,0 +1,202 @@
+"""Runtime settings searched, not assumed.
+
+How fast an ONNX model runs depends on session settings as much as on the graph: a tiny model at
+batch 1 is often faster on one intra-op thread (no pool to wake and join) while batch 32 wants every
+core; spinning pool threads cut wake-up latency but burn CPU; the online graph optimisation level
+can matter for graphs not fused offline. ``tune`` measures each combination of ``TuneConfig`` per
+batch size on real test inputs (interleaved rounds, a setting's figure is its best round's p50) and
+keeps ONNX Runtime's default unless another setting is at least ``min_gain`` faster.
+
+The result is saved with the candidate as ``runtime.json`` (with the hardware it was measured on
+and every trial) and applied when the model is loaded — by the benchmark that follows, by the
+registry copy, by the server — **only on the same hardware**; elsewhere the defaults are used and
+the log says why. A predictor keeps one session per distinct setting it needs (usually one; two
+when batch 1 and large batches disagree on threads).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimflow.models.optimize.config import TuneConfig
+from slimflow.models.optimize.targets import SessionSettings
+
+RUNTIME_FILE = "runtime.json"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TunedRuntime:
+    """The best session settings per batch size, measured on ``hardware``."""
+
+    hardware: str
+    thread_budget: int
+    by_batch: dict[int, SessionSettings]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    def for_rows(self, rows: int) -> SessionSettings:
+        """The setting of the smallest tuned batch size that holds ``rows`` (else the largest's)."""
+        sizes = sorted(self.by_batch)
+        for b in sizes:
+            if rows <= b:
+                return self.by_batch[b]
+        return self.by_batch[sizes[-1]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hardware": self.hardware,
+            "thread_budget": self.thread_budget,
+            "by_batch": {str(b): asdict(s) for b, s in sorted(self.by_batch.items())},
+            "trials": self.trials,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TunedRuntime:
+        by_batch = {int(b): SessionSettings(**s) for b, s in d["by_batch"].items()}
+        if not by_batch:
+            raise ValueError("no tuned batch sizes")
+        return cls(str(d["hardware"]), int(d["thread_budget"]), by_batch, list(d.get("trials", [])))
+
+    def save(self, folder: Path) -> Path:
+        path = folder / RUNTIME_FILE
+        tmp = folder / f".{RUNTIME_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+        return path
+
+    def summary(self) -> dict[str, str]:
+        """``{"b1": "1 thread, spinning on, graph all", ...}`` for tables, tags and cards."""
+        return {f"b{b}": s.label() for b, s in sorted(self.by_batch.items())}
+
+
+def load_tuned(folder: Path, hardware: str | None = None) -> TunedRuntime | None:
+    """The tuned settings saved in ``folder`` if they were measured on this hardware; else None
+    (missing, unreadable or from another machine: ONNX Runtime's defaults then, said in the log)."""
+    path = folder / RUNTIME_FILE
+    if not path.is_file():
+        return None
+    try:
+        tuned = TunedRuntime.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s is unreadable (%s): using ONNX Runtime's default settings", path, e)
+        return None
+    if hardware is None:
+        from slimflow.models.core.provenance import hardware_fingerprint
+
+        hardware = hardware_fingerprint()
+    if tuned.hardware != hardware:
+        log.info(
+            "%s was tuned on %r, this is %r: using ONNX Runtime's default settings (run a benchmark "
+            "here to tune for this machine)",
+            path,
+            tuned.hardware,
+            hardware,
+        )
+        return None
+    return tuned
+
+
+def grid(cfg: TuneConfig, budget: int) -> list[SessionSettings]:
+    """Every setting to try, the default (``budget`` threads, spinning on, graph 'all') first."""
+    if cfg.threads is None:
+        counts, t = [], 1
+        while t < budget:
+            counts.append(t)
+            t *= 2
+        counts.append(budget)
+    else:
+        counts = sorted({t for t in cfg.threads if t <= budget}) or [budget]
+    default = SessionSettings(budget, True, "all")
+    out = [default]
+    for t in sorted(set(counts)):
+        for spin in cfg.spinning:
+            for level in cfg.graph_levels:
+                s = SessionSettings(t, spin, level)
+                if s not in out:
+                    out.append(s)
+    return out
+
+
+def tune(
+    make_session: Callable[[SessionSettings], Any],
+    inputs: dict[int, Sequence[dict[str, np.ndarray]]],
+    cfg: TuneConfig,
+    budget: int,
+    hardware: str,
+    clock: Callable[[], float] = time.perf_counter,
+) -> TunedRuntime:
+    """Measure every setting of ``grid`` on ``inputs`` (batch size -> batches) and keep the best
+    per batch size. ``make_session(settings)`` returns an object with ``run(batch)``."""
+    settings = grid(cfg, budget)
+    default = settings[0]
+    best_p50: dict[tuple[int, SessionSettings], float] = {}
+    calls: dict[tuple[int, SessionSettings], int] = {}
+    sessions = {s: make_session(s) for s in settings}  # all alive: rounds interleave settings
+    for session in sessions.values():
+        for batches in inputs.values():
+            for x in batches[:3]:  # warm-up: first runs allocate and prepack
+                session.run(x)
+    for _ in range(cfg.rounds):
+        for s, session in sessions.items():
+            for b, batches in inputs.items():
+                times = _time(session, batches, cfg.seconds, clock)
+                key = (b, s)
+                best_p50[key] = min(best_p50.get(key, float("inf")), float(np.median(times)))
+                calls[key] = calls.get(key, 0) + len(times)
+    sessions.clear()
+    by_batch: dict[int, SessionSettings] = {}
+    trials = []
+    for b in inputs:
+        base = best_p50[(b, default)]
+        fastest = min(settings, key=lambda s: best_p50[(b, s)])
+        gain = 1 - best_p50[(b, fastest)] / base if base > 0 else 0.0
+        chosen = fastest if gain >= cfg.min_gain else default
+        by_batch[b] = chosen
+        for s in settings:
+            trials.append(
+                {
+                    "batch_size": b,
+                    **asdict(s),
+                    "p50_ms": best_p50[(b, s)] * 1e3,
+                    "calls": calls[(b, s)],
+                    "vs_default": best_p50[(b, s)] / base if base > 0 else 1.0,
+                    "chosen": s == chosen,
+                }
+            )
+    return TunedRuntime(hardware, budget, by_batch, trials)
+
+
+def _time(
+    session: Any, batches: Sequence[dict[str, np.ndarray]], seconds: float, clock: Callable[[], float]
+) -> list[float]:
+    times: list[float] = []
+    end = clock() + seconds
+    i = 0
+    while len(times) < 5 or (clock() < end and len(times) < 10_000):
+        x = batches[i % len(batches)]
+        i += 1
+        t = clock()
+        session.run(x)
+        times.append(clock() - t)
+    return times
+
+
+def format_trials(tuned: TunedRuntime) -> str:
+    """A plain-text table of every trial (batch, setting, p50, relative to the default)."""
+    lines = [f"{'batch':>5}  {'setting':<42} {'p50 ms':>9} {'vs default':>10}"]
+    for t in tuned.trials:
+        s = SessionSettings(t["threads"], t["spinning"], t["graph_level"])
+        mark = "  <- chosen" if t["chosen"] else ""
+        lines.append(
+            f"{t['batch_size']:>5}  {s.label():<42} {t['p50_ms']:>9.3f} {t['vs_default']:>9.2f}x{mark}"
+        )
+    return "\n".join(lines)
