@@ -24,6 +24,7 @@ from slimflow.models.optimize.predictors import (
     CANDIDATE_FILE,
     MODEL_LOCK,
     CandidateInfo,
+    OrtPredictor,
     describe,
     load_predictor,
 )
@@ -205,6 +206,13 @@ def build_quantized(
         for f in export_dir.iterdir():  # tokenizer + config
             if f.is_file() and f.suffix != ".onnx":
                 shutil.copy2(f, out / f.name)
+    ref_logits = reference.predict(validation_texts)
+
+    def agreement_of(onnx_file: Path) -> Any:
+        """An ONNX variant scored as the final check scores the candidate (validation rows)."""
+        trial = OrtPredictor(Path(onnx_file), reference.tokenizer, reference.info, threads, tuned=False)
+        return family.agreement(ref_logits, trial.predict(validation_texts), src.labels, agreement_cfg)
+
     ctx = QuantContext(
         onnx_fp32=export_dir / "model.onnx",
         onnx_unfused=export_dir / "unfused" / "model.onnx",
@@ -214,6 +222,7 @@ def build_quantized(
         max_length=src.max_length,
         target=get_target(spec.target).with_preset(spec.int8_preset),
         family=family,
+        agreement=agreement_of if spec.runtime == "onnxruntime" else None,
     )
     try:
         with MODEL_LOCK:
@@ -222,7 +231,6 @@ def build_quantized(
         raise ParityError(f"{spec.name}: {e}") from None
     candidate_info(src, spec, report.recipe or None if spec.runtime == "torch" else None).save(out)
     cand = load_predictor(out, threads)
-    ref_logits = reference.predict(validation_texts)
     got_logits = cand.predict(validation_texts)
     check = family.agreement(ref_logits, got_logits, src.labels, agreement_cfg)
     if not check.passed:

@@ -44,6 +44,9 @@ class QuantContext:
     max_length: int
     target: Any  # slimflow.models.optimize.targets.Target
     family: Any = None  # slimflow.models.families.TaskFamily
+    # scores an ONNX file against the FP32 reference on validation rows (the build's own check:
+    # an AgreementReport); quantizers that search (static INT8's sensitivity pass) use it
+    agreement: Callable[[Any], Any] | None = None
 
 
 @dataclass

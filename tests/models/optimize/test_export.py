@@ -130,6 +130,63 @@ def test_static_int8_calibrates_on_the_configured_number_of_examples(trained, ex
     assert counts["QuantizeLinear"] > 0
 
 
+def test_static_int8_sensitivity_pass_keeps_the_fewest_nodes_fp32_that_meet_the_bar(
+    trained, exported, tmp_path
+):
+    """The bar is set between the fully quantized model's error and FP32's (0): the pass must keep
+    nodes in FP32, the most helpful first, and stop as soon as the bar is met."""
+    import onnx
+
+    from slimflow.models.families.base import AgreementReport
+    from slimflow.models.optimize.predictors import OrtPredictor
+
+    out, _ = exported
+    ref = load_predictor(out, 1)
+    want = ref.predict(TEXTS)
+    scored: list[float] = []
+
+    def error(path: Path) -> float:
+        got = OrtPredictor(Path(path), ref.tokenizer, ref.info, 1, tuned=False).predict(TEXTS)
+        return float(np.abs(got - want).mean())
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    cfg = OrtStaticInt8Config(calibration_examples=24, calibration_batch_size=8, sensitivity=None)
+    apply_quantizer(cfg, ctx(out, trained), plain)
+    bar = error(plain / "model.onnx") / 2
+    assert bar > 0
+
+    def agreement(path: Path) -> AgreementReport:
+        e = error(path)
+        scored.append(e)
+        return AgreementReport(e <= bar, 1 - e, len(TEXTS), {}, {}, f"mean |logit diff| {e:.4f}")
+
+    c = ctx(out, trained)
+    c.agreement = agreement
+    cfg = OrtStaticInt8Config(
+        calibration_examples=24, calibration_batch_size=8, sensitivity={"max_kept_fp32": 100}
+    )
+    rep = apply_quantizer(cfg, c, tmp_path)
+    kept = int(rep.figures["nodes_kept_fp32"])
+    assert kept >= 1 and rep.figures["agreement_after_sensitivity"] > rep.figures["agreement_all_quantized"]
+    assert error(tmp_path / "model.onnx") <= bar  # the saved model is the one that met the bar
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    fp32_matmuls = [n.name for n in graph.node if n.op_type == "MatMul"]
+    assert len(fp32_matmuls) == kept and any("kept in FP32" in n for n in rep.notes)
+    tried = int(rep.figures["nodes_tried_alone"])
+    unfused = onnx.load(str(out / "unfused" / "model.onnx")).graph
+    assert tried == len([n for n in unfused.node if n.op_type == "MatMul"])
+    # the greedy steps stop at the first that passes: every step before the last missed the bar
+    steps = scored[1 + tried :]
+    assert len(steps) == kept and all(e > bar for e in steps[:-1]) and steps[-1] <= bar
+
+    # a model that already meets the bar is left fully quantized
+    c.agreement = lambda path: AgreementReport(True, 1.0, 1, {}, {}, "fine")
+    (tmp_path / "ok").mkdir()
+    rep = apply_quantizer(OrtStaticInt8Config(calibration_examples=24), c, tmp_path / "ok")
+    assert rep.figures["nodes_kept_fp32"] == 0 and rep.figures["agreement_all_quantized"] == 1.0
+
+
 def test_static_int8_refuses_more_calibration_rows_than_exist(trained, exported, tmp_path):
     out, _ = exported
     with pytest.raises(ValueError, match="calibration_examples=500"):
