@@ -37,7 +37,7 @@ class ArchAdapter:
     # LoRA targets when the config names none; None = peft's own default for the model type.
     default_lora_targets: ClassVar[list[str] | None] = None
     # Compression steps that know how to change this architecture.
-    pruning_steps: ClassVar[tuple[str, ...]] = ("prune_heads", "prune_ffn", "prune_magnitude")
+    pruning_steps: ClassVar[tuple[str, ...]] = ("prune_heads", "prune_ffn", "prune_magnitude", "trim_vocab")
     # Positions the embedding table reserves before the first token (RoBERTa-style: 2).
     position_offset: ClassVar[int] = 0
 

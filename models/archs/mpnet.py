@@ -20,7 +20,7 @@ class MPNetAdapter(ArchAdapter):
     model_types = ("mpnet",)
     head_modules: ClassVar[tuple[str, ...]] = ("classifier",)
     default_lora_targets: ClassVar[list[str] | None] = ["q", "v"]  # peft has no default for MPNet
-    pruning_steps: ClassVar[tuple[str, ...]] = ("prune_ffn", "prune_magnitude")
+    pruning_steps: ClassVar[tuple[str, ...]] = ("prune_ffn", "prune_magnitude", "trim_vocab")
 
 
 register_arch(MPNetAdapter())

@@ -31,6 +31,37 @@ def parameter_counts(model: Any) -> dict[str, int]:
     return {"params": total, "params_no_embeddings": total - emb}
 
 
+def _trim_effect(
+    family: Any, model: Any, old_tok: Any, new_tok: Any, test: Any, test_set: Any, before: Any,
+    batch_size: int, pad: int,
+) -> dict[str, float]:  # fmt: skip
+    """On the test split: the share of texts the trimmed vocabulary covers (same tokens, so the same
+    logits), the share whose predicted class is unchanged, the largest logit change on covered texts."""
+    import numpy as np
+
+    after = np.asarray(family.probe_logits(model, test_set, batch_size, pad))
+    before = np.asarray(before)
+    texts = [str(t) for t in test["text"]]
+    old_ids = [e.ids for e in old_tok.backend_tokenizer.encode_batch(texts)]
+    new_ids = [e.ids for e in new_tok.backend_tokenizer.encode_batch(texts)]
+    vocab_old = {i: t for t, i in old_tok.get_vocab().items()}
+    vocab_new = {i: t for t, i in new_tok.get_vocab().items()}
+    covered = np.array(
+        [
+            [vocab_old[i] for i in a] == [vocab_new[i] for i in b]
+            for a, b in zip(old_ids, new_ids, strict=True)
+        ]
+    )
+    diff = np.abs(after - before).max(axis=-1)
+    return {
+        "test_texts_covered": float(covered.mean()) if len(covered) else 1.0,
+        "test_predictions_unchanged": float(np.mean(after.argmax(-1) == before.argmax(-1)))
+        if len(after)
+        else 1.0,
+        "test_max_logit_change_covered": float(diff[covered].max()) if covered.any() else 0.0,
+    }
+
+
 class CompressResult(ModelResult):
     source_dir: str
     steps: list[dict[str, Any]]
@@ -83,13 +114,27 @@ def compress(
     calibration = family.encode(tok, calib_df, data.labels, max_length)
     ctx = StepContext(
         calibration, pad, tc.eval_batch_size, family=family, arch=arch,
-        skip_unsupported=cfg.on_unsupported == "skip",
+        skip_unsupported=cfg.on_unsupported == "skip", tokenizer=tok,
+        texts=[str(t) for t in frames["train"]["text"]] if "text" in frames["train"] else None,
     )  # fmt: skip
     reports = []
     for step in cfg.steps:
+        before_logits = None
+        if step.kind == "trim_vocab":  # predictions before, to show what trimming changed
+            before_logits = family.probe_logits(model, test_set, tc.eval_batch_size, pad)
         rep = apply_step(model, step, ctx)
         if rep.figures.get("skipped"):
             log.warning("compress: %s", "; ".join(rep.notes))
+        if rep.tokenizer is not None:  # new token ids: every encoded split is encoded again
+            old_tok, tok = tok, rep.tokenizer
+            pad = arch.pad_id(tok)
+            test_set = family.encode(tok, frames["test"], data.labels, max_length)
+            ctx.calibration = family.encode(tok, calib_df, data.labels, max_length)
+            ctx.tokenizer, ctx.pad_id = tok, pad
+            if before_logits is not None:
+                effect = _trim_effect(family, model, old_tok, tok, frames["test"], test_set, before_logits,
+                                      tc.eval_batch_size, pad)  # fmt: skip
+                rep.figures.update(effect)
         reports.append({"kind": rep.kind, **rep.figures, "notes": rep.notes})
     test_pruned = family.evaluate(model, test_set, tc.eval_batch_size, pad)
 

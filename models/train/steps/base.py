@@ -51,6 +51,8 @@ class StepContext:
     family: Any = None  # slimflow.models.families.TaskFamily
     arch: Any = None  # slimflow.models.archs.ArchAdapter
     skip_unsupported: bool = False  # a step that does not apply: skipped with its reason, not an error
+    tokenizer: Any = None  # the model's tokenizer (steps that change the vocabulary)
+    texts: list[str] | None = None  # every training text (steps that count tokens)
 
 
 @dataclass
@@ -58,6 +60,7 @@ class StepReport:
     kind: str
     figures: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    tokenizer: Any = None  # a step that changed the vocabulary returns the matching tokenizer
 
 
 StepFn = Callable[[Any, Any, StepContext], StepReport]
