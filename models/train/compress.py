@@ -31,6 +31,15 @@ def parameter_counts(model: Any) -> dict[str, int]:
     return {"params": total, "params_no_embeddings": total - emb}
 
 
+def _train_texts(data: PreparedData) -> list[str] | None:
+    """Every training text (not the recovery's subsample: a vocabulary trimmed to a sample would
+    drop tokens the training data uses)."""
+    from slimflow.models.data.tables import read_split
+
+    train = read_split(data.path("train"))
+    return [str(t) for t in train["text"]] if "text" in train.columns else None
+
+
 def _trim_effect(
     family: Any, model: Any, old_tok: Any, new_tok: Any, test: Any, test_set: Any, before: Any,
     batch_size: int, pad: int,
@@ -115,7 +124,7 @@ def compress(
     ctx = StepContext(
         calibration, pad, tc.eval_batch_size, family=family, arch=arch,
         skip_unsupported=cfg.on_unsupported == "skip", tokenizer=tok,
-        texts=[str(t) for t in frames["train"]["text"]] if "text" in frames["train"] else None,
+        texts=_train_texts(data),
     )  # fmt: skip
     reports = []
     for step in cfg.steps:

@@ -70,6 +70,16 @@ def test_trimming_drops_unused_rows_and_keeps_the_logits_of_covered_texts(traine
     )
     assert res.test["accuracy"] == pytest.approx(teacher.test["accuracy"])
 
+    # the vocabulary counts every training text, not the recovery's subsample
+    cfg = CompressConfig.model_validate(
+        {"steps": [{"kind": "trim_vocab"}],
+         "recovery": {"train": {"epochs": 1, "batch_size": 8, "max_length": 32, "max_train_examples": 20}}}
+    )  # fmt: skip
+    sub = compress(
+        cfg, prepared, teacher.model_dir, teacher.model_dir, "sha", tmp_path / "o2", cache, progress=False
+    )
+    assert sub.steps[0]["train_texts"] == len(pd.read_parquet(prepared.path("train"))) > 20
+
     # an unseen word splits into characters instead of becoming [UNK]
     assert tok.tokenize("zebra") == ["z", "##e", "##b", "##r", "##a"]
     enc = tok("good zebra")
