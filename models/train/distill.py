@@ -13,11 +13,12 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from slimflow.models.archs import adapter_of
@@ -25,9 +26,10 @@ from slimflow.models.core.modelfiles import read_meta
 from slimflow.models.core.results import ModelResult
 from slimflow.models.data.prepare import PreparedData
 from slimflow.models.data.tables import read_split, stratified_sample
+from slimflow.models.data.unlabeled import read_texts, texts_fingerprint, unlabeled_frame
 from slimflow.models.families import TaskFamily, family_of, get_family
 from slimflow.models.train import loop as T
-from slimflow.models.train.config import DistillConfig, TrainConfig
+from slimflow.models.train.config import DistillConfig, TrainConfig, UnlabeledConfig
 from slimflow.models.train.distributed import run_data_parallel
 from slimflow.models.train.students import STUDENTS, StudentContext
 
@@ -98,8 +100,9 @@ class DistillResult(ModelResult):
     train_seconds: float
     teacher_test: dict[str, float]
     history: list[dict[str, float]]
+    unlabeled: dict[str, int] = {}  # extra texts: rows read, dropped (blank, in a split, repeated), used
 
-    nested_metrics = ("test", "validation", "teacher_test")
+    nested_metrics = ("test", "validation", "teacher_test", "unlabeled")
 
     @property
     def retention(self) -> float:
@@ -111,10 +114,11 @@ class DistillResult(ModelResult):
 class TeacherTargets:
     """The teacher's soft targets for the training rows of ``frames``."""
 
-    frames: dict[str, Any]  # split -> DataFrame (train possibly subsampled)
+    frames: dict[str, Any]  # split -> DataFrame (train possibly subsampled, plus unlabeled rows)
     logits: np.ndarray | None  # teacher logits for frames["train"], row-aligned; None: computed online
     cached: bool
     logits_path: str
+    unlabeled: dict[str, int] = field(default_factory=dict)  # rows read / dropped / used
 
 
 def load_frames(data: PreparedData, tc: TrainConfig) -> dict[str, Any]:
@@ -126,23 +130,40 @@ def load_frames(data: PreparedData, tc: TrainConfig) -> dict[str, Any]:
 
 
 def teacher_targets(
-    data: PreparedData, teacher_dir: str | Path, teacher_sha256: str, tc: TrainConfig, cache_dir: str | Path
+    data: PreparedData,
+    teacher_dir: str | Path,
+    teacher_sha256: str,
+    tc: TrainConfig,
+    cache_dir: str | Path,
+    unlabeled: UnlabeledConfig | None = None,
 ) -> tuple[TeacherTargets, torch.nn.Module, Any]:
-    """Teacher logits over the training rows, computed once per (teacher, data, subsample) and cached.
+    """Teacher logits over the training rows (and ``unlabeled`` texts, appended to them with no
+    label), computed once per (teacher, data, subsample, extra texts) and cached.
 
     Returns the targets and the loaded teacher (on the CPU) with its tokenizer.
     """
     device = T.device_for()
     frames = load_frames(data, tc)
+    extra_counts: dict[str, int] = {}
+    extra_key = ""
+    if unlabeled is not None:
+        texts = read_texts(unlabeled.source, unlabeled.text_column, "distill.unlabeled")
+        extra, extra_counts = unlabeled_frame(texts, frames, unlabeled.max_rows, tc.seed)
+        frames["train"] = pd.concat([frames["train"], extra], ignore_index=True)
+        extra_key = f"|unlabeled:{texts_fingerprint(extra)}"
     family = family_of(teacher_dir)
     teacher, t_tok = family.load_trained(teacher_dir)
     t_len = int(read_meta(teacher_dir).get("max_length", tc.max_length))
     amp = T.autocast_dtype(device, tc.mixed_precision)  # the stage's training precision
     key = teacher_logits_key(
-        teacher_sha256, f"{data.split_fingerprint}|{len(frames['train'])}|{tc.seed}|{amp}", t_len
+        teacher_sha256, f"{data.split_fingerprint}|{len(frames['train'])}|{tc.seed}|{amp}{extra_key}", t_len
     )
     t_train = family.encode(t_tok, frames["train"], data.labels, t_len)
     if family.online_soft_targets:  # per-token targets: the teacher runs on every student batch
+        if unlabeled is not None:
+            raise ValueError(
+                f"distill.unlabeled: the {family.name} family distils online, without extra texts"
+            )
         return TeacherTargets(frames, None, False, ""), teacher, t_tok
     teacher = teacher.to(device)
     pad = adapter_of(teacher).pad_id(t_tok)
@@ -152,7 +173,7 @@ def teacher_targets(
         key,
     )
     path = str(logits_path(Path(cache_dir), key))
-    return TeacherTargets(frames, logits, hit, path), teacher.to("cpu"), t_tok
+    return TeacherTargets(frames, logits, hit, path, extra_counts), teacher.to("cpu"), t_tok
 
 
 def teacher_test_metrics(
@@ -331,7 +352,7 @@ def distill(
         return run_data_parallel("distill", args, tc.data_parallel, DistillResult, on_epoch=on_epoch)
     family = get_family(data.task)
     T.set_seed(tc.seed)
-    targets, teacher, t_tok = teacher_targets(data, teacher_dir, teacher_sha256, tc, cache_dir)
+    targets, teacher, t_tok = teacher_targets(data, teacher_dir, teacher_sha256, tc, cache_dir, cfg.unlabeled)
     teacher_test = teacher_test_metrics(teacher, t_tok, teacher_dir, data, tc)
     teacher_params = sum(p.numel() for p in teacher.parameters())
     build = STUDENTS.get(cfg.student.kind)
@@ -390,4 +411,5 @@ def distill(
         test=test_m,
         teacher_test=teacher_test,
         history=[h.to_dict() for h in res.history],
+        unlabeled=targets.unlabeled,
     )

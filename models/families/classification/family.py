@@ -19,6 +19,9 @@ from slimflow.models.families.classification.schema import PredictResponse
 log = logging.getLogger(__name__)
 
 
+UNLABELED = -100  # label id of a row without a label (its loss is the soft-target term only)
+
+
 class SequenceClassification(TaskFamily):
     name = "sequence-classification"
     onnx_task = "text-classification"
@@ -79,10 +82,14 @@ class SequenceClassification(TaskFamily):
     # ------------------------------------------------------------------------- training
     def encode(self, tokenizer: Any, frame: Any, labels: list[str], max_length: int) -> Any:
         """A split's ``text``/``label`` frame; label ids follow the order of ``labels``."""
+        import pandas as pd
+
         from slimflow.models.families.batching import encode
 
         label_id = {lab: i for i, lab in enumerate(labels)}
-        return encode(tokenizer, frame["text"].tolist(), [label_id[x] for x in frame["label"]], max_length)
+        # a row without a label (unlabeled distillation text) gets the ignore index: soft targets only
+        ids = [label_id[x] if isinstance(x, str) or not pd.isna(x) else UNLABELED for x in frame["label"]]
+        return encode(tokenizer, frame["text"].tolist(), ids, max_length)
 
     def loss(self, model: Any, inputs: Any, targets: Any) -> Any:
         return model(**inputs, labels=targets).loss
@@ -130,9 +137,9 @@ class SequenceClassification(TaskFamily):
             reduction="batchmean",
             log_target=True,
         ) * (t * t)
-        if alpha >= 1.0:
-            return soft
-        hard = F.cross_entropy(student_out, targets)
+        if alpha >= 1.0 or not bool((targets != UNLABELED).any()):
+            return soft  # a batch of unlabeled rows only: nothing for the hard-label term
+        hard = F.cross_entropy(student_out, targets, ignore_index=UNLABELED)  # labeled rows only
         return alpha * soft + (1.0 - alpha) * hard
 
     # ---------------------------------------------------------------------- inference
