@@ -136,7 +136,7 @@ def main() -> None:
         name = f"best candidate: {best_info['source']}/{best_info['variant']}"
         models[name] = best
         roles["best"] = name
-        if (best / "runtime.json").exists():  # the tuning lever, measured: the same model untuned
+        if tuned_away_from_default(best):  # the tuning lever, measured: the same model untuned
             name = "  best, ONNX Runtime default settings"
             models[name] = untuned_copy(best, Path(tmp) / "untuned")
             roles["best_untuned"] = name
@@ -239,6 +239,16 @@ def main() -> None:
         out = {"rows": rows, "roles": roles, "ratios": ratios, "goals": goals}
         Path(args.out).write_text(json.dumps(out, indent=2, default=str))
         print(f"written to {args.out}")
+
+
+def tuned_away_from_default(folder: Path) -> bool:
+    """Whether the runtime settings search chose anything but ONNX Runtime's default for ``folder``."""
+    path = folder / "runtime.json"
+    if not path.exists():
+        return False
+    saved = json.loads(path.read_text())
+    default = {"threads": saved["thread_budget"], "spinning": True, "graph_level": "all"}
+    return any(s != default for s in saved["by_batch"].values())
 
 
 def untuned_copy(folder: Path, dest: Path) -> Path:

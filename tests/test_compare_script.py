@@ -94,3 +94,20 @@ def test_the_most_accurate_measured_cascade_is_compared(compare):
             {**row("teacher", "ort_int8_dynamic", 0.99, 1.0), "runtime": "onnxruntime"}]  # fmt: skip
     assert compare.best_cascade(rows)["name"] == "c"
     assert compare.best_cascade(rows[-2:]) is None
+
+
+def test_the_untuned_row_is_measured_only_when_tuning_chose_other_settings(compare, tmp_path):
+    import json
+
+    model = tmp_path / "model"
+    model.mkdir()
+    assert not compare.tuned_away_from_default(model)  # no runtime.json
+    default = {"threads": 2, "spinning": True, "graph_level": "all"}
+    saved = {"hardware": "h", "thread_budget": 2, "by_batch": {"1": default, "32": default}, "trials": []}
+    (model / "runtime.json").write_text(json.dumps(saved))
+    assert not compare.tuned_away_from_default(model)
+    saved["by_batch"]["1"] = {**default, "threads": 1}
+    (model / "runtime.json").write_text(json.dumps(saved))
+    assert compare.tuned_away_from_default(model)
+    copy = compare.untuned_copy(model, tmp_path / "copy")
+    assert not (copy / "runtime.json").exists()

@@ -66,9 +66,9 @@ class TuneConfig(Strict):
     batch_sizes: list[int] | None = Field(
         None, description="Batch sizes tuned (each gets its own best setting); None = bench.batch_sizes."
     )
-    seconds: float = Field(0.6, gt=0, le=60, description="Timing budget per setting and round.")
+    seconds: float = Field(0.5, gt=0, le=60, description="Timing budget per setting and round.")
     rounds: int = Field(
-        2, ge=1, le=10, description="Interleaved rounds; a setting's figure is its best round."
+        1, ge=1, le=10, description="Interleaved rounds; a setting's figure is its best round."
     )
     min_gain: float = Field(
         0.05,

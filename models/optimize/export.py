@@ -134,11 +134,13 @@ def export_onnx(
 
     Raises ParityError if the exported graph does not match PyTorch within ``cfg.atol``.
     """
-    from optimum.exporters.onnx import main_export
-
     family = family_of(model_dir)
     out_dir = Path(out_dir)
     with MODEL_LOCK:  # torch.onnx export and model loading are not thread-safe
+        # imported under the lock too: optimum's lazy modules are not thread-safe on first import
+        # (two exports starting together failed with "cannot import name 'main_export'")
+        from optimum.exporters.onnx import main_export
+
         t0 = time.perf_counter()
         plain_dir = out_dir / "unfused"
         with _quiet_export():
