@@ -130,6 +130,15 @@ def _print_tuning(result: dict[str, Any]) -> None:
         if not t.get("tuned"):
             err.print(f"not tuned{where}: {t.get('reason', '')}")
             continue
+        if "cascade" in t.get("by_batch", {}):  # the two parts' spinning, timed together
+            typer.echo("cascade parts' spinning searched together:")
+            for trial in t["trials"]:
+                figures = ", ".join(
+                    f"{k[:-7]} p50 {v:.3f} ms" for k, v in trial.items() if k.endswith("_p50_ms")
+                )
+                mark = "  <- chosen" if trial["chosen"] else ""
+                typer.echo(f"  {trial['spinning']:<48} {figures} ({trial['vs_own']:.2f}x){mark}")
+            continue
         tuned = TunedRuntime("", 0, {1: SessionSettings()}, t["trials"])
         typer.echo(f"runtime settings searched{where}:\n{format_trials(tuned)}")
     for s in result.get("settings", []):

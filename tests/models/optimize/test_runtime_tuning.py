@@ -161,3 +161,35 @@ def test_models_of_other_runtimes_are_not_tuned_and_say_why(onnx_candidate):  # 
     why = r["runtime_tuning"]["."]
     assert why["tuned"] is False and "ONNX Runtime only" in why["reason"]
     assert not (torch_dir / RUNTIME_FILE).exists() and r["settings"][0]["session"] == ""
+
+
+def test_a_cascades_parts_spinning_is_searched_together(onnx_candidate, tmp_path):  # noqa: F811
+    from slimflow.models.optimize.bench import bench_model, setting
+    from slimflow.models.optimize.cascade import ThresholdChoice, build_cascade
+
+    onnx_dir = onnx_candidate[0]
+    folder = build_cascade(
+        onnx_dir, onnx_dir, tmp_path / "c", ThresholdChoice(0.9, "max_prob", 0, 0, 0, 0, 0, 0)
+    )
+    cfg = BenchConfig(
+        batch_sizes=[1, 4], lengths=["data"], threads=2, pin_cores=False, isolate=False,
+        tune=TuneConfig(seconds=0.05, threads=[2]), **TIMING,
+    )  # fmt: skip
+    r = bench_model(folder, TEXTS, cfg)
+    tuning = r["runtime_tuning"]
+    assert tuning["fast"]["tuned"] and tuning["fallback"]["tuned"]  # each part alone first
+    together = tuning["."]
+    assert together["tuned"] and len(together["trials"]) == 5  # the parts' own + 4 spinning pairs
+    chosen = [t for t in together["trials"] if t["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["spinning"] == together["by_batch"]["cascade"]
+    assert all(t["b1_p50_ms"] > 0 and t["b4_p50_ms"] > 0 for t in together["trials"])
+    saved = {p: load_tuned(folder / p) for p in ("fast", "fallback")}
+    label = setting(r, 1)["session"]
+    for p, t in saved.items():  # what is saved is what the benchmark ran with
+        assert f"{p}: {t.for_rows(1).label()}" in label
+    if chosen[0]["spinning"] != "each part's own":
+        fast_on = chosen[0]["spinning"].startswith("fast spinning on")
+        fb_on = chosen[0]["spinning"].endswith("fallback spinning on")
+        assert (
+            saved["fast"].for_rows(1).spinning is fast_on and saved["fallback"].for_rows(1).spinning is fb_on
+        )
