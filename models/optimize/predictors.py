@@ -115,7 +115,7 @@ class Predictor:
 class OrtPredictor(Predictor):
     """An ONNX graph on its target. With tuned runtime settings (``runtime.json`` measured on this
     hardware, see ``runtime_tuning.py``) each batch runs on the session of the setting tuned for
-    its size (sessions made on first use); ``threads`` then caps the tuned thread counts."""
+    its size (all made at load); ``threads`` then caps the tuned thread counts."""
 
     def __init__(
         self, path: Path, tokenizer: Any, info: CandidateInfo, threads: int | None, tuned: bool = True
@@ -128,6 +128,8 @@ class OrtPredictor(Predictor):
         self._sessions: dict[SessionSettings, Any] = {}
         self._session_lock = threading.Lock()
         self.session = self.session_for(1)
+        for b in self.tuned.by_batch if self.tuned is not None else ():
+            self.session_for(b)  # every session now: a server's first large batch does not pay for one
         self._inputs = {i.name for i in self.session.get_inputs()}
 
     def settings_for(self, rows: int) -> SessionSettings:

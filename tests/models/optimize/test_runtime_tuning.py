@@ -127,6 +127,7 @@ def test_a_tuned_candidate_runs_each_batch_size_with_its_setting_and_the_same_ou
         hardware_fingerprint(), 2, {1: SessionSettings(1, False, "basic"), 8: SessionSettings(2, True)}, []
     ).save(folder)
     p = load_predictor(folder, 2)
+    assert len(p._sessions) == 2  # both sessions made at load, before any batch
     assert p.settings_for(1) == SessionSettings(1, False, "basic") and p.settings_for(8).threads == 2
     assert p.session_for(1).get_session_options().intra_op_num_threads == 1  # read back from ORT
     assert p.session_for(8).get_session_options().intra_op_num_threads == 2
