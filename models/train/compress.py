@@ -129,7 +129,7 @@ def compress(
     reports = []
     for step in cfg.steps:
         before_logits = None
-        if step.kind == "trim_vocab":  # predictions before, to show what trimming changed
+        if type(step).changes_vocabulary:  # predictions before, to show what the new vocabulary changed
             before_logits = family.probe_logits(model, test_set, tc.eval_batch_size, pad)
         rep = apply_step(model, step, ctx)
         if rep.figures.get("skipped"):

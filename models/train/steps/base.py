@@ -23,6 +23,9 @@ class StepConfig(PluginConfig):
     # The architectures a step is written for (e.g. one that needs key/value groups: ("llama",)).
     # None: any architecture whose adapter lists the step in ``pruning_steps`` (the built-in ones).
     archs: ClassVar[tuple[str, ...] | None] = None
+    # A step that renumbers the vocabulary (its report carries the new tokenizer): the stage
+    # records test predictions before it, to report what the change altered.
+    changes_vocabulary: ClassVar[bool] = False
 
 
 def unsupported_reason(cfg: StepConfig, arch: Any) -> str | None:

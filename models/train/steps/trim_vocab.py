@@ -17,7 +17,7 @@ rank, not by vocabulary membership, and are refused.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -26,6 +26,7 @@ from slimflow.models.train.steps.base import StepConfig, StepContext, StepReport
 
 class TrimVocabConfig(StepConfig):
     kind: Literal["trim_vocab"] = "trim_vocab"
+    changes_vocabulary: ClassVar[bool] = True
     min_count: int = Field(
         1, ge=1, le=1_000_000, description="Keep tokens used at least this many times in the training texts."
     )
