@@ -101,21 +101,43 @@ def _paused_run(stack, name: str, timeout_s: float = 600) -> dict:
     pytest.fail(f"no paused flow run named like {name!r} after {timeout_s} s")
 
 
-def _open_resume_form(driver) -> None:
-    """The run page's action menu ('Open menu') holds 'Resume' while the run is paused."""
-    from selenium.webdriver.common.by import By
+def _open_resume_form(driver, timeout_s: float = WAIT_S) -> None:
+    """The run page's action menu ('Open menu') holds 'Resume' while the run is paused.
 
-    for button in driver.find_elements(By.CSS_SELECTOR, "button[aria-haspopup=menu]"):
-        button.click()
-        items = _wait(
-            driver, lambda d: d.find_elements(By.CSS_SELECTOR, "[role=menuitem]"), "the action menu"
-        )
-        resume = [i for i in items if i.text.strip() == "Resume"]
-        if resume:
-            resume[0].click()
-            return
-        button.send_keys("\ue00c")  # Escape: close this menu, try the next
-    pytest.fail("no 'Resume' action on the paused run's page")
+    The page has several menu buttons, some hidden or still rendering; each visible one is opened in
+    turn and closed with Escape (sent to the page, not to the button, which an open menu covers) until
+    one holds 'Resume'. Rendering races are retried until the timeout."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def visible_items(d):
+        return [i for i in d.find_elements(By.CSS_SELECTOR, "[role=menuitem]") if i.is_displayed()]
+
+    seen: list[str] = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        for button in driver.find_elements(By.CSS_SELECTOR, "button[aria-haspopup=menu]"):
+            try:
+                if not button.is_displayed():
+                    continue
+                driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+                button.click()
+                items = WebDriverWait(driver, 10, poll_frequency=0.3).until(visible_items)
+                labels = [i.text.strip() for i in items]
+                seen.append("/".join(labels))
+                resume = [i for i in items if i.text.strip() == "Resume"]
+                if resume:
+                    resume[0].click()
+                    return
+            except WebDriverException as e:  # detached, covered or menu-less while re-rendering; timeouts
+                seen.append(type(e).__name__)
+            ActionChains(driver).send_keys(Keys.ESCAPE).perform()
+            time.sleep(0.3)
+        time.sleep(1)
+    pytest.fail(f"no 'Resume' action on the paused run's page; menus seen: {seen[-12:]}")
 
 
 def test_a_reviewer_approves_in_the_prefect_ui_and_sees_the_card_in_mlflow(
