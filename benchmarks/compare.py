@@ -247,8 +247,13 @@ def tuned_away_from_default(folder: Path) -> bool:
     if not path.exists():
         return False
     saved = json.loads(path.read_text())
-    default = {"threads": saved["thread_budget"], "spinning": True, "graph_level": "all"}
-    return any(s != default for s in saved["by_batch"].values())
+    default = {
+        "threads": saved["thread_budget"],
+        "spinning": True,
+        "graph_level": "all",
+        "disabled_fusions": [],
+    }
+    return any({"disabled_fusions": [], **s} != default for s in saved["by_batch"].values())
 
 
 def untuned_copy(folder: Path, dest: Path) -> Path:

@@ -109,5 +109,11 @@ def test_the_untuned_row_is_measured_only_when_tuning_chose_other_settings(compa
     saved["by_batch"]["1"] = {**default, "threads": 1}
     (model / "runtime.json").write_text(json.dumps(saved))
     assert compare.tuned_away_from_default(model)
+    saved["by_batch"]["1"] = {**default, "disabled_fusions": ["SkipLayerNormFusion"]}
+    (model / "runtime.json").write_text(json.dumps(saved))
+    assert compare.tuned_away_from_default(model)
+    saved["by_batch"]["1"] = {**default, "disabled_fusions": []}  # written since the field exists
+    (model / "runtime.json").write_text(json.dumps(saved))
+    assert not compare.tuned_away_from_default(model)
     copy = compare.untuned_copy(model, tmp_path / "copy")
     assert not (copy / "runtime.json").exists()

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from slimflow.models.config.base import Strict, plugin_field
 from slimflow.models.families.base import AgreementConfig
 from slimflow.models.optimize.quantizers import QUANTIZERS
-from slimflow.models.optimize.targets import TARGETS
+from slimflow.models.optimize.targets import TARGETS, Fusion
 
 QuantizerField = plugin_field(QUANTIZERS)
 
@@ -18,6 +18,13 @@ class ExportConfig(Strict):
     opset: int = Field(17, ge=14, le=23, description="ONNX opset of the export.")
     optimize: bool = Field(
         True, description="Run ONNX Runtime's transformer optimizer (Attention/LayerNorm/GELU fusions)."
+    )
+    skip_layer_norm: Literal["runtime", "graph"] = Field(
+        "runtime",
+        description="Where Add + LayerNormalization become SkipLayerNormalization: 'graph' fuses them "
+        "in the saved file (ONNX Runtime's transformer optimizer default); 'runtime' leaves them to "
+        "the session, which fuses them unless the runtime settings search (bench.tune) measured the "
+        "unfused graph faster on this hardware.",
     )
     optimization_level: Literal[0, 1, 2, 99] = Field(
         2,
@@ -62,6 +69,14 @@ class TuneConfig(Strict):
         min_length=1,
         description="ONNX Runtime online graph optimisation levels tried (candidates are already "
         "optimised offline; add 'basic' to measure the difference).",
+    )
+    disabled_fusions: list[list[Fusion]] = Field(
+        default_factory=lambda: [[], ["SkipLayerNormFusion"]],
+        min_length=1,
+        description="Sets of ONNX Runtime online fusions turned off, each tried ([] = all on). The "
+        "export leaves Add + LayerNormalization unfused (export.skip_layer_norm: runtime), so "
+        "'SkipLayerNormFusion' decides whether the session fuses them: the fused kernel was slower "
+        "on an Intel Xeon (onnxruntime 1.32).",
     )
     batch_sizes: list[int] | None = Field(
         None, description="Batch sizes tuned (each gets its own best setting); None = bench.batch_sizes."

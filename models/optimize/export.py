@@ -159,7 +159,10 @@ def export_onnx(
         fused_ops: dict[str, int] = {}
         final = out_dir / "model.onnx"
         if cfg.optimize:
-            fused_ops = _fuse(plain, final, Path(model_dir), cfg.optimization_level, target.device == "gpu")
+            fused_ops = _fuse(
+                plain, final, Path(model_dir), cfg.optimization_level, target.device == "gpu",
+                skip_layer_norm=cfg.skip_layer_norm == "graph",
+            )  # fmt: skip
         else:
             final.write_bytes(plain.read_bytes())
         for f in plain_dir.iterdir():  # tokenizer + config next to the candidate graph
@@ -198,7 +201,12 @@ def export_onnx(
         )
 
 
-def _fuse(src: Path, dst: Path, model_dir: Path, level: int, gpu: bool) -> dict[str, int]:
+def _fuse(
+    src: Path, dst: Path, model_dir: Path, level: int, gpu: bool, skip_layer_norm: bool = True
+) -> dict[str, int]:
+    """ONNX Runtime's transformer fusions; without ``skip_layer_norm`` Add + LayerNormalization stay
+    apart in the file (the session fuses them unless its settings turn SkipLayerNormFusion off)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
     from optimum.onnxruntime.utils import ORTConfigManager
 
@@ -210,10 +218,14 @@ def _fuse(src: Path, dst: Path, model_dir: Path, level: int, gpu: bool) -> dict[
             f"ONNX Runtime has no transformer fusions for model type {model_type!r}; "
             "set optimize.export.optimize: false"
         ) from None
+    options = FusionOptions(ort_type)
+    if not skip_layer_norm:
+        options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False
     with quiet_logs():  # one warning per layer whose width differs from the config (pruned heads)
         opt = optimize_model(
-            str(src), model_type=ort_type, num_heads=0, hidden_size=0, opt_level=level, use_gpu=gpu
-        )
+            str(src), model_type=ort_type, num_heads=0, hidden_size=0, opt_level=level, use_gpu=gpu,
+            optimization_options=options,
+        )  # fmt: skip
     opt.save_model_to_file(str(dst))
     return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
 

@@ -3,7 +3,11 @@
 How fast an ONNX model runs depends on session settings as much as on the graph: a tiny model at
 batch 1 is often faster on one intra-op thread (no pool to wake and join) while batch 32 wants every
 core; spinning pool threads cut wake-up latency but burn CPU; the online graph optimisation level
-can matter for graphs not fused offline. ``tune`` measures each combination of ``TuneConfig`` per
+can matter for graphs not fused offline; and some of ONNX Runtime's own online fusions make a graph
+slower on some CPUs (onnxruntime 1.32's SkipLayerNormalization kernel took ~50 us for a 28 x 384
+input on an Intel Xeon where Add + LayerNormalization took ~10 us), so the export leaves Add +
+LayerNormalization unfused in the file and ``disabled_fusions`` decides, per batch size, whether the
+session fuses them. ``tune`` measures each combination of ``TuneConfig`` per
 batch size on real test inputs (interleaved rounds, a setting's figure is its best round's p50) and
 keeps ONNX Runtime's default unless another setting is at least ``min_gain`` faster.
 
@@ -120,9 +124,10 @@ def grid(cfg: TuneConfig, budget: int) -> list[SessionSettings]:
     for t in sorted(set(counts)):
         for spin in cfg.spinning:
             for level in cfg.graph_levels:
-                s = SessionSettings(t, spin, level)
-                if s not in out:
-                    out.append(s)
+                for off in cfg.disabled_fusions:
+                    s = SessionSettings(t, spin, level, tuple(off))
+                    if s not in out:
+                        out.append(s)
     return out
 
 
@@ -192,11 +197,11 @@ def _time(
 
 def format_trials(tuned: TunedRuntime) -> str:
     """A plain-text table of every trial (batch, setting, p50, relative to the default)."""
-    lines = [f"{'batch':>5}  {'setting':<42} {'p50 ms':>9} {'vs default':>10}"]
+    lines = [f"{'batch':>5}  {'setting':<70} {'p50 ms':>9} {'vs default':>10}"]
     for t in tuned.trials:
-        s = SessionSettings(t["threads"], t["spinning"], t["graph_level"])
+        s = SessionSettings(t["threads"], t["spinning"], t["graph_level"], t.get("disabled_fusions", ()))
         mark = "  <- chosen" if t["chosen"] else ""
         lines.append(
-            f"{t['batch_size']:>5}  {s.label():<42} {t['p50_ms']:>9.3f} {t['vs_default']:>9.2f}x{mark}"
+            f"{t['batch_size']:>5}  {s.label():<70} {t['p50_ms']:>9.3f} {t['vs_default']:>9.2f}x{mark}"
         )
     return "\n".join(lines)

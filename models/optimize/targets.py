@@ -29,23 +29,35 @@ from slimflow.models.core.plugins import Registry
 HOST = "host"  # int8_preset: the CPU of the machine that plans the search (and benchmarks on it)
 
 GraphLevel = Literal["basic", "extended", "all"]
+# ONNX Runtime's online graph fusions a runtime setting may turn off (``disabled_optimizers``): the
+# transformer fusions whose fused kernel is not always the faster one on a CPU.
+Fusion = Literal[
+    "SkipLayerNormFusion", "BiasGeluFusion", "GeluFusion", "LayerNormFusion", "AttentionFusion",
+    "EmbedLayerNormFusion", "MatMulIntegerToFloatFusion", "DynamicQuantizeMatMulFusion",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
 class SessionSettings:
     """How an ONNX Runtime session runs: intra-op threads (0 = ONNX Runtime's default, one per
-    core), whether idle pool threads spin, and the online graph optimisation level. The runtime
-    tuning (``runtime_tuning.py``) measures these per batch size instead of assuming them."""
+    core), whether idle pool threads spin, the online graph optimisation level and which of its
+    fusions are turned off. The runtime tuning (``runtime_tuning.py``) measures these per batch
+    size instead of assuming them."""
 
     threads: int = 0
     spinning: bool = True
     graph_level: GraphLevel = "all"
+    disabled_fusions: tuple[Fusion, ...] = ()
+
+    def __post_init__(self) -> None:  # read back from JSON as a list; a tuple keeps it hashable
+        object.__setattr__(self, "disabled_fusions", tuple(sorted(set(self.disabled_fusions))))
 
     def label(self) -> str:
         threads = (
             f"{self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else "all threads"
         )
-        return f"{threads}, spinning {'on' if self.spinning else 'off'}, graph {self.graph_level}"
+        out = f"{threads}, spinning {'on' if self.spinning else 'off'}, graph {self.graph_level}"
+        return out + (f", without {'+'.join(self.disabled_fusions)}" if self.disabled_fusions else "")
 
 
 @dataclass(frozen=True)
@@ -72,10 +84,16 @@ class Target:
         return _probe(self.provider, tuple(sorted(self.provider_options.items())))
 
     def session(
-        self, model_path: str | Path, threads: int | None = None, settings: SessionSettings | None = None
+        self,
+        model_path: str | Path,
+        threads: int | None = None,
+        settings: SessionSettings | None = None,
+        save_optimized: str | Path | None = None,
     ) -> Any:
         """An InferenceSession on this target's provider only; raises if the provider was dropped.
-        ``settings`` (threads, spinning, graph level) win over ``threads``."""
+        ``settings`` (threads, spinning, graph level, disabled fusions) win over ``threads``;
+        ``save_optimized``: where ONNX Runtime writes the graph it really runs (after its online
+        optimisations), to inspect."""
         import onnxruntime as ort
 
         settings = settings or SessionSettings(threads=threads or 0)
@@ -93,8 +111,11 @@ class Target:
         if not settings.spinning:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
+        if save_optimized is not None:
+            so.optimized_model_filepath = str(save_optimized)
+        extra = {"disabled_optimizers": list(settings.disabled_fusions)} if settings.disabled_fusions else {}
         sess = ort.InferenceSession(
-            str(model_path), so, providers=[(self.provider, dict(self.provider_options))]
+            str(model_path), so, providers=[(self.provider, dict(self.provider_options))], **extra
         )
         if sess.get_providers()[0] != self.provider:
             raise RuntimeError(

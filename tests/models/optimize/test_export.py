@@ -68,11 +68,35 @@ def test_export_matches_pytorch_at_every_shape_and_keeps_dynamic_axes(trained, e
     # tiny model has 64 positions: the 128-token shape is capped to 64, never silently skipped
     assert shapes == {(b, n) for b in (1, 8, 32) for n in (8, 64)}
     assert all(s["max_abs_diff"] <= 1e-4 for s in res.parity["shapes"])
-    assert res.fused_ops.get("Attention") == 2 and res.fused_ops.get("SkipLayerNormalization")
+    assert res.fused_ops.get("Attention") == 2 and not res.fused_ops.get("SkipLayerNormalization")
     # an unseen batch size and length still run (no axis fixed at trace time), same outputs
     ref, onnx_model = load_predictor(trained, 1), load_predictor(out, 1)
     batch = ref.encode(TEXTS[:5], length=17)
     np.testing.assert_allclose(onnx_model.logits(batch), ref.logits(batch), atol=1e-4)
+
+
+def test_skip_layer_norm_is_fused_by_the_session_unless_its_settings_turn_the_fusion_off(
+    trained, exported, tmp_path
+):
+    from slimflow.models.optimize.targets import SessionSettings
+
+    out, _ = exported
+    assert ops(out / "model.onnx")["SkipLayerNormalization"] == 0  # left to the runtime (the default)
+    assert ops(out / "model.onnx")["LayerNormalization"] >= 4
+    cpu = get_target("cpu")
+    fused, unfused = tmp_path / "fused.onnx", tmp_path / "unfused.onnx"
+    on = cpu.session(out / "model.onnx", settings=SessionSettings(1), save_optimized=fused)
+    off_settings = SessionSettings(1, disabled_fusions=("SkipLayerNormFusion",))
+    off = cpu.session(out / "model.onnx", settings=off_settings, save_optimized=unfused)
+    assert ops(fused)["SkipLayerNormalization"] >= 4  # what ONNX Runtime really runs by default
+    assert ops(unfused)["SkipLayerNormalization"] == 0 and ops(unfused)["LayerNormalization"] >= 4
+    batch = load_predictor(out, 1).encode(TEXTS[:8], length=24)
+    feed = {k: v for k, v in batch.items() if k in {i.name for i in on.get_inputs()}}
+    np.testing.assert_allclose(off.run(None, feed)[0], on.run(None, feed)[0], atol=1e-5)
+
+    graph = tmp_path / "graph"  # skip_layer_norm: graph fuses them in the saved file
+    res = export_onnx(trained, graph, ExportConfig(skip_layer_norm="graph"), cpu, TEXTS[:8], threads=1)
+    assert res.fused_ops.get("SkipLayerNormalization") and ops(graph / "model.onnx")["SkipLayerNormalization"]
 
 
 def test_parity_failure_names_the_worst_shape(trained):

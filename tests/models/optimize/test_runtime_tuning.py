@@ -28,7 +28,8 @@ def test_grid_tries_the_default_first_and_never_more_threads_than_the_budget():
     g = grid(TuneConfig(), budget=6)
     assert g[0] == SessionSettings(6, True, "all")  # ONNX Runtime's default on 6 cores
     assert sorted({s.threads for s in g}) == [1, 2, 4, 6]
-    assert {s.spinning for s in g} == {True, False} and len(g) == len(set(g)) == 8
+    assert {s.spinning for s in g} == {True, False} and len(g) == len(set(g)) == 16
+    assert {s.disabled_fusions for s in g} == {(), ("SkipLayerNormFusion",)}
     g = grid(TuneConfig(threads=[1, 3, 64], spinning=[True], graph_levels=["all", "basic"]), budget=4)
     assert g[0] == SessionSettings(4, True, "all")
     assert {s.threads for s in g} == {1, 3, 4}  # 64 > budget dropped; the default stays
@@ -107,6 +108,18 @@ def test_saved_settings_apply_only_on_the_hardware_they_were_measured_on(tmp_pat
         TunedRuntime.from_dict({"hardware": "x", "thread_budget": 1, "by_batch": {}})
 
 
+def test_disabled_fusions_survive_the_file_and_older_files_read_as_none_disabled(tmp_path):
+    off = SessionSettings(2, True, "all", ("SkipLayerNormFusion",))
+    TunedRuntime("cpu A x2", 2, {1: off}, []).save(tmp_path)
+    back = load_tuned(tmp_path, "cpu A x2").by_batch[1]
+    assert back == off and hash(back) == hash(off)  # JSON list -> tuple: still a dict key
+    assert "without SkipLayerNormFusion" in back.label()
+    old = {"hardware": "cpu A x2", "thread_budget": 2, "by_batch": {"1": {"threads": 1, "spinning": True,
+           "graph_level": "all"}}}  # fmt: skip
+    (tmp_path / RUNTIME_FILE).write_text(json.dumps(old), encoding="utf-8")
+    assert load_tuned(tmp_path, "cpu A x2").by_batch[1] == SessionSettings(1, True, "all", ())
+
+
 def test_a_tuned_candidate_runs_each_batch_size_with_its_setting_and_the_same_outputs(
     onnx_candidate,  # noqa: F811
     tmp_path,
@@ -144,7 +157,7 @@ def test_a_tuned_candidate_runs_each_batch_size_with_its_setting_and_the_same_ou
     r = bench_model(folder, TEXTS, cfg)
     saved = json.loads((folder / RUNTIME_FILE).read_text(encoding="utf-8"))
     assert saved["hardware"] == hardware_fingerprint() and set(saved["by_batch"]) == {"1", "4"}
-    assert r["runtime_tuning"]["."]["tuned"] is True and len(r["runtime_tuning"]["."]["trials"]) == 2 * 4
+    assert r["runtime_tuning"]["."]["tuned"] is True and len(r["runtime_tuning"]["."]["trials"]) == 2 * 8
     tuned = load_tuned(folder)
     for b in (1, 4):
         assert setting(r, b)["session"] == tuned.by_batch[b].label()
