@@ -252,8 +252,12 @@ def tuned_away_from_default(folder: Path) -> bool:
         "spinning": True,
         "graph_level": "all",
         "disabled_fusions": [],
+        "denormal_as_zero": False,
     }
-    return any({"disabled_fusions": [], **s} != default for s in saved["by_batch"].values())
+    return any(
+        {"disabled_fusions": [], "denormal_as_zero": False, **s} != default
+        for s in saved["by_batch"].values()
+    )
 
 
 def untuned_copy(folder: Path, dest: Path) -> Path:

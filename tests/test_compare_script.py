@@ -112,7 +112,10 @@ def test_the_untuned_row_is_measured_only_when_tuning_chose_other_settings(compa
     saved["by_batch"]["1"] = {**default, "disabled_fusions": ["SkipLayerNormFusion"]}
     (model / "runtime.json").write_text(json.dumps(saved))
     assert compare.tuned_away_from_default(model)
-    saved["by_batch"]["1"] = {**default, "disabled_fusions": []}  # written since the field exists
+    saved["by_batch"]["1"] = {**default, "denormal_as_zero": True}
+    (model / "runtime.json").write_text(json.dumps(saved))
+    assert compare.tuned_away_from_default(model)
+    saved["by_batch"]["1"] = {**default, "disabled_fusions": [], "denormal_as_zero": False}  # newer files
     (model / "runtime.json").write_text(json.dumps(saved))
     assert not compare.tuned_away_from_default(model)
     copy = compare.untuned_copy(model, tmp_path / "copy")

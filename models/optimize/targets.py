@@ -40,14 +40,16 @@ Fusion = Literal[
 @dataclass(frozen=True)
 class SessionSettings:
     """How an ONNX Runtime session runs: intra-op threads (0 = ONNX Runtime's default, one per
-    core), whether idle pool threads spin, the online graph optimisation level and which of its
-    fusions are turned off. The runtime tuning (``runtime_tuning.py``) measures these per batch
-    size instead of assuming them."""
+    core), whether idle pool threads spin, the online graph optimisation level, which of its
+    fusions are turned off, and whether denormal floats are flushed to zero (values below ~1e-38:
+    no effect on a classifier's outputs, but a slow path for the CPU). The runtime tuning
+    (``runtime_tuning.py``) measures these per batch size instead of assuming them."""
 
     threads: int = 0
     spinning: bool = True
     graph_level: GraphLevel = "all"
     disabled_fusions: tuple[Fusion, ...] = ()
+    denormal_as_zero: bool = False
 
     def __post_init__(self) -> None:  # read back from JSON as a list; a tuple keeps it hashable
         object.__setattr__(self, "disabled_fusions", tuple(sorted(set(self.disabled_fusions))))
@@ -57,7 +59,8 @@ class SessionSettings:
             f"{self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else "all threads"
         )
         out = f"{threads}, spinning {'on' if self.spinning else 'off'}, graph {self.graph_level}"
-        return out + (f", without {'+'.join(self.disabled_fusions)}" if self.disabled_fusions else "")
+        out += f", without {'+'.join(self.disabled_fusions)}" if self.disabled_fusions else ""
+        return out + (", denormals as zero" if self.denormal_as_zero else "")
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ class Target:
         so.graph_optimization_level = levels[settings.graph_level]
         if not settings.spinning:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if settings.denormal_as_zero:
+            so.add_session_config_entry("session.set_denormal_as_zero", "1")
         so.log_severity_level = 3
         if save_optimized is not None:
             so.optimized_model_filepath = str(save_optimized)

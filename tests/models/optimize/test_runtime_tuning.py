@@ -16,6 +16,7 @@ from slimflow.models.optimize.runtime_tuning import (
     format_trials,
     grid,
     load_tuned,
+    toggles,
     tune,
 )
 from slimflow.models.optimize.targets import SessionSettings
@@ -28,8 +29,8 @@ def test_grid_tries_the_default_first_and_never_more_threads_than_the_budget():
     g = grid(TuneConfig(), budget=6)
     assert g[0] == SessionSettings(6, True, "all")  # ONNX Runtime's default on 6 cores
     assert sorted({s.threads for s in g}) == [1, 2, 4, 6]
-    assert {s.spinning for s in g} == {True, False} and len(g) == len(set(g)) == 16
-    assert {s.disabled_fusions for s in g} == {(), ("SkipLayerNormFusion",)}
+    assert {s.spinning for s in g} == {True, False} and len(g) == len(set(g)) == 8
+    assert {(s.disabled_fusions, s.denormal_as_zero) for s in g} == {((), False)}  # second stage
     g = grid(TuneConfig(threads=[1, 3, 64], spinning=[True], graph_levels=["all", "basic"]), budget=4)
     assert g[0] == SessionSettings(4, True, "all")
     assert {s.threads for s in g} == {1, 3, 4}  # 64 > budget dropped; the default stays
@@ -76,11 +77,39 @@ def test_each_batch_size_gets_its_fastest_setting():
     assert tuned.for_rows(1).threads == 1
     assert tuned.for_rows(7) == tuned.for_rows(32) == tuned.for_rows(500) == tuned.by_batch[32]
     chosen = [t for t in tuned.trials if t["chosen"]]
-    assert len(chosen) == 2 and len(tuned.trials) == 2 * len(grid(cfg, 2))
+    assert len(chosen) == 2 and len(tuned.trials) == 2 * (len(grid(cfg, 2)) + 3)  # + 3 toggles each
     b1 = {(t["threads"], t["spinning"]): t for t in tuned.trials if t["batch_size"] == 1}
     assert b1[(1, True)]["p50_ms"] == pytest.approx(0.5) and b1[(2, True)]["vs_default"] == 1.0
     assert b1[(1, False)]["vs_default"] == pytest.approx(0.5 / 0.8)
     assert "<- chosen" in format_trials(tuned)
+
+
+def test_on_off_choices_are_tried_on_top_of_each_batch_sizes_best_and_kept_where_they_pay():
+    best1 = SessionSettings(1, True, "all")
+    assert set(toggles(best1, TuneConfig())) == {
+        SessionSettings(1, True, "all", ("SkipLayerNormFusion",)),
+        SessionSettings(1, True, "all", (), True),
+        SessionSettings(1, True, "all", ("SkipLayerNormFusion",), True),
+    }
+    assert toggles(best1, TuneConfig(disabled_fusions=[[]], denormal_as_zero=[False])) == []
+
+    # unfused SkipLayerNorm pays at both sizes; flushing denormals only at batch 32
+    def cost(s: SessionSettings, rows: int) -> float:
+        base = (0.5 if s.threads == 1 else 0.8) if rows == 1 else 20.0 / s.threads
+        base *= 0.85 if s.disabled_fusions else 1.0
+        return base * (0.87 if s.denormal_as_zero and rows == 32 else 1.0)
+
+    clock = FakeClock()
+    tuned = tune(fake_sessions(cost, clock), {1: batches(1), 32: batches(32)}, TuneConfig(seconds=0.02),
+                 2, "hw", clock)  # fmt: skip
+    assert tuned.by_batch[1] == SessionSettings(1, True, "all", ("SkipLayerNormFusion",))
+    assert tuned.by_batch[32] == SessionSettings(2, True, "all", ("SkipLayerNormFusion",), True)
+    assert {t["stage"] for t in tuned.trials} == {1, 2}
+    stage2 = [t for t in tuned.trials if t["stage"] == 2]
+    assert {t["threads"] for t in stage2 if t["batch_size"] == 1} == {1}  # on the b1 winner only
+    assert "denormals as zero" in format_trials(tuned) and "without SkipLayerNormFusion" in format_trials(
+        tuned
+    )
 
 
 def test_a_gain_inside_the_noise_keeps_the_default():
@@ -157,7 +186,9 @@ def test_a_tuned_candidate_runs_each_batch_size_with_its_setting_and_the_same_ou
     r = bench_model(folder, TEXTS, cfg)
     saved = json.loads((folder / RUNTIME_FILE).read_text(encoding="utf-8"))
     assert saved["hardware"] == hardware_fingerprint() and set(saved["by_batch"]) == {"1", "4"}
-    assert r["runtime_tuning"]["."]["tuned"] is True and len(r["runtime_tuning"]["."]["trials"]) == 2 * 8
+    assert r["runtime_tuning"]["."]["tuned"] is True and len(r["runtime_tuning"]["."]["trials"]) == 2 * (
+        4 + 3
+    )
     tuned = load_tuned(folder)
     for b in (1, 4):
         assert setting(r, b)["session"] == tuned.by_batch[b].label()
