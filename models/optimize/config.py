@@ -84,6 +84,14 @@ class TuneConfig(Strict):
         description="Whether denormal floats are flushed to zero, each tried on top of the best "
         "threads/spinning/graph level (batch 32 of a small BERT: 13% faster on an Intel Xeon).",
     )
+    min_output_agreement: float = Field(
+        0.99,
+        ge=0,
+        le=1,
+        description="A setting is chosen only if its predictions (argmax) match the default "
+        "settings' on at least this share of the checked rows (64 per batch size): disabled fusions "
+        "and flushed denormals change float rounding, and the candidate was evaluated with the defaults.",
+    )
     batch_sizes: list[int] | None = Field(
         None, description="Batch sizes tuned (each gets its own best setting); None = bench.batch_sizes."
     )

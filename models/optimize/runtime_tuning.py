@@ -38,6 +38,7 @@ from slimflow.models.optimize.config import TuneConfig
 from slimflow.models.optimize.targets import SessionSettings
 
 RUNTIME_FILE = "runtime.json"
+CHECK_ROWS = 64  # rows per batch size whose outputs each setting must reproduce (see tune)
 log = logging.getLogger(__name__)
 
 
@@ -157,27 +158,38 @@ def tune(
     """Measure the settings per batch size on ``inputs`` (batch size -> batches) in two stages —
     ``grid`` (threads x spinning x graph level), then ``toggles`` of each batch size's best — and
     keep the fastest per batch size, unless it is less than ``min_gain`` faster than the default.
-    ``make_session(settings)`` returns an object with ``run(batch)``."""
+    A setting that changes the outputs (fusions and denormals change float rounding) must give the
+    default's argmax on at least ``min_output_agreement`` of the checked rows to be chosen: the
+    candidate was evaluated with the defaults. ``make_session(settings)`` returns an object whose
+    ``run(batch)`` returns ONNX Runtime's output list (anything else: not checked)."""
     settings = grid(cfg, budget)
     default = settings[0]
     best_p50: dict[tuple[int, SessionSettings], float] = {}
     calls: dict[tuple[int, SessionSettings], int] = {}
     stage_of: dict[tuple[int, SessionSettings], int] = {}
-    _measure(make_session, {s: list(inputs) for s in settings}, inputs, cfg, clock, best_p50, calls)
+    outputs: dict[tuple[int, SessionSettings], np.ndarray] = {}
+    plan1 = {s: list(inputs) for s in settings}
+    _measure(make_session, plan1, inputs, cfg, clock, best_p50, calls, outputs)
     stage_of.update({k: 1 for k in best_p50})
     second: dict[SessionSettings, list[int]] = {}
     for b in inputs:
         first = min(settings, key=lambda s: best_p50[(b, s)])
         for s in toggles(first, cfg):
             second.setdefault(s, []).append(b)
-    _measure(make_session, second, inputs, cfg, clock, best_p50, calls)
+    _measure(make_session, second, inputs, cfg, clock, best_p50, calls, outputs)
     stage_of.update({k: 2 for k in best_p50 if k not in stage_of})
     by_batch: dict[int, SessionSettings] = {}
     trials = []
     for b in inputs:
         tried = [s for (bb, s) in best_p50 if bb == b]
         base = best_p50[(b, default)]
-        fastest = min(tried, key=lambda s: best_p50[(b, s)])
+        checks = {
+            s: output_agreement(outputs[(b, s)], outputs[(b, default)])
+            for s in tried
+            if (b, s) in outputs and (b, default) in outputs
+        }
+        eligible = [s for s in tried if s not in checks or checks[s][0] >= cfg.min_output_agreement]
+        fastest = min(eligible, key=lambda s: best_p50[(b, s)])
         gain = 1 - best_p50[(b, fastest)] / base if base > 0 else 0.0
         chosen = fastest if gain >= cfg.min_gain else default
         by_batch[b] = chosen
@@ -190,6 +202,11 @@ def tune(
                     "p50_ms": best_p50[(b, s)] * 1e3,
                     "calls": calls[(b, s)],
                     "vs_default": best_p50[(b, s)] / base if base > 0 else 1.0,
+                    **(
+                        {"output_agreement": checks[s][0], "max_abs_diff": checks[s][1]}
+                        if s in checks
+                        else {}
+                    ),
                     "chosen": s == chosen,
                 }
             )
@@ -204,14 +221,18 @@ def _measure(
     clock: Callable[[], float],
     best_p50: dict[tuple[int, SessionSettings], float],
     calls: dict[tuple[int, SessionSettings], int],
+    outputs: dict[tuple[int, SessionSettings], np.ndarray],
 ) -> None:
     """Time each setting of ``plan`` on its batch sizes, ``cfg.rounds`` interleaved rounds (all its
-    sessions alive at once); a setting's figure is its best round's p50."""
+    sessions alive at once); a setting's figure is its best round's p50. The warm-up runs' first
+    outputs (at least ``CHECK_ROWS`` rows per batch size) go to ``outputs``."""
     sessions = {s: make_session(s) for s in plan}
     for s, session in sessions.items():
         for b in plan[s]:
-            for x in inputs[b][:3]:  # warm-up: first runs allocate and prepack
-                session.run(x)
+            k = max(3, -(-CHECK_ROWS // b))  # warm-up (first runs allocate and prepack) + output check
+            outs = [_first_output(session.run(x)) for x in inputs[b][:k]]
+            if all(o is not None for o in outs):
+                outputs[(b, s)] = np.concatenate([o.reshape(len(o), -1) for o in outs])
     for _ in range(cfg.rounds):
         for s, session in sessions.items():
             for b in plan[s]:
@@ -220,6 +241,19 @@ def _measure(
                 best_p50[key] = min(best_p50.get(key, float("inf")), float(np.median(times)))
                 calls[key] = calls.get(key, 0) + len(times)
     sessions.clear()
+
+
+def _first_output(out: Any) -> np.ndarray | None:
+    if isinstance(out, (list, tuple)) and out and isinstance(out[0], np.ndarray) and out[0].ndim >= 1:
+        return out[0]
+    return None
+
+
+def output_agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(share of rows whose argmax is the same, largest |difference|) of two output matrices."""
+    if a.shape != b.shape or not a.size:
+        return 0.0, float("inf")
+    return float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))), float(np.abs(a - b).max())
 
 
 def _time(
@@ -238,15 +272,18 @@ def _time(
 
 
 def format_trials(tuned: TunedRuntime) -> str:
-    """A plain-text table of every trial (batch, setting, p50, relative to the default)."""
-    lines = [f"{'batch':>5}  {'setting':<70} {'p50 ms':>9} {'vs default':>10}"]
+    """A plain-text table of every trial (batch, setting, p50, relative to the default, share of
+    checked rows predicted as with the default settings)."""
+    lines = [f"{'batch':>5}  {'setting':<70} {'p50 ms':>9} {'vs default':>10} {'same pred':>9}"]
     for t in tuned.trials:
         s = SessionSettings(
             t["threads"], t["spinning"], t["graph_level"], t.get("disabled_fusions", ()),
             t.get("denormal_as_zero", False),
         )  # fmt: skip
         mark = "  <- chosen" if t["chosen"] else ""
+        agree = f"{t['output_agreement']:>9.3f}" if "output_agreement" in t else f"{'-':>9}"
         lines.append(
-            f"{t['batch_size']:>5}  {s.label():<70} {t['p50_ms']:>9.3f} {t['vs_default']:>9.2f}x{mark}"
+            f"{t['batch_size']:>5}  {s.label():<70} {t['p50_ms']:>9.3f} {t['vs_default']:>9.2f}x "
+            f"{agree}{mark}"
         )
     return "\n".join(lines)

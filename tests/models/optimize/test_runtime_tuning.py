@@ -112,6 +112,36 @@ def test_on_off_choices_are_tried_on_top_of_each_batch_sizes_best_and_kept_where
     )
 
 
+def test_a_faster_setting_that_changes_predictions_is_not_chosen():
+    clock = FakeClock()
+
+    class Session:  # denormals as zero: 20% faster here, but it flips every 10th row's argmax
+        def __init__(self, s: SessionSettings) -> None:
+            self.s = s
+
+        def run(self, x):
+            clock.t += (0.8 if self.s.denormal_as_zero else 1.0) / 1e3
+            rows = len(x["input_ids"])
+            logits = np.tile([[1.0, 0.0]], (rows, 1))
+            if self.s.denormal_as_zero:
+                logits[::10] = [0.0, 1.0]
+            elif self.s.disabled_fusions:
+                logits += 1e-4  # rounding only: same argmax
+            return [logits]
+
+    cfg = TuneConfig(seconds=0.02, threads=[2], spinning=[True])
+    tuned = tune(Session, {1: batches(1), 4: batches(4)}, cfg, 2, "hw", clock)
+    for b in (1, 4):
+        assert not tuned.by_batch[b].denormal_as_zero
+    trials = {(t["batch_size"], t["denormal_as_zero"], bool(t["disabled_fusions"])): t for t in tuned.trials}
+    assert trials[(4, True, False)]["output_agreement"] < 0.99 and not trials[(4, True, False)]["chosen"]
+    assert trials[(4, False, True)]["output_agreement"] == 1.0
+    assert trials[(4, False, True)]["max_abs_diff"] == pytest.approx(1e-4)
+    loose = tune(Session, {4: batches(4)}, TuneConfig(seconds=0.02, threads=[2], spinning=[True],
+                 min_output_agreement=0.5), 2, "hw", clock)  # fmt: skip
+    assert loose.by_batch[4].denormal_as_zero
+
+
 def test_a_gain_inside_the_noise_keeps_the_default():
     def cost(s: SessionSettings, rows: int) -> float:
         return 1.0 if s == SessionSettings(2, True, "all") else 0.97  # 3% faster: below min_gain 5%
@@ -186,9 +216,9 @@ def test_a_tuned_candidate_runs_each_batch_size_with_its_setting_and_the_same_ou
     r = bench_model(folder, TEXTS, cfg)
     saved = json.loads((folder / RUNTIME_FILE).read_text(encoding="utf-8"))
     assert saved["hardware"] == hardware_fingerprint() and set(saved["by_batch"]) == {"1", "4"}
-    assert r["runtime_tuning"]["."]["tuned"] is True and len(r["runtime_tuning"]["."]["trials"]) == 2 * (
-        4 + 3
-    )
+    trials = r["runtime_tuning"]["."]["trials"]
+    assert r["runtime_tuning"]["."]["tuned"] is True and len(trials) == 2 * (4 + 3)
+    assert all(t["output_agreement"] >= 0.99 and t["max_abs_diff"] < 1e-3 for t in trials)  # real outputs
     tuned = load_tuned(folder)
     for b in (1, 4):
         assert setting(r, b)["session"] == tuned.by_batch[b].label()
