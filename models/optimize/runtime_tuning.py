@@ -274,16 +274,20 @@ def _time(
 def format_trials(tuned: TunedRuntime) -> str:
     """A plain-text table of every trial (batch, setting, p50, relative to the default, share of
     checked rows predicted as with the default settings)."""
-    lines = [f"{'batch':>5}  {'setting':<70} {'p50 ms':>9} {'vs default':>10} {'same pred':>9}"]
+    rows = []
     for t in tuned.trials:
         s = SessionSettings(
             t["threads"], t["spinning"], t["graph_level"], t.get("disabled_fusions", ()),
             t.get("denormal_as_zero", False),
         )  # fmt: skip
+        agree = f"{t['output_agreement']:.3f}" if "output_agreement" in t else "-"
+        rows.append((t, s.label(), agree))
+    w = max([len(label) for _, label, _ in rows] + [7])
+    lines = [f"{'batch':>5}  {'setting':<{w}} {'p50 ms':>9} {'vs default':>10} {'same pred':>9}"]
+    for t, label, agree in rows:
         mark = "  <- chosen" if t["chosen"] else ""
-        agree = f"{t['output_agreement']:>9.3f}" if "output_agreement" in t else f"{'-':>9}"
         lines.append(
-            f"{t['batch_size']:>5}  {s.label():<70} {t['p50_ms']:>9.3f} {t['vs_default']:>9.2f}x "
-            f"{agree}{mark}"
+            f"{t['batch_size']:>5}  {label:<{w}} {t['p50_ms']:>9.3f} {t['vs_default']:>9.2f}x "
+            f"{agree:>9}{mark}"
         )
     return "\n".join(lines)
