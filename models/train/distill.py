@@ -324,11 +324,10 @@ def kd_train(
         desc=desc,
         keep_initial=keep_initial,
     )
-    return (
-        res,
-        family.evaluate(student, val_set, tc.eval_batch_size, pad),
-        family.evaluate(student, test_set, tc.eval_batch_size, pad),
-    )
+    val_m = T.kept_epoch_validation(res)  # the restored weights were scored at that epoch's end
+    if val_m is None:
+        val_m = family.evaluate(student, val_set, tc.eval_batch_size, pad)
+    return res, val_m, family.evaluate(student, test_set, tc.eval_batch_size, pad)
 
 
 def distill(

@@ -162,7 +162,9 @@ def finetune(
                 f"merged model differs from the adapter model by {diff:.2e} (> {MERGE_TOLERANCE})"
             )
 
-    val_m = family.evaluate(model, val_set, tc.eval_batch_size, pad_id)
+    val_m = T.kept_epoch_validation(result)  # the weights kept were scored at that epoch's end
+    if val_m is None:
+        val_m = family.evaluate(model, val_set, tc.eval_batch_size, pad_id)
     test_m = family.evaluate(model, test_set, tc.eval_batch_size, pad_id)
     out = Path(out_dir)
     meta = {

@@ -116,6 +116,16 @@ class TrainResult:
                 "optimizer_steps", "seconds")}, "history": [h.to_dict() for h in self.history]}  # fmt: skip
 
 
+def kept_epoch_validation(result: TrainResult) -> dict[str, float] | None:
+    """The validation metrics of the epoch whose weights ``train`` restored, as measured at that
+    epoch's end (the same weights: evaluating them again would only repeat the work — for a causal
+    LM that is generating every validation answer). None when the initial weights were kept."""
+    for rec in result.history:
+        if rec.epoch == result.best_epoch:
+            return dict(rec.val)
+    return None
+
+
 def world() -> tuple[int, int]:
     """(rank, world size) of an initialised torch.distributed group (torchrun), else (0, 1)."""
     import torch.distributed as dist

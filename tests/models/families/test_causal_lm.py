@@ -101,6 +101,25 @@ def test_loss_is_on_answer_tokens_only(tiny_lm) -> None:
     assert pad.any() and (inputs["labels"][pad] == IGNORE_INDEX).all()
 
 
+def test_token_nll_in_row_groups_under_a_memory_budget_gives_the_same_sums(tiny_lm, monkeypatch) -> None:
+    from slimflow.models.families.causal_lm import chat as C
+
+    model, tok = tiny_lm
+    frame = pd.DataFrame(
+        {
+            "prompt": [json.dumps([{"role": "user", "content": f"Review: film number {i} " * (1 + i % 3)}])
+                       for i in range(7)],
+            "completion": ["fresh", "rotten"] * 3 + ["fresh"],
+        }
+    )  # fmt: skip
+    data = FAMILY.encode(tok, frame, [], 128)
+    whole = C.token_nll(model, data, 8, tok.pad_token_id)
+    monkeypatch.setattr(C, "LOGITS_BUDGET_BYTES", 1)  # one row per forward pass
+    rows = C.token_nll(model, data, 8, tok.pad_token_id)
+    assert rows[2:] == whole[2:] and rows[2] > 0  # same token counts
+    np.testing.assert_allclose(rows[:2], whole[:2], rtol=1e-5)
+
+
 def test_truncation_keeps_the_answer(tiny_lm) -> None:
     model, tok = tiny_lm
     long_prompt = json.dumps([{"role": "user", "content": "the film " * 200}])

@@ -135,6 +135,8 @@ def test_early_stopping_stops_and_restores_the_best_epoch(tiny_model_dir, tmp_pa
     )
     res = T.train(m, data, data, cfg, tok.pad_token_id, family=FAMILY, progress=False)
     assert res.stopped_early and len(res.history) == 3 and res.best_epoch == 1
+    # the kept epoch's validation figures are those of the restored weights: no second evaluation
+    assert T.kept_epoch_validation(res) == FAMILY.evaluate(m, data, 32, tok.pad_token_id)
 
 
 def test_few_shot_takes_k_per_class():
@@ -220,4 +222,5 @@ def test_keep_initial_never_returns_worse_than_the_start(tiny_model_dir, tmp_pat
     res = T.train(m, train, val, ruin, tok.pad_token_id, family=FAMILY, progress=False, keep_initial=True)
     assert max(h.val["accuracy"] for h in res.history) < start  # training really made it worse...
     assert res.best_epoch == 0  # ...so the starting weights were kept
+    assert T.kept_epoch_validation(res) is None  # (not scored in full by the loop: evaluated afresh)
     assert FAMILY.evaluate(m, val, 32, tok.pad_token_id)["accuracy"] == start
