@@ -325,6 +325,40 @@ def _tune_cascade_spinning(folder: Path, texts: list[str], cfg: BenchConfig, thr
     return {"tuned": True, "by_batch": {"cascade": label(combos[chosen])}, "trials": trials}
 
 
+def _cascade_sources(folder: Path) -> dict[str, Path]:
+    from slimflow.models.optimize.cascade import CASCADE_FILE
+
+    try:
+        spec = json.loads((folder / CASCADE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: Path(v) for k, v in (spec.get("sources") or {}).items() if isinstance(v, str)}
+
+
+def _reuse_tuning(source: Path | None, part: Path, threads: int) -> dict[str, Any] | None:
+    """A cascade part is a copy of a candidate the benchmark usually tuned just before: when that
+    candidate's settings were measured here, with this thread budget, on a byte-identical model
+    file, they are copied instead of searched again. None: tune the part."""
+    from slimflow.models.core.modelfiles import file_sha256
+    from slimflow.models.optimize.predictors import describe
+    from slimflow.models.optimize.runtime_tuning import load_tuned
+
+    if source is None or not source.is_dir():
+        return None
+    tuned = load_tuned(source)
+    if tuned is None or tuned.thread_budget != threads:
+        return None
+    try:
+        name = describe(part).model_file or "model.onnx"
+        a, b = source / name, part / name
+        if a.stat().st_size != b.stat().st_size or file_sha256(a) != file_sha256(b):
+            return None
+    except (OSError, ValueError):
+        return None
+    tuned.save(part)
+    return {"tuned": True, "reused_from": str(source), "by_batch": tuned.summary(), "trials": tuned.trials}
+
+
 def tune_folder(path: str | Path, texts: list[str], cfg: BenchConfig, threads: int) -> dict[str, Any]:
     """Search the ONNX Runtime settings of the model at ``path`` (each part of a cascade) per batch
     size and save the best beside it (``runtime.json``). Returns, per tuned folder, the choice and
@@ -339,7 +373,12 @@ def tune_folder(path: str | Path, texts: list[str], cfg: BenchConfig, threads: i
     info = describe(p)
     if info.runtime == "cascade":
         out: dict[str, Any] = {}
+        sources = _cascade_sources(folder)
         for part in ("fast", "fallback"):
+            reused = _reuse_tuning(sources.get(part), folder / part, threads)
+            if reused is not None:
+                out[part] = reused
+                continue
             for k, v in tune_folder(folder / part, texts, cfg, threads).items():
                 out[f"{part}/{k}" if k != "." else part] = v
         out["."] = _tune_cascade_spinning(folder, texts, cfg, threads)

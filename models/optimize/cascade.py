@@ -148,7 +148,11 @@ def build_cascade(
     out.mkdir(parents=True, exist_ok=True)
     for part, src in (("fast", fast_dir), ("fallback", fallback_dir)):
         shutil.copytree(src, out / part, dirs_exist_ok=True)
-    spec = {"name": name, "fast": fast_info.variant, "fallback": fb_info.variant, **choice.to_dict()}
+    spec = {
+        "name": name, "fast": fast_info.variant, "fallback": fb_info.variant, **choice.to_dict(),
+        # where the parts were copied from: their runtime settings, once tuned, need no second search
+        "sources": {"fast": str(Path(fast_dir).resolve()), "fallback": str(Path(fallback_dir).resolve())},
+    }  # fmt: skip
     (out / CASCADE_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
     info = CandidateInfo(
         CASCADE_RUNTIME, fast_info.target, "cascade", f"{fast_info.source}_then_{fb_info.source}", None,

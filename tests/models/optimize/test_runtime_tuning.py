@@ -268,3 +268,31 @@ def test_a_cascades_parts_spinning_is_searched_together(onnx_candidate, tmp_path
         assert (
             saved["fast"].for_rows(1).spinning is fast_on and saved["fallback"].for_rows(1).spinning is fb_on
         )
+
+
+def test_a_cascade_part_copied_from_a_tuned_candidate_reuses_its_settings(onnx_candidate, tmp_path):  # noqa: F811
+    import shutil
+
+    from slimflow.models.optimize.bench import _reuse_tuning, bench_model, tune_folder
+    from slimflow.models.optimize.cascade import ThresholdChoice, build_cascade
+
+    src, other = tmp_path / "src", tmp_path / "other"
+    shutil.copytree(onnx_candidate[0], src)
+    shutil.copytree(onnx_candidate[0], other)
+    for stale in (src / RUNTIME_FILE, other / RUNTIME_FILE):
+        stale.unlink(missing_ok=True)
+    cfg = BenchConfig(
+        batch_sizes=[1, 4], lengths=["data"], threads=2, pin_cores=False, isolate=False,
+        tune=TuneConfig(seconds=0.05, threads=[2]), **TIMING,
+    )  # fmt: skip
+    tune_folder(src, TEXTS, cfg, 2)  # the candidate, benchmarked before the cascade made of it
+    folder = build_cascade(src, other, tmp_path / "c", ThresholdChoice(0.9, "max_prob", 0, 0, 0, 0, 0, 0))
+    tuning = bench_model(folder, TEXTS, cfg)["runtime_tuning"]
+    assert tuning["fast"]["reused_from"] == str(src.resolve())
+    assert load_tuned(folder / "fast").by_batch == load_tuned(src).by_batch
+    assert tuning["fallback"]["tuned"] and "reused_from" not in tuning["fallback"]  # source not tuned
+    assert tuning["."]["tuned"]  # the spinning pairs are still timed together
+    assert _reuse_tuning(src, folder / "fast", threads=1) is None  # another thread budget
+    changed = folder / "fast" / "model.onnx"
+    changed.write_bytes(changed.read_bytes()[:-1] + b"\0")
+    assert _reuse_tuning(src, folder / "fast", threads=2) is None  # not the same model file
