@@ -147,9 +147,10 @@ class BenchConfig(Strict):
     pin_cores: bool = Field(True, description="Pin the benchmark process to as many cores as threads.")
     tune: TuneConfig | None = Field(
         default_factory=TuneConfig,
-        description="Search ONNX Runtime settings (threads, spinning, graph level) per batch size before "
-        "measuring; the best are saved with the candidate (runtime.json) and used by the benchmark, the "
-        "registry and the server on the same hardware. null = ONNX Runtime's defaults.",
+        description="Search ONNX Runtime settings (threads, spinning, graph level, then fusions and "
+        "denormals) per batch size before measuring; the best are saved with the candidate "
+        "(runtime.json) and used by the benchmark, the registry and the server on the same hardware. "
+        "null = ONNX Runtime's defaults.",
     )
     isolate: bool = Field(
         True, description="Measure each model in a fresh process (own memory peak, no shared thread pools)."

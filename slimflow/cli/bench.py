@@ -50,7 +50,8 @@ def bench(
     tune: Annotated[
         bool,
         typer.Option(
-            help="ONNX models: first search intra-op threads and spinning per batch size, save the best "
+            help="ONNX models: first search intra-op threads, spinning, fusions and denormals per batch "
+            "size (predictions checked against the defaults), save the best "
             "beside the model (runtime.json, used on this hardware by later loads and the server) and "
             "measure with them. Without it, a runtime.json tuned on this hardware is still used."
         ),
