@@ -69,7 +69,7 @@ class TunedRuntime:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TunedRuntime:
-        by_batch = {int(b): SessionSettings(**s) for b, s in d["by_batch"].items()}
+        by_batch = {int(b): settings_of(s) for b, s in d["by_batch"].items()}
         if not by_batch:
             raise ValueError("no tuned batch sizes")
         return cls(str(d["hardware"]), int(d["thread_budget"]), by_batch, list(d.get("trials", [])))
@@ -84,6 +84,12 @@ class TunedRuntime:
     def summary(self) -> dict[str, str]:
         """``{"b1": "1 thread, spinning on, graph all", ...}`` for tables, tags and cards."""
         return {f"b{b}": s.label() for b, s in sorted(self.by_batch.items())}
+
+
+def settings_of(d: dict[str, Any]) -> SessionSettings:
+    """The ``SessionSettings`` in a saved setting or trial (other keys ignored; fields a file written
+    before they existed lacks take their defaults)."""
+    return SessionSettings(**{f.name: d[f.name] for f in dataclasses.fields(SessionSettings) if f.name in d})
 
 
 def load_tuned(folder: Path, hardware: str | None = None) -> TunedRuntime | None:
@@ -276,10 +282,7 @@ def format_trials(tuned: TunedRuntime) -> str:
     checked rows predicted as with the default settings)."""
     rows = []
     for t in tuned.trials:
-        s = SessionSettings(
-            t["threads"], t["spinning"], t["graph_level"], t.get("disabled_fusions", ()),
-            t.get("denormal_as_zero", False),
-        )  # fmt: skip
+        s = settings_of(t)
         agree = f"{t['output_agreement']:.3f}" if "output_agreement" in t else "-"
         rows.append((t, s.label(), agree))
     w = max([len(label) for _, label, _ in rows] + [7])
