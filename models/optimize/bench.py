@@ -18,14 +18,12 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ import numpy as np
 from slimflow.models.core.provenance import hardware, hardware_fingerprint
 from slimflow.models.optimize.config import BenchConfig
 from slimflow.models.optimize.predictors import load_predictor
+from slimflow.models.optimize.timing import time_calls
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -79,48 +78,6 @@ def summarize(times_s: np.ndarray, batch_size: int, n_boot: int = 1000, seed: in
         out[f"p{q}_ci_low_ms"] = float(np.percentile(stats, 2.5))
         out[f"p{q}_ci_high_ms"] = float(np.percentile(stats, 97.5))
     return out
-
-
-def median_ci_halfwidth(times: list[float] | np.ndarray) -> float:
-    """Half-width of a distribution-free 95% CI of the median (order statistics), relative to the
-    median: cheap enough to check while timing, and no narrower than the bootstrap reported later."""
-    x = np.sort(np.asarray(times, dtype=float))
-    n = len(x)
-    if n < 5:
-        return float("inf")
-    half = 1.96 * math.sqrt(n) / 2
-    lo, hi = max(0, math.floor(n / 2 - half) - 1), min(n - 1, math.ceil(n / 2 + half))
-    med = float(np.median(x))
-    return float((x[hi] - x[lo]) / 2 / med) if med > 0 else float("inf")
-
-
-def time_calls(
-    fn: Callable[[Any], Any],
-    inputs: list[Any],
-    warmup: int,
-    iterations: int,
-    budget_s: float | None,
-    min_iterations: int,
-    target_ci: float | None = None,
-) -> np.ndarray:
-    """Call ``fn`` on ``inputs`` (cycled): ``warmup`` untimed calls, then up to ``iterations`` timed
-    ones; stop early after ``min_iterations`` when the time budget is spent or, with ``target_ci``,
-    once the p50's 95% CI is within +-target_ci of it (checked every 10 calls)."""
-    for i in range(warmup):
-        fn(inputs[i % len(inputs)])
-    times = []
-    start = time.perf_counter()
-    for i in range(iterations):
-        t0 = time.perf_counter_ns()
-        fn(inputs[i % len(inputs)])
-        times.append((time.perf_counter_ns() - t0) / 1e9)
-        if i + 1 < min_iterations:
-            continue
-        if budget_s is not None and time.perf_counter() - start > budget_s:
-            break
-        if target_ci is not None and (i + 1) % 10 == 0 and median_ci_halfwidth(times) <= target_ci:
-            break
-    return np.asarray(times)
 
 
 def make_inputs(

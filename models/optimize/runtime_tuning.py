@@ -36,6 +36,7 @@ import numpy as np
 
 from slimflow.models.optimize.config import TuneConfig
 from slimflow.models.optimize.targets import SessionSettings
+from slimflow.models.optimize.timing import time_calls
 
 RUNTIME_FILE = "runtime.json"
 CHECK_ROWS = 64  # rows per batch size whose outputs each setting must reproduce (see tune)
@@ -265,16 +266,9 @@ def output_agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def _time(
     session: Any, batches: Sequence[dict[str, np.ndarray]], seconds: float, clock: Callable[[], float]
 ) -> list[float]:
-    times: list[float] = []
-    end = clock() + seconds
-    i = 0
-    while len(times) < 5 or (clock() < end and len(times) < 10_000):
-        x = batches[i % len(batches)]
-        i += 1
-        t = clock()
-        session.run(x)
-        times.append(clock() - t)
-    return times
+    """Per-call seconds of ``session.run`` on ``batches`` (cycled) for ``seconds``: at least 5 calls,
+    at most 10,000 (the benchmark's own loop, on ``clock``)."""
+    return time_calls(session.run, list(batches), 0, 10_000, seconds, 5, clock=clock).tolist()
 
 
 def format_trials(tuned: TunedRuntime) -> str:
