@@ -36,6 +36,9 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "genai_int4": {"precision": "int4", "block_size": 32},
     "genai_int4_rtn_last": {"precision": "int4", "block_size": 32, "algo": "rtn_last"},
     "genai_int4_k_quant_mixed": {"precision": "int4", "block_size": 32, "algo": "k_quant_mixed"},
+    "genai_int4_rtn_asym": {"precision": "int4", "block_size": 32, "algo": "rtn", "symmetric": False},
+    "genai_int4_k_quant_asym": {"precision": "int4", "block_size": 32, "algo": "k_quant", "symmetric": False},
+    "genai_int4_rtn_asym_b16": {"precision": "int4", "block_size": 16, "algo": "rtn", "symmetric": False},
 }
 
 
@@ -144,7 +147,7 @@ def measure(
         del run
         speed = _speed(kind, folder, model_dir, bench, prompt)
         row = {"variant": name, "kind": kind, "path": str(folder), "size_mb": size, "build_s": built,
-               **q.to_dict(), "speed": speed}  # fmt: skip
+               **q.to_dict(), "answers": q.answers, "speed": speed}  # fmt: skip
         rows.append(row)
         s1 = setting(speed, args.batch[0])
         print(
@@ -196,7 +199,10 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace, model_dir: Pat
 
 def ratio(base: dict[str, Any], other: dict[str, Any], batch: int) -> dict[str, float]:
     """``other`` against ``base``: decode speed-up (point, and CI-conservative: the low end of the
-    other's rate over the high end of the base's), TTFT, perplexity and size ratios, exact-match delta."""
+    other's rate over the high end of the base's), TTFT, perplexity and size ratios, exact-match delta,
+    and the share of test prompts answered as ``base`` answers them (the pipeline's agreement check
+    compares the same way, on validation prompts)."""
+    from slimflow.models.families.causal_lm.chat import normalize_answer
     from slimflow.models.optimize.gen_bench import setting
 
     b, s = setting(base["speed"], batch), setting(other["speed"], batch)
@@ -207,6 +213,13 @@ def ratio(base: dict[str, Any], other: dict[str, Any], batch: int) -> dict[str, 
         "perplexity_ratio": other["perplexity"] / base["perplexity"],
         "exact_match_delta": other["exact_match"] - base["exact_match"],
         "size_ratio": other["size_mb"] / base["size_mb"],
+        "answer_agreement": float(
+            sum(
+                normalize_answer(a) == normalize_answer(b)
+                for a, b in zip(base["answers"], other["answers"], strict=True)
+            )
+            / max(len(base["answers"]), 1)
+        ),
     }
 
 
@@ -215,8 +228,8 @@ def _table(report: dict[str, Any]) -> str:
 
     b = report["batch_sizes"][0]
     head = (f"| variant | size MB | perplexity (ratio) | exact match | decode tok/s b{b} [95% CI] | "
-            f"x PyTorch | TTFT p50 ms | prefill tok/s | peak RSS MB |")  # fmt: skip
-    lines = [head, "| " + " | ".join(["---"] * 9) + " |"]
+            f"x PyTorch | same answers | TTFT p50 ms | prefill tok/s | peak RSS MB |")  # fmt: skip
+    lines = [head, "| " + " | ".join(["---"] * 10) + " |"]
     for r in report["rows"]:
         s = setting(r["speed"], b)
         ra = report["ratios"].get(r["variant"], {})
@@ -225,6 +238,7 @@ def _table(report: dict[str, Any]) -> str:
             f"{r['perplexity']:.2f} ({ra.get('perplexity_ratio', 1):.3f}) | "
             f"{r['exact_match']:.4f} | {s['decode_tokens_per_s']:.1f} [{s['decode_tokens_per_s_ci'][0]:.1f}, "
             f"{s['decode_tokens_per_s_ci'][1]:.1f}] | {ra.get('decode_speedup', float('nan')):.2f}x | "
+            f"{ra.get('answer_agreement', float('nan')):.3f} | "
             f"{s['ttft_p50_ms']:.1f} | {s['prefill_tokens_per_s']:.0f} | {r['speed']['peak_rss_mb']:.0f} |"
         )
     cpu = report["hardware"].get("cpu", "")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from slimflow.models.config.base import Strict
 from slimflow.models.core.errors import SlimflowError
@@ -31,6 +31,7 @@ __all__ = [
     "Quality",
     "TorchModel",
     "build",
+    "check_asymmetric",
     "parity",
     "quality",
     "size_bytes",
@@ -41,6 +42,17 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "int8", "int4", "fp16", "bf16"]
 BUILD_TIMEOUT_S = 3600
+
+
+def check_asymmetric(symmetric: bool, algo: str) -> None:
+    """Asymmetric weights need a named algorithm: with ``default``, onnxruntime-genai 0.18's builder
+    gives a tied embedding the head's uint4 weights without their scales and the model does not
+    load (seen on SmolLM2)."""
+    if not symmetric and algo == "default":
+        raise ValueError(
+            "symmetric: false needs algo 'rtn' or 'k_quant' (with 'default' onnxruntime-genai's builder "
+            "wires a tied embedding to the wrong weights and the model does not load)"
+        )
 
 
 class GenaiBuildConfig(Strict):
@@ -61,10 +73,20 @@ class GenaiBuildConfig(Strict):
         description="int4/int8 algorithm; *_last keeps the LM head at int8, k_quant_mixed also the most "
         "sensitive layers (mixed precision).",
     )
+    symmetric: bool = Field(
+        True,
+        description="int4/int8: weights centred on zero (int4/int8) or with a zero point per block "
+        "(uint4/uint8: asymmetric, closer to FP32 where a block's weights are skewed).",
+    )
     exclude_nodes: list[str] = Field(
         default_factory=list,
         description="Node names kept at full precision (e.g. /lm_head/MatMul).",
     )
+
+    @model_validator(mode="after")
+    def _asymmetric_needs_an_algorithm(self) -> GenaiBuildConfig:
+        check_asymmetric(self.symmetric, self.algo)
+        return self
 
     def builder_args(self) -> list[str]:
         extra = []
@@ -72,6 +94,8 @@ class GenaiBuildConfig(Strict):
             extra += [f"block_size={self.block_size}", f"algo_config={self.algo}"]
             if self.accuracy_level:
                 extra.append(f"accuracy_level={self.accuracy_level}")
+            if not self.symmetric:
+                extra.append("is_symmetric=false")
             if self.exclude_nodes:
                 extra.append("nodes_to_exclude=" + ",".join(self.exclude_nodes))
         args = ["-p", self.precision, "-e", self.execution_provider]
@@ -81,7 +105,8 @@ class GenaiBuildConfig(Strict):
         if self.precision not in ("int4", "int8"):
             return f"genai_{self.precision}"
         algo = "" if self.algo == "default" else f"_{self.algo}"
-        return f"genai_{self.precision}{algo}_b{self.block_size}"
+        asym = "" if self.symmetric else "_asym"
+        return f"genai_{self.precision}{algo}{asym}_b{self.block_size}"
 
 
 def build(model_dir: str | Path, out_dir: str | Path, cfg: GenaiBuildConfig, cache_dir: str | Path) -> Path:

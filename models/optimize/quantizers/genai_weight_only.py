@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from slimflow.models.optimize.quantizers.base import (
     QuantContext,
@@ -39,9 +39,21 @@ class _GenaiConfig(QuantizerConfig):
         "default",
         description="Algorithm; *_last keeps the LM head at int8, k_quant_mixed also the sensitive layers.",
     )
+    symmetric: bool = Field(
+        True,
+        description="Weights centred on zero (true) or with a zero point per block (false: asymmetric; "
+        "needs algo rtn or k_quant).",
+    )
     keep_full_precision: list[str] = Field(
         default_factory=list, description="Node names kept at full precision (e.g. /lm_head/MatMul)."
     )
+
+    @model_validator(mode="after")
+    def _asymmetric_needs_an_algorithm(self) -> _GenaiConfig:
+        from slimflow.models.optimize.genai import check_asymmetric
+
+        check_asymmetric(self.symmetric, self.algo)
+        return self
 
 
 class GenaiInt8Config(_GenaiConfig):
@@ -63,6 +75,7 @@ def _build(cfg: _GenaiConfig, ctx: QuantContext, out_dir: Path) -> QuantReport:
         block_size=cfg.block_size,
         accuracy_level=cfg.accuracy_level,
         algo=cfg.algo,
+        symmetric=cfg.symmetric,
         exclude_nodes=cfg.keep_full_precision,
     )
     with tempfile.TemporaryDirectory(prefix="genai-cache-") as cache:

@@ -137,3 +137,26 @@ def test_a_genai_candidate_folder_loads_as_a_generative_predictor(sft) -> None:
     assert predictor.prompt_ids(turns[0]["content"]) == predictor.prompt_ids(json.dumps(turns))
     records = predictor.family.predictions(answers[:2], [])
     assert records == [{"text": answers[0]}, {"text": answers[1]}]
+
+
+def test_asymmetric_int4_loads_carries_zero_points_and_needs_a_named_algorithm(sft) -> None:
+    import onnx
+    from pydantic import ValidationError
+
+    tmp, _, model, _, test = sft
+    cfg = G.GenaiBuildConfig(precision="int4", block_size=16, algo="rtn", symmetric=False)
+    assert cfg.label() == "genai_int4_rtn_asym_b16"
+    out = G.build(tmp / "teacher", tmp / "int4-asym", cfg, tmp / "cache")
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) >= 2 * 4 + 1 and all(len(n.input) >= 4 and n.input[3] for n in nbits)  # zero points
+    got = G.quality(G.GenaiModel(out), test, 4)  # the tiny model ties its embedding to the head
+    ref = G.quality(G.TorchModel(model), test, 4)
+    assert got.rows == ref.rows and got.perplexity == pytest.approx(ref.perplexity, rel=0.5)
+    with pytest.raises(ValidationError, match="symmetric: false needs algo 'rtn' or 'k_quant'"):
+        G.GenaiBuildConfig(precision="int4", symmetric=False)
+    from slimflow.models.optimize.quantizers.genai_weight_only import GenaiInt4Config
+
+    with pytest.raises(ValidationError, match="symmetric: false needs algo"):
+        GenaiInt4Config(symmetric=False)
+    assert GenaiInt4Config(symmetric=False, algo="k_quant").symmetric is False
