@@ -1,0 +1,307 @@
+"""Would early exit pay on this CPU? A measured prototype on a built INT8 classifier candidate.
+
+    python benchmarks/early_exit.py --summary S.json --candidate FOLDER [--exit-after 1] --out F.json
+
+What it does, on the candidate's own ONNX graph (the fused, dynamically quantized file the
+pipeline serves):
+
+1. Exposes the hidden state after encoder layer ``k`` (and the attention mask index the fused
+   attention nodes share) and collects, for the train / validation / test splits, the [CLS] vector
+   at that depth and the model's final logits.
+2. Trains an exit head on the frozen body (DeeBERT's second stage): the mean of the hidden state
+   over the text's tokens, then dense + tanh + classifier (the shape of BERT's pooler and head), on
+   the soft labels of the final layer (temperature 2) and the gold labels.
+3. Appends that head to the graph and cuts it in two sessions: A = inputs -> exit logits, hidden
+   state, mask index; B = hidden state, mask index -> final logits. Checks B(A(x)) == the whole
+   graph's logits on test texts.
+4. Chooses the exit threshold on the validation split only, with the cascade's rule
+   (``cascade.choose_threshold``: least escalation keeping accuracy >= the full model's minus
+   ``--max-accuracy-drop``), and scores test accuracy and the share of texts going on to B.
+5. Times, interleaved, batch 1 over test texts, 2 pinned threads with the runtime settings the
+   search chose for these models (SkipLayerNormFusion off, denormals as zero): the whole graph,
+   and the early-exit route (A; B only when the exit is not confident), each text's real path.
+
+Prints a table and writes the figures (``--out``). Asserts nothing but the split's parity.
+Not a candidate kind of the pipeline (yet): this measures whether it would be worth one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimflow.models.core.env import apply_defaults
+
+apply_defaults()
+
+
+def _session(model: Any, threads: int, spinning: bool = True) -> Any:
+    import onnxruntime as ort
+
+    o = ort.SessionOptions()
+    o.intra_op_num_threads, o.inter_op_num_threads = threads, 1
+    o.add_session_config_entry("session.set_denormal_as_zero", "1")
+    o.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(
+        model.SerializeToString(),
+        o,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=["SkipLayerNormFusion"],
+    )
+
+
+def _declare(graph: Any, name: str, elem: int, dims: list[Any]) -> None:
+    from onnx import helper
+
+    if name not in {v.name for v in graph.value_info}:
+        graph.value_info.append(helper.make_tensor_value_info(name, elem, dims))
+
+
+def _hidden_name(k: int) -> str:
+    return f"/bert/encoder/layer.{k}/output/LayerNorm/LayerNormalization_output_0"
+
+
+def _collect(
+    sess: Any, predictor: Any, texts: list[str], outputs: list[str], batch: int = 1
+) -> list[np.ndarray]:
+    """Per text: the outputs; hidden states as their mean over the text's tokens (padding left out).
+    One text per call by default: dynamic INT8 scales its activations per call, so padding in a
+    batch moves predictions (the teacher INT8 here: test accuracy 0.8303 in batches of 32, 0.8350
+    alone) and the exits are served one text at a time."""
+    got: list[list[np.ndarray]] = [[] for _ in outputs]
+    for i in range(0, len(texts), batch):
+        x = predictor.encode(texts[i : i + batch], length=None)
+        keep = x["attention_mask"].astype(np.float32)[:, :, None]
+        for j, r in enumerate(sess.run(outputs, x)):
+            got[j].append((r * keep).sum(1) / keep.sum(1) if r.ndim == 3 else r)
+    return [np.concatenate(g) for g in got]
+
+
+def _train_head(
+    x: np.ndarray, soft: np.ndarray, gold: np.ndarray, epochs: int, seed: int
+) -> dict[str, np.ndarray]:
+    import torch
+
+    torch.manual_seed(seed)
+    n_in, n_out = x.shape[1], soft.shape[1]
+    head = torch.nn.Sequential(torch.nn.Linear(n_in, n_in), torch.nn.Tanh(), torch.nn.Linear(n_in, n_out))
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.01)
+    xt, st, gt = torch.tensor(x), torch.tensor(soft, dtype=torch.float32), torch.tensor(gold)
+    temp = 2.0
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt))
+        for i in range(0, len(xt), 128):
+            idx = perm[i : i + 128]
+            out = head(xt[idx])
+            kd = torch.nn.functional.kl_div(
+                torch.log_softmax(out / temp, -1), torch.softmax(st[idx] / temp, -1), reduction="batchmean"
+            )
+            loss = 0.5 * kd * temp**2 + 0.5 * torch.nn.functional.cross_entropy(out, gt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    w1, b1, w2, b2 = (p.detach().numpy().astype(np.float32) for p in head.parameters())
+    return {"w1": w1.T.copy(), "b1": b1, "w2": w2.T.copy(), "b2": b2}
+
+
+def _with_head(model: Any, hidden: str, head: dict[str, np.ndarray]) -> Any:
+    """``model`` with the exit head on ``hidden``: the mean over the text's tokens (attention_mask
+    1), dense + tanh, classifier -> output ``exit_logits``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+    for name, arr in head.items():
+        g.initializer.append(numpy_helper.from_array(arr, f"exit_head.{name}"))
+    g.initializer.append(numpy_helper.from_array(np.array([2], dtype=np.int64), "exit_head.last"))
+    g.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "exit_head.seq"))
+    node = helper.make_node
+    g.node.extend(
+        [
+            node("Cast", ["attention_mask"], ["exit_head.m0"], to=TensorProto.FLOAT, name="exit_head/Cast"),
+            node(
+                "Unsqueeze", ["exit_head.m0", "exit_head.last"], ["exit_head.m"], name="exit_head/Unsqueeze"
+            ),
+            node("Mul", [hidden, "exit_head.m"], ["exit_head.hm"], name="exit_head/Mask"),
+            node(
+                "ReduceSum",
+                ["exit_head.hm", "exit_head.seq"],
+                ["exit_head.s"],
+                keepdims=0,
+                name="exit_head/Sum",
+            ),
+            node(
+                "ReduceSum",
+                ["exit_head.m", "exit_head.seq"],
+                ["exit_head.n"],
+                keepdims=0,
+                name="exit_head/Count",
+            ),
+            node("Div", ["exit_head.s", "exit_head.n"], ["exit_head.x"], name="exit_head/Mean"),
+            node("MatMul", ["exit_head.x", "exit_head.w1"], ["exit_head.h0"], name="exit_head/MatMul1"),
+            node("Add", ["exit_head.h0", "exit_head.b1"], ["exit_head.h1"], name="exit_head/Add1"),
+            node("Tanh", ["exit_head.h1"], ["exit_head.h2"], name="exit_head/Tanh"),
+            node("MatMul", ["exit_head.h2", "exit_head.w2"], ["exit_head.l0"], name="exit_head/MatMul2"),
+            node("Add", ["exit_head.l0", "exit_head.b2"], ["exit_logits"], name="exit_head/Add2"),
+        ]
+    )
+    _declare(g, "exit_logits", TensorProto.FLOAT, ["batch", head["b2"].shape[0]])
+    return model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--summary", required=True, help="summary JSON of a classifier pipeline run (for its splits)"
+    )
+    ap.add_argument("--candidate", required=True, help="a built INT8 ONNX candidate folder of that run")
+    ap.add_argument(
+        "--exit-after",
+        type=int,
+        nargs="+",
+        default=None,
+        help="encoder layer indexes (default: all but the last)",
+    )
+    ap.add_argument("--max-accuracy-drop", type=float, default=0.002)
+    ap.add_argument("--epochs", type=int, default=20, help="exit head training epochs")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved timing passes over the test texts")
+    ap.add_argument("--timed-texts", type=int, default=1000)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+
+    import onnx
+    import pandas as pd
+    from onnx import TensorProto
+    from onnx.utils import Extractor
+
+    from slimflow.models.core.provenance import hardware
+    from slimflow.models.optimize import cascade
+    from slimflow.models.optimize.bench import pin, summarize
+    from slimflow.models.optimize.predictors import load_predictor
+
+    pin(args.threads)
+    summary = json.loads(Path(args.summary).read_text())
+    test_path = Path(summary["stages"]["validate-data"]["outputs"]["data.paths.test"])
+    splits = {
+        s: pd.read_parquet(test_path.with_name(f"{s}.parquet")) for s in ("train", "validation", "test")
+    }
+    folder = Path(args.candidate)
+    predictor = load_predictor(folder, args.threads)
+    labels = list(predictor.info.labels)
+    gold = {s: np.array([labels.index(y) for y in f["label"]]) for s, f in splits.items()}
+    model = onnx.load(str(folder / "model.onnx"))
+    g = model.graph
+    inputs = [i.name for i in g.input]
+    mask = next(
+        n.output[1] for n in g.node if n.op_type in ("QEmbedLayerNormalization", "EmbedLayerNormalization")
+    )
+    layers = sorted(
+        {int(n.name.split("layer.")[1].split("/")[0]) for n in g.node if "/encoder/layer." in n.name}
+    )
+    exits = args.exit_after if args.exit_after is not None else layers[:-1]
+    _declare(g, mask, TensorProto.INT32, ["batch"])
+    for k in exits:
+        _declare(g, _hidden_name(k), TensorProto.FLOAT, ["batch", "sequence", None])
+    probe = _session(
+        Extractor(model).extract_model(inputs, ["logits"] + [_hidden_name(k) for k in exits]), args.threads
+    )
+    feats = {s: _collect(probe, predictor, f["text"].tolist(), ["logits"] + [_hidden_name(k) for k in exits])
+             for s, f in splits.items()}  # fmt: skip
+    full_acc = {s: float((feats[s][0].argmax(1) == gold[s]).mean()) for s in splits}
+    val, test = full_acc["validation"], full_acc["test"]
+    print(
+        f"{folder.name}: {len(layers)} layers; whole model's accuracy validation {val:.4f}, test {test:.4f}"
+    )
+
+    texts = splits["test"]["text"].tolist()[: args.timed_texts]
+    encoded = [predictor.encode([t], length=None) for t in texts]
+    whole = _session(model, args.threads)
+    report: dict[str, Any] = {"candidate": str(folder), "layers": len(layers), "hardware": hardware(),
+                              "full_accuracy": full_acc, "exits": []}  # fmt: skip
+    for j, k in enumerate(exits, start=1):
+        head = _train_head(feats["train"][j], feats["train"][0], gold["train"], args.epochs, seed=0)
+        exit_logits = {
+            s: np.tanh(feats[s][j] @ head["w1"] + head["b1"]) @ head["w2"] + head["b2"] for s in splits
+        }
+        choice = cascade.choose_threshold(
+            exit_logits["validation"],
+            feats["validation"][0],
+            gold["validation"],
+            "max_prob",
+            args.max_accuracy_drop,
+        )
+        esc = cascade.escalated(cascade.confidence(exit_logits["test"], "max_prob"), choice.threshold)
+        routed_pred = np.where(esc, feats["test"][0].argmax(1), exit_logits["test"].argmax(1))
+        test_acc = float((routed_pred == gold["test"]).mean())
+        exit_alone = float((exit_logits["test"].argmax(1) == gold["test"]).mean())
+
+        headed = _with_head(onnx.load(str(folder / "model.onnx")), _hidden_name(k), head)
+        _declare(headed.graph, mask, TensorProto.INT32, ["batch"])
+        _declare(headed.graph, _hidden_name(k), TensorProto.FLOAT, ["batch", "sequence", None])
+        ex = Extractor(headed)
+        part_a = _session(ex.extract_model(inputs, ["exit_logits", _hidden_name(k), mask]), args.threads)
+        # B runs on a minority of texts: its pool does not spin (two pools spinning on the same
+        # cores slow each other down; the cascade's runtime search chose the same pair)
+        part_b = _session(ex.extract_model([_hidden_name(k), mask], ["logits"]), args.threads, spinning=False)
+        worst = 0.0
+        for x in encoded[:64]:
+            e, h, m = part_a.run(None, x)
+            keep = x["attention_mask"].astype(np.float32)[:, :, None]
+            pooled = (h * keep).sum(1) / keep.sum(1)
+            mine = np.tanh(pooled @ head["w1"] + head["b1"]) @ head["w2"] + head["b2"]
+            worst = max(worst, float(np.abs(e - mine).max()))
+            worst = max(
+                worst,
+                float(
+                    np.abs(part_b.run(None, {_hidden_name(k): h, mask: m})[0] - whole.run(None, x)[0]).max()
+                ),
+            )
+        assert worst < 1e-4, f"the split graph differs from the whole one by {worst}"
+
+        def routed(x: dict[str, np.ndarray], a: Any = part_a, b: Any = part_b, hk: str = _hidden_name(k),
+                   t: float = choice.threshold) -> None:  # fmt: skip
+            e, h, m = a.run(None, x)
+            if cascade.escalated(cascade.confidence(e, "max_prob"), t)[0]:
+                b.run(None, {hk: h, mask: m})
+
+        times: dict[str, list[float]] = {"whole": [], "early_exit": []}
+        calls = {"whole": lambda x: whole.run(None, x), "early_exit": routed}
+        for r in range(args.rounds):  # each way over all texts in turn (one session pool busy at a time)
+            for name in sorted(calls, reverse=r % 2 == 1):
+                fn = calls[name]
+                for x in encoded[:20]:  # warm-up
+                    fn(x)
+                for x in encoded:
+                    t0 = time.perf_counter()
+                    fn(x)
+                    times[name].append(time.perf_counter() - t0)
+        stats = {n: summarize(np.asarray(v), 1) for n, v in times.items()}
+        row = {"exit_after_layer": k, "threshold": choice.threshold, "validation": choice.to_dict(),
+               "test_accuracy": test_acc, "test_escalation": float(esc.mean()),
+               "exit_head_alone_test": exit_alone, "split_max_abs_diff": worst, "timing": stats}  # fmt: skip
+        report["exits"].append(row)
+        w, e = stats["whole"], stats["early_exit"]
+        print(
+            f"exit after layer {k}: head alone test {exit_alone:.4f}; threshold {choice.threshold:.3f} "
+            f"(validation: {choice.escalation_rate:.1%} go on); test accuracy {test_acc:.4f} "
+            f"(full {full_acc['test']:.4f}), {esc.mean():.1%} go on\n"
+            f"  b1 p50 ms [95% CI]: whole {w['p50_ms']:.3f} "
+            f"[{w['p50_ci_low_ms']:.3f}, {w['p50_ci_high_ms']:.3f}]  "
+            f"early exit {e['p50_ms']:.3f} [{e['p50_ci_low_ms']:.3f}, {e['p50_ci_high_ms']:.3f}]; "
+            f"p95 {w['p95_ms']:.3f} / {e['p95_ms']:.3f}; mean {w['mean_ms']:.3f} / {e['mean_ms']:.3f}; "
+            f"split parity {worst:.1e}",
+            flush=True,
+        )
+    cpu = report["hardware"].get("cpu", "")
+    print(f"machine: {cpu}; {args.threads} threads, {len(encoded)} test texts x {args.rounds}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
