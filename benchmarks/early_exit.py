@@ -197,13 +197,23 @@ def main() -> None:
     model = onnx.load(str(folder / "model.onnx"))
     g = model.graph
     inputs = [i.name for i in g.input]
-    mask = next(
-        n.output[1] for n in g.node if n.op_type in ("QEmbedLayerNormalization", "EmbedLayerNormalization")
-    )
+    embed = [n for n in g.node if n.op_type in ("QEmbedLayerNormalization", "EmbedLayerNormalization")]
+    ends = "/output/LayerNorm/LayerNormalization_output_0"
+    if not embed or not any(o.endswith(ends) for n in g.node for o in n.output):
+        raise SystemExit(
+            f"{folder / 'model.onnx'}: not a fused BERT-style encoder graph (no EmbedLayerNormalization, "
+            "or no layer output named /bert/encoder/layer.K/output/LayerNorm/...): give a built ONNX "
+            "candidate of a BERT-style classifier (ort_int8_dynamic or onnx_fp32)"
+        )
+    mask = embed[0].output[1]
     layers = sorted(
         {int(n.name.split("layer.")[1].split("/")[0]) for n in g.node if "/encoder/layer." in n.name}
     )
     exits = args.exit_after if args.exit_after is not None else layers[:-1]
+    if not set(exits) <= set(layers[:-1]):
+        raise SystemExit(
+            f"--exit-after {exits}: the graph's encoder layers are {layers}; exits go after 0..{layers[-2]}"
+        )
     _declare(g, mask, TensorProto.INT32, ["batch"])
     for k in exits:
         _declare(g, _hidden_name(k), TensorProto.FLOAT, ["batch", "sequence", None])

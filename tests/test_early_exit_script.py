@@ -54,3 +54,9 @@ def test_early_exit_script_splits_the_graph_exactly_and_reports_both_routes(expo
     assert e["validation"]["rows"] == 60 and 0.0 <= e["threshold"] <= 1.0
     assert e["timing"]["whole"]["iterations"] == 20 and e["timing"]["early_exit"]["p50_ms"] > 0
     assert "exit after layer 0" in r.stdout and "b1 p50 ms" in r.stdout
+    bad = subprocess.run(
+        [sys.executable, str(SCRIPT), "--summary", str(summary), "--candidate", str(cand),
+         "--exit-after", "1"],
+        capture_output=True, text=True, env={**os.environ, "CI": "true"}, timeout=600,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "exits go after 0..0" in bad.stderr  # the last layer has no exit

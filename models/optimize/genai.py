@@ -85,7 +85,8 @@ class GenaiBuildConfig(Strict):
 
     @model_validator(mode="after")
     def _asymmetric_needs_an_algorithm(self) -> GenaiBuildConfig:
-        check_asymmetric(self.symmetric, self.algo)
+        if self.precision in ("int4", "int8"):
+            check_asymmetric(self.symmetric, self.algo)
         return self
 
     def builder_args(self) -> list[str]:

@@ -160,3 +160,4 @@ def test_asymmetric_int4_loads_carries_zero_points_and_needs_a_named_algorithm(s
     with pytest.raises(ValidationError, match="symmetric: false needs algo"):
         GenaiInt4Config(symmetric=False)
     assert GenaiInt4Config(symmetric=False, algo="k_quant").symmetric is False
+    assert G.GenaiBuildConfig(precision="fp32", symmetric=False).builder_args() == ["-p", "fp32", "-e", "cpu"]
