@@ -271,7 +271,8 @@ def main() -> None:
                     np.abs(part_b.run(None, {_hidden_name(k): h, mask: m})[0] - whole.run(None, x)[0]).max()
                 ),
             )
-        assert worst < 1e-4, f"the split graph differs from the whole one by {worst}"
+        if worst >= 1e-4:
+            raise SystemExit(f"the graph cut after layer index {k} differs from the whole one by {worst:.2e}")
 
         def routed(x: dict[str, np.ndarray], a: Any = part_a, b: Any = part_b, hk: str = _hidden_name(k),
                    t: float = choice.threshold) -> None:  # fmt: skip
@@ -297,7 +298,9 @@ def main() -> None:
         report["exits"].append(row)
         w, e = stats["whole"], stats["early_exit"]
         print(
-            f"exit after layer {k}: head alone test {exit_alone:.4f}; threshold {choice.threshold:.3f} "
+            f"exit after {k + 1} of {len(layers)} layers (--exit-after {k}): "
+            f"head alone test {exit_alone:.4f}; "
+            f"threshold {choice.threshold:.3f} "
             f"(validation: {choice.escalation_rate:.1%} go on); test accuracy {test_acc:.4f} "
             f"(full {full_acc['test']:.4f}), {esc.mean():.1%} go on\n"
             f"  b1 p50 ms [95% CI]: whole {w['p50_ms']:.3f} "

@@ -53,7 +53,7 @@ def test_early_exit_script_splits_the_graph_exactly_and_reports_both_routes(expo
     assert 0.0 <= e["test_escalation"] <= 1.0 and 0.0 <= e["test_accuracy"] <= 1.0
     assert e["validation"]["rows"] == 60 and 0.0 <= e["threshold"] <= 1.0
     assert e["timing"]["whole"]["iterations"] == 20 and e["timing"]["early_exit"]["p50_ms"] > 0
-    assert "exit after layer 0" in r.stdout and "b1 p50 ms" in r.stdout
+    assert "exit after 1 of 2 layers (--exit-after 0)" in r.stdout and "b1 p50 ms" in r.stdout
     bad = subprocess.run(
         [sys.executable, str(SCRIPT), "--summary", str(summary), "--candidate", str(cand),
          "--exit-after", "1"],
