@@ -243,21 +243,15 @@ def main() -> None:
 
 def tuned_away_from_default(folder: Path) -> bool:
     """Whether the runtime settings search chose anything but ONNX Runtime's default for ``folder``."""
+    from slimflow.models.optimize.runtime_tuning import settings_of
+    from slimflow.models.optimize.targets import SessionSettings
+
     path = folder / "runtime.json"
     if not path.exists():
         return False
     saved = json.loads(path.read_text())
-    default = {
-        "threads": saved["thread_budget"],
-        "spinning": True,
-        "graph_level": "all",
-        "disabled_fusions": [],
-        "denormal_as_zero": False,
-    }
-    return any(
-        {"disabled_fusions": [], "denormal_as_zero": False, **s} != default
-        for s in saved["by_batch"].values()
-    )
+    default = SessionSettings(threads=saved["thread_budget"])  # all threads of the budget, the rest default
+    return any(settings_of(s) != default for s in saved["by_batch"].values())
 
 
 def untuned_copy(folder: Path, dest: Path) -> Path:
