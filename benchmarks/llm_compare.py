@@ -39,6 +39,12 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "genai_int4_rtn_asym": {"precision": "int4", "block_size": 32, "algo": "rtn", "symmetric": False},
     "genai_int4_k_quant_asym": {"precision": "int4", "block_size": 32, "algo": "k_quant", "symmetric": False},
     "genai_int4_rtn_asym_b16": {"precision": "int4", "block_size": 16, "algo": "rtn", "symmetric": False},
+    "genai_int8_b128": {"precision": "int8", "block_size": 128},
+    "genai_int8_head_int4": {
+        "precision": "int8",
+        "block_size": 32,
+        "mixed_precision": {"last_matmul": "int4"},
+    },
 }
 
 

@@ -31,7 +31,7 @@ __all__ = [
     "Quality",
     "TorchModel",
     "build",
-    "check_asymmetric",
+    "check_build_options",
     "parity",
     "quality",
     "size_bytes",
@@ -44,14 +44,23 @@ Precision = Literal["fp32", "int8", "int4", "fp16", "bf16"]
 BUILD_TIMEOUT_S = 3600
 
 
-def check_asymmetric(symmetric: bool, algo: str) -> None:
-    """Asymmetric weights need a named algorithm: with ``default``, onnxruntime-genai 0.18's builder
-    gives a tied embedding the head's uint4 weights without their scales and the model does not
-    load (seen on SmolLM2)."""
+MixedPrecision = dict[Literal["last_matmul", "mixed_layers"], Literal["int4", "int8"]]
+
+
+def check_build_options(symmetric: bool, algo: str, mixed_precision: MixedPrecision) -> None:
+    """Weight-only options the builder cannot honour together. Asymmetric weights need a named
+    algorithm: with ``default``, onnxruntime-genai 0.18's builder gives a tied embedding the head's
+    uint4 weights without their scales and the model does not load (seen on SmolLM2). The
+    ``*_last``/``*_mixed`` algorithms are aliases that already set mixed precision."""
     if not symmetric and algo == "default":
         raise ValueError(
             "symmetric: false needs algo 'rtn' or 'k_quant' (with 'default' onnxruntime-genai's builder "
             "wires a tied embedding to the wrong weights and the model does not load)"
+        )
+    if mixed_precision and algo.endswith(("_last", "_mixed")):
+        raise ValueError(
+            f"algo {algo!r} already sets mixed precision: use its base method (rtn or k_quant) with "
+            "mixed_precision"
         )
 
 
@@ -78,15 +87,21 @@ class GenaiBuildConfig(Strict):
         description="int4/int8: weights centred on zero (int4/int8) or with a zero point per block "
         "(uint4/uint8: asymmetric, closer to FP32 where a block's weights are skewed).",
     )
+    mixed_precision: MixedPrecision = Field(
+        default_factory=dict,
+        description="int4/int8: other widths for groups of MatMuls (the builder's matmul_mixed_precision): "
+        "last_matmul = the LM head, mixed_layers = the most quantization-sensitive projections "
+        "(llama.cpp's choice); e.g. {last_matmul: int4} on an int8 build.",
+    )
     exclude_nodes: list[str] = Field(
         default_factory=list,
         description="Node names kept at full precision (e.g. /lm_head/MatMul).",
     )
 
     @model_validator(mode="after")
-    def _asymmetric_needs_an_algorithm(self) -> GenaiBuildConfig:
+    def _options_fit_together(self) -> GenaiBuildConfig:
         if self.precision in ("int4", "int8"):
-            check_asymmetric(self.symmetric, self.algo)
+            check_build_options(self.symmetric, self.algo, self.mixed_precision)
         return self
 
     def builder_args(self) -> list[str]:
@@ -97,6 +112,10 @@ class GenaiBuildConfig(Strict):
                 extra.append(f"accuracy_level={self.accuracy_level}")
             if not self.symmetric:
                 extra.append("is_symmetric=false")
+            if self.mixed_precision:
+                extra.append(
+                    "matmul_mixed_precision=" + ",".join(f"{k}:{v}" for k, v in self.mixed_precision.items())
+                )
             if self.exclude_nodes:
                 extra.append("nodes_to_exclude=" + ",".join(self.exclude_nodes))
         args = ["-p", self.precision, "-e", self.execution_provider]
@@ -107,7 +126,8 @@ class GenaiBuildConfig(Strict):
             return f"genai_{self.precision}"
         algo = "" if self.algo == "default" else f"_{self.algo}"
         asym = "" if self.symmetric else "_asym"
-        return f"genai_{self.precision}{algo}{asym}_b{self.block_size}"
+        mixed = "".join(f"_{k}-{v}" for k, v in self.mixed_precision.items())
+        return f"genai_{self.precision}{algo}{asym}{mixed}_b{self.block_size}"
 
 
 def build(model_dir: str | Path, out_dir: str | Path, cfg: GenaiBuildConfig, cache_dir: str | Path) -> Path:

@@ -44,15 +44,21 @@ class _GenaiConfig(QuantizerConfig):
         description="Weights centred on zero (true) or with a zero point per block (false: asymmetric; "
         "needs algo rtn or k_quant).",
     )
+    mixed_precision: dict[Literal["last_matmul", "mixed_layers"], Literal["int4", "int8"]] = Field(
+        default_factory=dict,
+        description="Other widths for groups of MatMuls: last_matmul = the LM head (and a tied "
+        "embedding), mixed_layers = the most quantization-sensitive projections; e.g. {last_matmul: "
+        "int4} on genai_int8.",
+    )
     keep_full_precision: list[str] = Field(
         default_factory=list, description="Node names kept at full precision (e.g. /lm_head/MatMul)."
     )
 
     @model_validator(mode="after")
-    def _asymmetric_needs_an_algorithm(self) -> _GenaiConfig:
-        from slimflow.models.optimize.genai import check_asymmetric
+    def _options_fit_together(self) -> _GenaiConfig:
+        from slimflow.models.optimize.genai import check_build_options
 
-        check_asymmetric(self.symmetric, self.algo)
+        check_build_options(self.symmetric, self.algo, self.mixed_precision)
         return self
 
 
@@ -76,6 +82,7 @@ def _build(cfg: _GenaiConfig, ctx: QuantContext, out_dir: Path) -> QuantReport:
         accuracy_level=cfg.accuracy_level,
         algo=cfg.algo,
         symmetric=cfg.symmetric,
+        mixed_precision=cfg.mixed_precision,
         exclude_nodes=cfg.keep_full_precision,
     )
     with tempfile.TemporaryDirectory(prefix="genai-cache-") as cache:

@@ -161,3 +161,38 @@ def test_asymmetric_int4_loads_carries_zero_points_and_needs_a_named_algorithm(s
         GenaiInt4Config(symmetric=False)
     assert GenaiInt4Config(symmetric=False, algo="k_quant").symmetric is False
     assert G.GenaiBuildConfig(precision="fp32", symmetric=False).builder_args() == ["-p", "fp32", "-e", "cpu"]
+
+
+def test_mixed_precision_reaches_the_builder_and_does_not_double_an_algorithm_alias() -> None:
+    from pydantic import ValidationError
+
+    cfg = G.GenaiBuildConfig(precision="int8", mixed_precision={"last_matmul": "int4"})
+    assert "matmul_mixed_precision=last_matmul:int4" in cfg.builder_args()
+    assert cfg.label() == "genai_int8_last_matmul-int4_b32"
+    with pytest.raises(ValidationError, match="already sets mixed precision"):
+        G.GenaiBuildConfig(precision="int4", algo="rtn_last", mixed_precision={"mixed_layers": "int8"})
+    from slimflow.models.optimize.quantizers.genai_weight_only import GenaiInt8Config
+
+    assert GenaiInt8Config(mixed_precision={"last_matmul": "int4"}).mixed_precision == {"last_matmul": "int4"}
+    with pytest.raises(ValidationError, match="already sets mixed precision"):
+        GenaiInt8Config(algo="k_quant_last", mixed_precision={"last_matmul": "int4"})
+
+
+def test_an_int8_build_with_an_int4_head_loads_and_holds_both_widths(sft) -> None:
+    import onnx
+    from onnx import helper
+
+    tmp, _, model, _, test = sft
+    cfg = G.GenaiBuildConfig(precision="int8", block_size=16, mixed_precision={"last_matmul": "int4"})
+    out = G.build(tmp / "teacher", tmp / "int8-head4", cfg, tmp / "cache")
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    bits = {
+        n.name: next(helper.get_attribute_value(a) for a in n.attribute if a.name == "bits")
+        for n in graph.node
+        if n.op_type == "MatMulNBits"
+    }
+    head = [b for name, b in bits.items() if name.startswith("/lm_head/")]
+    assert head == [4] and sorted(set(bits.values())) == [4, 8]  # the head at 4 bits, the body at 8
+    got = G.quality(G.GenaiModel(out), test, 4)  # the tiny model ties its embedding to the head
+    ref = G.quality(G.TorchModel(model), test, 4)
+    assert got.rows == ref.rows and got.perplexity == pytest.approx(ref.perplexity, rel=0.5)
