@@ -17,9 +17,10 @@ pipeline serves):
 4. Chooses the exit threshold on the validation split only, with the cascade's rule
    (``cascade.choose_threshold``: least escalation keeping accuracy >= the full model's minus
    ``--max-accuracy-drop``), and scores test accuracy and the share of texts going on to B.
-5. Times, interleaved, batch 1 over test texts, 2 pinned threads with the runtime settings the
-   search chose for these models (SkipLayerNormFusion off, denormals as zero): the whole graph,
-   and the early-exit route (A; B only when the exit is not confident), each text's real path.
+5. Times, batch 1 over test texts, pinned threads, with the batch-1 runtime settings the search
+   saved for the candidate on this hardware (runtime.json; else ONNX Runtime's defaults), B's pool
+   not spinning: the whole graph, and the early-exit route (A; B only when the exit is not
+   confident), each text's real path.
 
 Prints a table and writes the figures (``--out``). Asserts nothing but the split's parity.
 Not a candidate kind of the pipeline (yet): this measures whether it would be worth one.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +42,15 @@ from slimflow.models.core.env import apply_defaults
 apply_defaults()
 
 
-def _session(model: Any, threads: int, spinning: bool = True) -> Any:
-    import onnxruntime as ort
+def _session(model: Any, settings: Any) -> Any:
+    from slimflow.models.optimize.targets import get_target
 
-    o = ort.SessionOptions()
-    o.intra_op_num_threads, o.inter_op_num_threads = threads, 1
-    o.add_session_config_entry("session.set_denormal_as_zero", "1")
-    o.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(
-        model.SerializeToString(),
-        o,
-        providers=["CPUExecutionProvider"],
-        disabled_optimizers=["SkipLayerNormFusion"],
-    )
+    return get_target("cpu").session(model.SerializeToString(), settings=settings)
+
+
+def _head_logits(x: np.ndarray, head: dict[str, np.ndarray]) -> np.ndarray:
+    """The exit head on pooled hidden states, in numpy (what the appended graph nodes compute)."""
+    return np.tanh(x @ head["w1"] + head["b1"]) @ head["w2"] + head["b2"]
 
 
 def _declare(graph: Any, name: str, elem: int, dims: list[Any]) -> None:
@@ -183,6 +181,8 @@ def main() -> None:
     from slimflow.models.optimize import cascade
     from slimflow.models.optimize.bench import pin, summarize
     from slimflow.models.optimize.predictors import load_predictor
+    from slimflow.models.optimize.runtime_tuning import load_tuned
+    from slimflow.models.optimize.targets import SessionSettings
 
     pin(args.threads)
     summary = json.loads(Path(args.summary).read_text())
@@ -206,6 +206,10 @@ def main() -> None:
             "candidate of a BERT-style classifier (ort_int8_dynamic or onnx_fp32)"
         )
     mask = embed[0].output[1]
+    tuned = load_tuned(folder)  # the settings the runtime search saved here, on this hardware
+    b1 = tuned.by_batch.get(1) if tuned else None
+    settings = replace(b1, threads=args.threads) if b1 else SessionSettings(threads=args.threads)
+    print(f"session settings: {settings.label()} (part B: spinning off)")
     layers = sorted(
         {int(n.name.split("layer.")[1].split("/")[0]) for n in g.node if "/encoder/layer." in n.name}
     )
@@ -218,7 +222,7 @@ def main() -> None:
     for k in exits:
         _declare(g, _hidden_name(k), TensorProto.FLOAT, ["batch", "sequence", None])
     probe = _session(
-        Extractor(model).extract_model(inputs, ["logits"] + [_hidden_name(k) for k in exits]), args.threads
+        Extractor(model).extract_model(inputs, ["logits"] + [_hidden_name(k) for k in exits]), settings
     )
     feats = {s: _collect(probe, predictor, f["text"].tolist(), ["logits"] + [_hidden_name(k) for k in exits])
              for s, f in splits.items()}  # fmt: skip
@@ -230,14 +234,12 @@ def main() -> None:
 
     texts = splits["test"]["text"].tolist()[: args.timed_texts]
     encoded = [predictor.encode([t], length=None) for t in texts]
-    whole = _session(model, args.threads)
+    whole = _session(model, settings)
     report: dict[str, Any] = {"candidate": str(folder), "layers": len(layers), "hardware": hardware(),
                               "full_accuracy": full_acc, "exits": []}  # fmt: skip
     for j, k in enumerate(exits, start=1):
         head = _train_head(feats["train"][j], feats["train"][0], gold["train"], args.epochs, seed=0)
-        exit_logits = {
-            s: np.tanh(feats[s][j] @ head["w1"] + head["b1"]) @ head["w2"] + head["b2"] for s in splits
-        }
+        exit_logits = {s: _head_logits(feats[s][j], head) for s in splits}
         choice = cascade.choose_threshold(
             exit_logits["validation"],
             feats["validation"][0],
@@ -254,17 +256,18 @@ def main() -> None:
         _declare(headed.graph, mask, TensorProto.INT32, ["batch"])
         _declare(headed.graph, _hidden_name(k), TensorProto.FLOAT, ["batch", "sequence", None])
         ex = Extractor(headed)
-        part_a = _session(ex.extract_model(inputs, ["exit_logits", _hidden_name(k), mask]), args.threads)
+        part_a = _session(ex.extract_model(inputs, ["exit_logits", _hidden_name(k), mask]), settings)
         # B runs on a minority of texts: its pool does not spin (two pools spinning on the same
         # cores slow each other down; the cascade's runtime search chose the same pair)
-        part_b = _session(ex.extract_model([_hidden_name(k), mask], ["logits"]), args.threads, spinning=False)
+        part_b = _session(
+            ex.extract_model([_hidden_name(k), mask], ["logits"]), replace(settings, spinning=False)
+        )
         worst = 0.0
         for x in encoded[:64]:
             e, h, m = part_a.run(None, x)
             keep = x["attention_mask"].astype(np.float32)[:, :, None]
             pooled = (h * keep).sum(1) / keep.sum(1)
-            mine = np.tanh(pooled @ head["w1"] + head["b1"]) @ head["w2"] + head["b2"]
-            worst = max(worst, float(np.abs(e - mine).max()))
+            worst = max(worst, float(np.abs(e - _head_logits(pooled, head)).max()))
             worst = max(
                 worst,
                 float(

@@ -88,12 +88,13 @@ class Target:
 
     def session(
         self,
-        model_path: str | Path,
+        model_path: str | Path | bytes,
         threads: int | None = None,
         settings: SessionSettings | None = None,
         save_optimized: str | Path | None = None,
     ) -> Any:
-        """An InferenceSession on this target's provider only; raises if the provider was dropped.
+        """An InferenceSession (of a file, or of a serialized model) on this target's provider only;
+        raises if the provider was dropped.
         ``settings`` (threads, spinning, graph level, disabled fusions) win over ``threads``;
         ``save_optimized``: where ONNX Runtime writes the graph it really runs (after its online
         optimisations), to inspect."""
@@ -120,7 +121,10 @@ class Target:
             so.optimized_model_filepath = str(save_optimized)
         extra = {"disabled_optimizers": list(settings.disabled_fusions)} if settings.disabled_fusions else {}
         sess = ort.InferenceSession(
-            str(model_path), so, providers=[(self.provider, dict(self.provider_options))], **extra
+            model_path if isinstance(model_path, bytes) else str(model_path),
+            so,
+            providers=[(self.provider, dict(self.provider_options))],
+            **extra,
         )
         if sess.get_providers()[0] != self.provider:
             raise RuntimeError(
