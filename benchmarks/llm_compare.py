@@ -40,6 +40,14 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "genai_int4_k_quant_asym": {"precision": "int4", "block_size": 32, "algo": "k_quant", "symmetric": False},
     "genai_int4_rtn_asym_b16": {"precision": "int4", "block_size": 16, "algo": "rtn", "symmetric": False},
     "genai_int8_b128": {"precision": "int8", "block_size": 128},
+    # INT4 with the attention projections and the MLP down projection of every layer at INT8
+    # (the MatMuls whose INT4 error changes answers most; int8_matmuls are globs)
+    "genai_int4_attn_down_int8": {
+        "precision": "int4",
+        "block_size": 32,
+        "int8_matmuls": ["*/attn/*", "*/mlp/down_proj/*"],
+    },
+    "genai_int4_attn_int8": {"precision": "int4", "block_size": 32, "int8_matmuls": ["*/attn/*"]},
     "genai_int8_head_int4": {
         "precision": "int8",
         "block_size": 32,
@@ -112,6 +120,16 @@ def main() -> None:
         print(f"written: {args.out}")
 
 
+def build_config(variant: dict[str, Any], model_dir: Path) -> Any:
+    """A variant's builder settings (its int8_matmuls globs resolved against the model's layers)."""
+    from slimflow.models.optimize import genai as G
+
+    v = dict(variant)
+    if "int8_matmuls" in v:
+        v["int8_nodes"] = G.select_matmuls(v.pop("int8_matmuls"), model_dir)
+    return G.GenaiBuildConfig.model_validate(v)
+
+
 def measure(
     model_dir: Path, test_path: Path, plan: list[tuple[str, str, Path | None]], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -145,7 +163,7 @@ def measure(
         if kind == "optimum_onnx_fp32" and not (folder / "model.onnx").is_file():
             export_with_past(model_dir, folder)
         elif VARIANTS.get(kind) is not None and not (folder / "model.onnx").is_file():
-            G.build(model_dir, folder, G.GenaiBuildConfig.model_validate(VARIANTS[kind]), work / "cache")
+            G.build(model_dir, folder, build_config(VARIANTS[kind], model_dir), work / "cache")
         built = time.perf_counter() - t0
         size = _size_mb(model_dir if kind == "pytorch_fp32" else folder)
         run = runner(kind, folder, model_dir, args.threads)

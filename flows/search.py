@@ -67,7 +67,7 @@ def candidate_search(
 ) -> C.SearchResult:
     specs, skipped = C.plan(cfg, list(made), data.task)
     refs = {name: ModelRef.of(result) for name, result in made.items()}
-    quantizers = {q.kind: q for q in cfg.quantize}
+    quantizers = {q.variant: q for q in cfg.quantize}
     rows: dict[str, dict[str, Any]] = {
         s.name: {
             "name": s.name,

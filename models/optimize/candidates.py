@@ -105,7 +105,7 @@ def plan(
     skipped: list[Skipped] = [
         Skipped(f"{s}/*/*", f"the pipeline made no {s} model (enable its stage)") for s in missing
     ]
-    quant = [(q.kind, type(q)) for q in cfg.quantize]
+    quant = [(q.variant, type(q)) for q in cfg.quantize]
     quantizer_cls = dict(quant)
     torch_needed = cfg.include_torch_fp32 or any(cls.runtime == "torch" for _, cls in quant)
     # a generative family's FP32 reference is the onnxruntime-genai build, not an optimum export
@@ -119,7 +119,7 @@ def plan(
                 variants.append((FP32_OF_RUNTIME[fp32_runtime], fp32_runtime))
             if torch_needed:
                 variants.append((FP32_TORCH, "torch"))
-            variants += [(kind, cls.runtime) for kind, cls in quant]
+            variants += [(variant, cls.runtime) for variant, cls in quant]
             for variant, runtime in variants:
                 spec = CandidateSpec(source, variant, target_name, runtime, target.int8_preset)
                 rule = next((r for r in cfg.skip if fnmatch.fnmatchcase(spec.name, r.match)), None)

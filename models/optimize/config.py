@@ -384,7 +384,17 @@ class OptimizeConfig(Strict):
             )
         if "data" not in self.bench.lengths:
             raise ValueError("bench.lengths must include 'data' (the ranking uses test-data lengths)")
-        kinds = [q.kind for q in self.quantize]
-        if len(set(kinds)) != len(kinds):
-            raise ValueError(f"each quantization kind may appear once, got {kinds}")
+        variants = [q.variant for q in self.quantize]
+        if len(set(variants)) != len(variants):
+            twice = sorted({v for v in variants if variants.count(v) > 1})
+            raise ValueError(
+                f"quantizer variant(s) {twice} listed twice: give each entry of one kind its own "
+                f"name (e.g. name: {twice[0]}_mixed)"
+            )
+        clash = sorted(set(variants) & {"onnx_fp32", "torch_fp32", "genai_fp32"})
+        if clash:
+            raise ValueError(f"quantizer name(s) {clash} are the FP32 candidates' names: choose others")
+        taken = sorted({q.name for q in self.quantize if q.name} & set(QUANTIZERS.names()))
+        if taken:
+            raise ValueError(f"quantizer name(s) {taken} are other quantizers' kinds: choose others")
         return self

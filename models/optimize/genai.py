@@ -97,29 +97,58 @@ class GenaiBuildConfig(Strict):
         default_factory=list,
         description="Node names kept at full precision (e.g. /lm_head/MatMul).",
     )
+    int8_nodes: list[str] = Field(
+        default_factory=list,
+        description="int4: MatMul node names built at int8 instead (the builder's per-node weight "
+        "overrides), e.g. /model/layers.3/mlp/down_proj/MatMul; see decoder_matmuls.",
+    )
 
     @model_validator(mode="after")
     def _options_fit_together(self) -> GenaiBuildConfig:
         if self.precision in ("int4", "int8"):
             check_build_options(self.symmetric, self.algo, self.mixed_precision)
+        if self.int8_nodes and self.precision != "int4":
+            raise ValueError(f"int8_nodes is for int4 builds (this one is {self.precision})")
+        if self.int8_nodes and self.algo.endswith(("_last", "_mixed")):
+            raise ValueError(
+                f"algo {self.algo!r} sets its own mixed precision: use its base method with int8_nodes"
+            )
         return self
 
-    def builder_args(self) -> list[str]:
-        extra = []
+    def _overrides(self) -> list[dict[str, Any]]:
+        """The builder's structured weight overrides (first match wins): exclusions, the int8
+        nodes, then the mixed-precision presets. Given as one list because a structured list
+        replaces the builder's legacy options whole."""
+        return [
+            *({"match": {"name": n}, "exclude": True} for n in self.exclude_nodes),
+            *({"match": {"name": n}, "type": "int8"} for n in self.int8_nodes),
+            *({"match": {"preset": k}, "type": v} for k, v in self.mixed_precision.items()),
+        ]
+
+    def builder_args(self, tied_embeddings: bool = False) -> list[str]:
+        """The builder's command-line options; ``tied_embeddings``: the model shares its embedding
+        with the LM head (then the structured form must name Gather too, as the builder's legacy
+        options do by themselves, or the embedding is left at full precision: +113 MB on SmolLM2)."""
+        extra: list[str] = []
+        structured: list[str] = []
         if self.precision in ("int4", "int8"):
             extra += [f"block_size={self.block_size}", f"algo_config={self.algo}"]
             if self.accuracy_level:
                 extra.append(f"accuracy_level={self.accuracy_level}")
             if not self.symmetric:
                 extra.append("is_symmetric=false")
-            if self.mixed_precision:
+            if self.int8_nodes:  # everything per node goes in one structured list
+                ops = ["MatMul", "Gather"] if tied_embeddings else ["MatMul"]
+                weights = {"op_types": ops, "overrides": self._overrides()}
+                structured = ["--target_options", json.dumps({"quant_config": {"weights": weights}})]
+            elif self.mixed_precision:
                 extra.append(
                     "matmul_mixed_precision=" + ",".join(f"{k}:{v}" for k, v in self.mixed_precision.items())
                 )
-            if self.exclude_nodes:
+            if self.exclude_nodes and not self.int8_nodes:
                 extra.append("nodes_to_exclude=" + ",".join(self.exclude_nodes))
         args = ["-p", self.precision, "-e", self.execution_provider]
-        return args + (["--extra_options", *extra] if extra else [])
+        return args + (["--extra_options", *extra] if extra else []) + structured
 
     def label(self) -> str:
         if self.precision not in ("int4", "int8"):
@@ -127,6 +156,7 @@ class GenaiBuildConfig(Strict):
         algo = "" if self.algo == "default" else f"_{self.algo}"
         asym = "" if self.symmetric else "_asym"
         mixed = "".join(f"_{k}-{v}" for k, v in self.mixed_precision.items())
+        mixed += f"_int8x{len(self.int8_nodes)}" if self.int8_nodes else ""
         return f"genai_{self.precision}{algo}{asym}{mixed}_b{self.block_size}"
 
 
@@ -135,8 +165,10 @@ def build(model_dir: str | Path, out_dir: str | Path, cfg: GenaiBuildConfig, cac
     in a child process (``genai_builder``: the builder under this project's transformers)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    tied = bool(config.get("tie_word_embeddings", False))
     cmd = [sys.executable, "-m", "slimflow.models.optimize.genai_builder",
-           "-i", str(model_dir), "-o", str(out), "-c", str(cache_dir), *cfg.builder_args()]  # fmt: skip
+           "-i", str(model_dir), "-o", str(out), "-c", str(cache_dir), *cfg.builder_args(tied)]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT_S)
@@ -146,6 +178,42 @@ def build(model_dir: str | Path, out_dir: str | Path, cfg: GenaiBuildConfig, cac
             f"onnxruntime-genai's model builder failed for {model_dir} ({cfg.label()}):\n{tail}"
         )
     log.info("built %s in %.1f s", cfg.label(), time.perf_counter() - t0)
+    return out
+
+
+# The builder's MatMul names in a Llama-style decoder (onnxruntime-genai 0.18: q, k and v packed
+# into one qkv_proj MatMul); the LM head is /lm_head/MatMul.
+DECODER_MATMULS = ("attn/qkv_proj", "attn/o_proj", "mlp/gate_proj", "mlp/up_proj", "mlp/down_proj")
+
+
+def decoder_matmuls(num_layers: int) -> list[str]:
+    """Every weight MatMul the builder emits for a ``num_layers``-layer Llama-style decoder."""
+    names = [f"/model/layers.{i}/{m}/MatMul" for i in range(num_layers) for m in DECODER_MATMULS]
+    return [*names, "/lm_head/MatMul"]
+
+
+def select_matmuls(patterns: list[str], model_dir: str | Path) -> list[str]:
+    """The decoder MatMuls of the model in ``model_dir`` (its config.json's layer count) that
+    match any glob of ``patterns`` (e.g. ``*/attn/*``, ``/model/layers.2[0-9]/*``)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    return select_matmuls_of(patterns, int(config["num_hidden_layers"]))
+
+
+def select_matmuls_of(patterns: list[str], num_layers: int) -> list[str]:
+    """The MatMuls of a ``num_layers``-layer decoder matching any glob of ``patterns``; a pattern
+    that matches nothing is an error naming the MatMuls there are."""
+    import fnmatch
+
+    names = decoder_matmuls(num_layers)
+    out: list[str] = []
+    for pat in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            kinds = ", ".join(f"/model/layers.N/{m}/MatMul" for m in DECODER_MATMULS)
+            raise ValueError(
+                f"int8 MatMul pattern {pat!r} matches no MatMul (they are {kinds}, /lm_head/MatMul)"
+            )
+        out.extend(h for h in hits if h not in out)
     return out
 
 

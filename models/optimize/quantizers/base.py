@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from slimflow.models.config.base import PluginConfig
 from slimflow.models.core.plugins import Registry
 
@@ -30,6 +32,18 @@ class QuantizerConfig(PluginConfig):
     runtime: ClassVar[Runtime] = "onnxruntime"
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
     families: ClassVar[tuple[str, ...]] = ("sequence-classification",)
+
+    name: str | None = Field(
+        None,
+        pattern=r"^[a-z][a-z0-9_]{0,47}$",
+        description="The candidates' variant name (default: the kind); needed when one kind is "
+        "listed twice with other settings, e.g. genai_int4 and genai_int4 with int8_matmuls.",
+    )
+
+    @property
+    def variant(self) -> str:
+        """The variant this step's candidates carry in their names (teacher/<variant>/cpu)."""
+        return self.name or self.kind
 
 
 @dataclass

@@ -53,12 +53,25 @@ class _GenaiConfig(QuantizerConfig):
     keep_full_precision: list[str] = Field(
         default_factory=list, description="Node names kept at full precision (e.g. /lm_head/MatMul)."
     )
+    int8_matmuls: list[str] = Field(
+        default_factory=list,
+        description="genai_int4: MatMuls built at INT8 instead, as globs over the builder's names "
+        "(/model/layers.N/attn/qkv_proj/MatMul, .../attn/o_proj/..., .../mlp/gate_proj/..., "
+        ".../mlp/up_proj/..., .../mlp/down_proj/..., /lm_head/MatMul), e.g. ['*/attn/*', "
+        "'*/mlp/down_proj/*']: the projections whose INT4 error changes answers most (README).",
+    )
 
     @model_validator(mode="after")
     def _options_fit_together(self) -> _GenaiConfig:
-        from slimflow.models.optimize.genai import check_build_options
+        from slimflow.models.optimize.genai import check_build_options, select_matmuls_of
 
         check_build_options(self.symmetric, self.algo, self.mixed_precision)
+        if self.int8_matmuls:
+            if self.precision != "int4":
+                raise ValueError(f"int8_matmuls is for genai_int4 (this is {self.kind})")
+            if self.algo.endswith(("_last", "_mixed")):
+                raise ValueError(f"algo {self.algo!r} sets its own mixed precision: drop int8_matmuls")
+            select_matmuls_of(self.int8_matmuls, 256)  # a glob that can match nothing fails here
         return self
 
 
@@ -84,6 +97,7 @@ def _build(cfg: _GenaiConfig, ctx: QuantContext, out_dir: Path) -> QuantReport:
         symmetric=cfg.symmetric,
         mixed_precision=cfg.mixed_precision,
         exclude_nodes=cfg.keep_full_precision,
+        int8_nodes=G.select_matmuls(cfg.int8_matmuls, ctx.torch_dir) if cfg.int8_matmuls else [],
     )
     with tempfile.TemporaryDirectory(prefix="genai-cache-") as cache:
         G.build(ctx.torch_dir, out_dir, build, cache)

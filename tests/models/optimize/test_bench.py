@@ -174,6 +174,27 @@ def test_plan_skips_unavailable_targets_and_wrong_device_variants_with_reasons(m
     assert CandidateSpec("student", "torch_int8", "cpu", "torch").reference == "student/torch_fp32/cpu"
 
 
+def test_one_quantizer_kind_twice_under_its_own_names_makes_two_candidates():
+    cfg = OptimizeConfig.model_validate(
+        {
+            "targets": ["cpu"],
+            "quantize": [
+                {"kind": "ort_int8_dynamic"},
+                {"kind": "ort_int8_dynamic", "name": "int8_per_tensor", "per_channel": False},
+            ],
+        }
+    )
+    specs, _ = plan(cfg, ["student"])
+    assert {s.name: s.runtime for s in specs} == {
+        "student/onnx_fp32/cpu": "onnxruntime",
+        "student/ort_int8_dynamic/cpu": "onnxruntime",
+        "student/int8_per_tensor/cpu": "onnxruntime",
+    }
+    named = next(s for s in specs if s.variant == "int8_per_tensor")
+    assert named.reference == "student/onnx_fp32/cpu"
+    assert [q.variant for q in cfg.quantize] == ["ort_int8_dynamic", "int8_per_tensor"]
+
+
 # ----------------------------------------------------------------------------------------- choosing
 def row(name: str, acc: float, p50_b1: float, p50_b32: float = 100.0, ref: str | None = None) -> dict:
     def st(b, p):
@@ -243,8 +264,14 @@ def test_optimize_config_errors_name_the_problem():
         load_config(None, ["optimize.targets=[cpu, tpu]"])
     with pytest.raises(ConfigError, match="rank_batch_size 8 is not among bench.batch_sizes"):
         load_config(None, ["optimize.rank_batch_size=8"])
-    with pytest.raises(ConfigError, match="each quantization kind may appear once"):
+    with pytest.raises(ConfigError, match=r"variant\(s\) \['torch_int8'\] listed twice: give each entry"):
         load_config(None, ["optimize.quantize=[{kind: torch_int8}, {kind: torch_int8}]"])
+    with pytest.raises(ConfigError, match="are other quantizers' kinds"):
+        load_config(None, ["optimize.quantize=[{kind: torch_int8, name: ort_fp16}]"])
+    with pytest.raises(ConfigError, match="are the FP32 candidates' names"):
+        load_config(None, ["optimize.quantize=[{kind: torch_int8, name: onnx_fp32}]"])
+    with pytest.raises(ConfigError, match="optimize.quantize.0.name"):
+        load_config(None, ["optimize.quantize=[{kind: torch_int8, name: 'a/b'}]"])
     with pytest.raises(ConfigError, match="optimize.quantize.0.method"):
         load_config(None, ["optimize.quantize=[{kind: ort_int8_static, method: kl}]"])
     with pytest.raises(ConfigError, match="must include 'data'"):

@@ -196,3 +196,62 @@ def test_an_int8_build_with_an_int4_head_loads_and_holds_both_widths(sft) -> Non
     got = G.quality(G.GenaiModel(out), test, 4)  # the tiny model ties its embedding to the head
     ref = G.quality(G.TorchModel(model), test, 4)
     assert got.rows == ref.rows and got.perplexity == pytest.approx(ref.perplexity, rel=0.5)
+
+
+def test_an_int4_build_with_int8_matmuls_holds_them_at_int8_and_the_rest_at_int4(sft) -> None:
+    import json
+
+    import onnx
+    from onnx import helper
+
+    tmp, _, model, _, test = sft
+    layers = json.loads((tmp / "teacher" / "config.json").read_text())["num_hidden_layers"]
+    picked = G.select_matmuls(["*/attn/*", "/model/layers.0/mlp/down_proj/*"], tmp / "teacher")
+    assert picked == [
+        *(f"/model/layers.{i}/attn/{m}/MatMul" for i in range(layers) for m in ("qkv_proj", "o_proj")),
+        "/model/layers.0/mlp/down_proj/MatMul",
+    ]
+    kept = "/model/layers.1/mlp/up_proj/MatMul"
+    cfg = G.GenaiBuildConfig(precision="int4", block_size=16, int8_nodes=picked, exclude_nodes=[kept])
+    assert cfg.label() == f"genai_int4_int8x{len(picked)}_b16"
+    out = G.build(tmp / "teacher", tmp / "int4-int8mm", cfg, tmp / "cache")
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    bits = {
+        n.name.removesuffix(f"_Q{b}"): b
+        for n in graph.node
+        if n.op_type == "MatMulNBits"
+        for b in [next(helper.get_attribute_value(a) for a in n.attribute if a.name == "bits")]
+    }
+    assert {n for n, b in bits.items() if b == 8} == set(picked)  # exactly the picked ones at int8
+    assert {b for n, b in bits.items() if n not in picked} == {4} and "/lm_head/MatMul" in bits
+    assert _op_of(out, kept) == "MatMul"  # the exclusion still holds beside them
+    # the tied embedding shares the head's int4 weights, as in a plain int4 build
+    embedding = {n.op_type for n in graph.node if n.name.startswith("/model/embed_tokens/")}
+    assert "GatherBlockQuantized" in embedding and "Gather" not in embedding
+    got = G.quality(G.GenaiModel(out), test, 4)
+    ref = G.quality(G.TorchModel(model), test, 4)
+    assert got.rows == ref.rows and got.perplexity == pytest.approx(ref.perplexity, rel=0.5)
+
+
+def test_int8_matmul_globs_are_checked_before_any_build() -> None:
+    from pydantic import ValidationError
+
+    from slimflow.models.optimize.quantizers.genai_weight_only import GenaiInt4Config, GenaiInt8Config
+
+    assert G.select_matmuls_of(["/lm_head/*", "/model/layers.1/mlp/*"], 2) == [
+        "/lm_head/MatMul",
+        "/model/layers.1/mlp/gate_proj/MatMul",
+        "/model/layers.1/mlp/up_proj/MatMul",
+        "/model/layers.1/mlp/down_proj/MatMul",
+    ]
+    assert GenaiInt4Config(int8_matmuls=["*/attn/*"]).int8_matmuls == ["*/attn/*"]
+    with pytest.raises(ValidationError, match=r"'\*/atn/\*' matches no MatMul .*attn/qkv_proj"):
+        GenaiInt4Config(int8_matmuls=["*/atn/*"])
+    with pytest.raises(ValidationError, match="int8_matmuls is for genai_int4"):
+        GenaiInt8Config(int8_matmuls=["*/attn/*"])
+    with pytest.raises(ValidationError, match="sets its own mixed precision"):
+        GenaiInt4Config(algo="k_quant_mixed", int8_matmuls=["*/attn/*"])
+    with pytest.raises(ValidationError, match="int8_nodes is for int4 builds"):
+        G.GenaiBuildConfig(precision="int8", int8_nodes=["/lm_head/MatMul"])
+    with pytest.raises(ValueError, match="matches no MatMul"):
+        G.select_matmuls_of(["/model/layers.5/*"], 2)  # a layer the model does not have
