@@ -48,6 +48,11 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
         "int8_matmuls": ["*/attn/*", "*/mlp/down_proj/*"],
     },
     "genai_int4_attn_int8": {"precision": "int4", "block_size": 32, "int8_matmuls": ["*/attn/*"]},
+    "genai_int4_qkv_down_int8": {
+        "precision": "int4",
+        "block_size": 32,
+        "int8_matmuls": ["*/attn/qkv_proj/*", "*/mlp/down_proj/*"],
+    },
     "genai_int8_head_int4": {
         "precision": "int8",
         "block_size": 32,

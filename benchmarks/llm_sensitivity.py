@@ -7,7 +7,7 @@
 Scores plans on the next-token distribution where each prompt's answer starts, against FP32: mean
 KL and the share of prompts whose top token is unchanged. Plans: all INT4, all INT8, each MatMul kind
 alone at INT8 over an INT4 rest, the kinds added greedily (each step the kind that lowers KL most),
-and with --layers each decoder layer alone at INT8. Prompts come from the training split by default,
+with --layers each decoder layer alone at INT8, and any --plan given. Prompts come from the training split by default,
 so a choice made here is still judged independently by the pipeline's agreement check on validation.
 Prints a table and writes the rows (--out); asserts nothing: the real build decides.
 """
@@ -78,6 +78,10 @@ def screen(args: argparse.Namespace) -> dict[str, Any]:
 
     add("bounds", [], "all INT4")
     add("bounds", ["*"], "all INT8")
+    for plan in args.plan or []:
+        add("asked", [g.strip() for g in plan.split(",") if g.strip()])
+    if args.only_plans:
+        return _report(args, model_dir, prompts_file, ids, t0, rows)
     for kind, glob in KINDS.items():
         add("alone", [glob], f"{kind} at INT8")
     chosen: list[str] = []
@@ -90,6 +94,12 @@ def screen(args: argparse.Namespace) -> dict[str, Any]:
     if args.layers:
         for i in range(model.config.num_hidden_layers):
             add("layer", [f"/model/layers.{i}/*"], f"layer {i} at INT8")
+    return _report(args, model_dir, prompts_file, ids, t0, rows)
+
+
+def _report(
+    args: argparse.Namespace, model_dir: Path, prompts_file: Path, ids: list, t0: float, rows: list
+) -> dict[str, Any]:
     from slimflow.models.core.provenance import hardware
 
     return {
@@ -112,6 +122,13 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=150, help="prompts scored (default: 150)")
     ap.add_argument("--block-size", type=int, default=32, help="weights per quantization block")
     ap.add_argument("--layers", action="store_true", help="also each decoder layer alone at INT8")
+    ap.add_argument(
+        "--plan",
+        action="append",
+        help="also this plan: comma-separated globs kept at INT8, e.g. '*/attn/*,*/mlp/down_proj/*' "
+        "(repeatable; the int8_matmuls of genai_int4)",
+    )
+    ap.add_argument("--only-plans", action="store_true", help="score the bounds and the --plan plans only")
     ap.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args()

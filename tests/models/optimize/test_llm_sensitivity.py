@@ -93,14 +93,17 @@ def test_the_sensitivity_script_reports_bounds_kinds_and_a_consistent_greedy_ord
     out = tmp_path / "s.json"
     cmd = [sys.executable, str(SCRIPT), "--model", str(tmp / "teacher"), "--prompts-file",
            str(prepared.path("train")), "--prompts", "16", "--block-size", "16", "--threads", "1",
-           "--out", str(out)]  # fmt: skip
+           "--plan", "*/attn/*, /lm_head/*", "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     plans = report["plans"]
     sections = [p["section"] for p in plans]
-    assert sections == ["bounds"] * 2 + ["alone"] * 6 + ["greedy"] * 6 and report["rows_scored"] == 16
-    all4, all8 = plans[0], plans[1]
+    assert sections == ["bounds"] * 2 + ["asked"] + ["alone"] * 6 + ["greedy"] * 6
+    assert report["rows_scored"] == 16
+    all4, all8, asked = plans[0], plans[1], plans[2]
+    layers = json.loads((tmp / "teacher" / "config.json").read_text())["num_hidden_layers"]
+    assert asked["int8_globs"] == ["*/attn/*", "/lm_head/*"] and asked["int8_matmuls"] == 2 * layers + 1
     greedy = [p for p in plans if p["section"] == "greedy"]
     assert [len(p["int8_globs"]) for p in greedy] == [1, 2, 3, 4, 5, 6]
     assert greedy[-1]["kl"] == pytest.approx(all8["kl"], rel=1e-6, abs=1e-9)  # every kind = all INT8
