@@ -7,8 +7,9 @@
 Scores plans on the next-token distribution where each prompt's answer starts, against FP32: mean
 KL and the share of prompts whose top token is unchanged. Plans: all INT4, all INT8, each MatMul kind
 alone at INT8 over an INT4 rest, the kinds added greedily (each step the kind that lowers KL most),
-with --layers each decoder layer alone at INT8, and any --plan given. Prompts come from the training split by default,
-so a choice made here is still judged independently by the pipeline's agreement check on validation.
+with --layers each decoder layer alone at INT8, and any --plan given. Prompts come from the training
+split by default, so a choice made here is still judged independently by the pipeline's agreement
+check on validation.
 Prints a table and writes the rows (--out); asserts nothing: the real build decides.
 """
 
