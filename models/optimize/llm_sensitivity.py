@@ -79,8 +79,8 @@ class PlanScore:
 
 class Emulator:
     """Scores INT4/INT8 plans of ``model`` (a Hugging Face causal LM, FP32, evaluated in place: its
-    Linear weights are swapped per plan and the LM head is untied from the embedding) on
-    ``prompts`` (token ids ending where the answer starts)."""
+    Linear weights are swapped per plan, a tied embedding with the head's) on ``prompts`` (token
+    ids ending where the answer starts)."""
 
     def __init__(
         self, model: Any, prompts: list[list[int]], pad_id: int, block_size: int = 32, batch_size: int = 16
@@ -89,10 +89,9 @@ class Emulator:
 
         if not prompts:
             raise ValueError("the sensitivity screen needs at least one prompt")
+        # a tied embedding stays tied: it takes the head's rounded weights, as the builder shares
+        # the head's INT4 weights with the embedding lookup
         self.model = model.float().eval()
-        head = model.get_output_embeddings()
-        if head is not None and head.weight is model.get_input_embeddings().weight:
-            head.weight = torch.nn.Parameter(head.weight.detach().clone())  # quantize the head alone
         self.linears: dict[str, Any] = {}  # "<builder name>#<module name>" -> Linear
         for mod_name, mod in model.named_modules():
             name = builder_name(mod_name)

@@ -76,6 +76,9 @@ def test_plans_are_scored_against_fp32_and_restore_the_weights(tiny_sft) -> None
     ids = [prompt_ids(tok, p) for p in frame["prompt"].tolist()[:24]]
     emu = Emulator(model, ids, tok.pad_token_id or 0, block_size=16, batch_size=5)
     assert emu.matmuls() == G.decoder_matmuls(model.config.num_hidden_layers)
+    # the tiny model ties its embedding to the head, as SmolLM2 does: it stays tied (the builder
+    # shares the head's INT4 weights with the embedding lookup)
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
     before = emu._logits()
     assert np.allclose(before.numpy(), emu.reference.numpy(), atol=1e-5)  # batching keeps row order
     int4, int8 = emu.score([]), emu.score(["*"])
