@@ -160,13 +160,22 @@ class GenaiBuildConfig(Strict):
         return f"genai_{self.precision}{algo}{asym}{mixed}_b{self.block_size}"
 
 
+def _ties_embeddings(model_dir: Path) -> bool:
+    """Whether the model's config.json ties its embedding to the LM head (False when there is none
+    to read: the builder then reports what is missing)."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(config, dict) and config.get("tie_word_embeddings", False))
+
+
 def build(model_dir: str | Path, out_dir: str | Path, cfg: GenaiBuildConfig, cache_dir: str | Path) -> Path:
     """Build ``model_dir`` (a saved Hugging Face causal LM) into ``out_dir`` with the model builder,
     in a child process (``genai_builder``: the builder under this project's transformers)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    tied = bool(config.get("tie_word_embeddings", False))
+    tied = _ties_embeddings(Path(model_dir))
     cmd = [sys.executable, "-m", "slimflow.models.optimize.genai_builder",
            "-i", str(model_dir), "-o", str(out), "-c", str(cache_dir), *cfg.builder_args(tied)]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
