@@ -100,13 +100,17 @@ class Emulator:
         if not self.linears:
             raise ValueError("no Llama-style projections found (model.layers.N.self_attn/mlp.*_proj)")
         self.fp32 = {k: m.weight.detach().clone() for k, m in self.linears.items()}
+        self.sizes: dict[str, int] = {}  # builder name -> weights (q, k and v add up in qkv_proj)
+        for k, m in self.linears.items():
+            name = k.split("#")[0]
+            self.sizes[name] = self.sizes.get(name, 0) + m.weight.numel()
         self.prompts, self.pad_id, self.block, self.batch = prompts, pad_id, block_size, batch_size
         self._cache: dict[tuple[str, int], Any] = {}
         self.reference = self._logits()
 
     def matmuls(self) -> list[str]:
         """The builder's names of the MatMuls the model has, in order."""
-        return list(dict.fromkeys(k.split("#")[0] for k in self.linears))
+        return list(self.sizes)
 
     def _logits(self) -> Any:
         import torch
@@ -147,8 +151,5 @@ class Emulator:
         ref_lp, got_lp = torch.log_softmax(self.reference, -1), torch.log_softmax(got, -1)
         kl = float((ref_lp.exp() * (ref_lp - got_lp)).sum(-1).mean())
         agree = float((self.reference.argmax(-1) == got.argmax(-1)).float().mean())
-        sizes = {k.split("#")[0]: 0 for k in self.linears}
-        for k, m in self.linears.items():
-            sizes[k.split("#")[0]] += m.weight.numel()
-        share = sum(sizes[n] for n in picked) / sum(sizes.values())
+        share = sum(self.sizes[n] for n in picked) / sum(self.sizes.values())
         return PlanScore(label or ", ".join(int8) or f"all INT{rest}", len(picked), share, kl, agree)
