@@ -1,8 +1,9 @@
 """Side-by-side, one run, one machine: the fine-tuned teacher in PyTorch FP32 eager, the same teacher
 through Optimum's documented dynamic-INT8 recipe, the teacher's best quantized form found by the
 search (when the search quantized the teacher: an LLM teacher's weight-only INT4/INT8, say), and the
-pipeline's promoted candidate (else its best), and the search's most accurate cascade with its
-fast part alone (escalation rate, latency against the fast part's).
+pipeline's promoted candidate (else its best), the search's most accurate cascade with its
+fast part alone (escalation rate, latency against the fast part's), and its most accurate early exit
+with the whole model it is cut from.
 
     python benchmarks/compare.py                       # reads .slimflow/last-summary.json (make demo)
     python benchmarks/compare.py --summary S.json --threads 2 --out compare.json
@@ -148,6 +149,15 @@ def main() -> None:
             name = "  its fast part alone"
             models[name] = Path(casc["path"]) / "fast"
             roles["cascade_fast"] = name
+        exit_ = best_cascade(summary.get("search", {}).get("candidates", []), early_exit=True)
+        if exit_ is not None:
+            name = f"best early exit: {exit_['name'].split('/')[1]}"
+            models[name] = Path(exit_["path"])
+            roles["early_exit"] = name
+            whole = next(c for c in summary["search"]["candidates"] if c["name"] == exit_["reference"])
+            name = "  the whole model it is cut from"
+            models[name] = Path(whole["path"])
+            roles["early_exit_whole"] = name
         rows = {}
         for name, path in models.items():
             print(f"measuring {name} ...", flush=True)
@@ -156,11 +166,12 @@ def main() -> None:
                 "test": score_on_test(path, test, cfg.threads or 0),
                 "bench": bench(path, texts, cfg),
             }
-        if casc is not None:
-            from slimflow.models.optimize.cascade import escalation_rate
+        from slimflow.models.optimize.cascade import escalation_rate
 
-            c = rows[roles["cascade"]]
-            c["test"]["escalation_rate"] = escalation_rate(c["path"], test, cfg.threads)
+        for role in ("cascade", "early_exit"):
+            if role in roles:
+                c = rows[roles[role]]
+                c["test"]["escalation_rate"] = escalation_rate(c["path"], test, cfg.threads)
     t_name, b_name = roles["teacher"], roles["best"]
     r_name = roles.get("recipe")
     b1 = {n: setting(r["bench"], 1) for n, r in rows.items()}
@@ -187,7 +198,7 @@ def main() -> None:
                 print(f"    b{b} ran with {label}")
     ratios: dict[str, dict[str, float]] = {}
     for role, name in roles.items():
-        if role in ("best", "cascade", "cascade_fast", "best_untuned"):
+        if role in ("best", "cascade", "cascade_fast", "best_untuned", "early_exit", "early_exit_whole"):
             continue
         ratios[f"best_vs_{role}"] = compare_rows(
             rows[name], rows[b_name], b1[name], b1[b_name], b32, name, b_name
@@ -233,6 +244,14 @@ def main() -> None:
         )
         goals["cascade: the teacher's test accuracy within 0.3 points"] = acc_c >= acc_t - 0.003
         goals["cascade: b1 p50 at most 1.5x its fast part's"] = b1[c]["p50_ms"] <= 1.5 * b1[f]["p50_ms"]
+    if "early_exit" in roles:
+        e, w = roles["early_exit"], roles["early_exit_whole"]
+        ratios["early_exit_vs_its_whole_model"] = compare_rows(rows[w], rows[e], b1[w], b1[e], b32, w, e)
+        print(
+            f"early exit: {rows[e]['test']['escalation_rate']:.1%} of test texts went on past the exit; "
+            f"accuracy {rows[e]['test']['accuracy']:.4f} (whole model {rows[w]['test']['accuracy']:.4f}); "
+            f"b1 p50 {b1[e]['p50_ms']:.2f} ms vs the whole model's {b1[w]['p50_ms']:.2f} ms"
+        )
     for goal, ok in goals.items():
         print(f"  [{'met' if ok else 'NOT met'}] {goal}")
     if args.out:
@@ -321,13 +340,15 @@ def generative(model_dir: Path, best: Path, test_path: Path, args: argparse.Name
         print(f"written to {args.out}")
 
 
-def best_cascade(candidates: list[dict]) -> dict | None:
-    """The search's most accurate measured cascade (then the fastest at batch 1), or None."""
+def best_cascade(candidates: list[dict], early_exit: bool = False) -> dict | None:
+    """The search's most accurate measured cascade (``early_exit``: early exit) (then the fastest at
+    batch 1), or None."""
     from slimflow.models.optimize.bench import setting
 
     ok = [
         c for c in candidates if c.get("runtime") == "cascade" and c.get("status") == "ok" and c.get("bench")
-    ]
+        and (c.get("variant") == "early_exit") == early_exit
+    ]  # fmt: skip
     if not ok:
         return None
     return min(ok, key=lambda c: (-c["test"]["accuracy"], setting(c["bench"], 1)["p50_ms"]))

@@ -23,7 +23,9 @@ pipeline serves):
    confident), each text's real path.
 
 Prints a table and writes the figures (``--out``). Asserts nothing but the split's parity.
-Not a candidate kind of the pipeline (yet): this measures whether it would be worth one.
+The pipeline builds the same thing as a candidate (``optimize.early_exits:``, cut by
+``slimflow.models.optimize.early_exit``); this script measures several exits of one model side by
+side, each route timed per text.
 """
 
 from __future__ import annotations
@@ -46,109 +48,6 @@ def _session(model: Any, settings: Any) -> Any:
     from slimflow.models.optimize.targets import get_target
 
     return get_target("cpu").session(model.SerializeToString(), settings=settings)
-
-
-def _head_logits(x: np.ndarray, head: dict[str, np.ndarray]) -> np.ndarray:
-    """The exit head on pooled hidden states, in numpy (what the appended graph nodes compute)."""
-    return np.tanh(x @ head["w1"] + head["b1"]) @ head["w2"] + head["b2"]
-
-
-def _declare(graph: Any, name: str, elem: int, dims: list[Any]) -> None:
-    from onnx import helper
-
-    if name not in {v.name for v in graph.value_info}:
-        graph.value_info.append(helper.make_tensor_value_info(name, elem, dims))
-
-
-def _hidden_name(k: int) -> str:
-    return f"/bert/encoder/layer.{k}/output/LayerNorm/LayerNormalization_output_0"
-
-
-def _collect(
-    sess: Any, predictor: Any, texts: list[str], outputs: list[str], batch: int = 1
-) -> list[np.ndarray]:
-    """Per text: the outputs; hidden states as their mean over the text's tokens (padding left out).
-    One text per call by default: dynamic INT8 scales its activations per call, so padding in a
-    batch moves predictions (the teacher INT8 here: test accuracy 0.8303 in batches of 32, 0.8350
-    alone) and the exits are served one text at a time."""
-    got: list[list[np.ndarray]] = [[] for _ in outputs]
-    for i in range(0, len(texts), batch):
-        x = predictor.encode(texts[i : i + batch], length=None)
-        keep = x["attention_mask"].astype(np.float32)[:, :, None]
-        for j, r in enumerate(sess.run(outputs, x)):
-            got[j].append((r * keep).sum(1) / keep.sum(1) if r.ndim == 3 else r)
-    return [np.concatenate(g) for g in got]
-
-
-def _train_head(
-    x: np.ndarray, soft: np.ndarray, gold: np.ndarray, epochs: int, seed: int
-) -> dict[str, np.ndarray]:
-    import torch
-
-    torch.manual_seed(seed)
-    n_in, n_out = x.shape[1], soft.shape[1]
-    head = torch.nn.Sequential(torch.nn.Linear(n_in, n_in), torch.nn.Tanh(), torch.nn.Linear(n_in, n_out))
-    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.01)
-    xt, st, gt = torch.tensor(x), torch.tensor(soft, dtype=torch.float32), torch.tensor(gold)
-    temp = 2.0
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt))
-        for i in range(0, len(xt), 128):
-            idx = perm[i : i + 128]
-            out = head(xt[idx])
-            kd = torch.nn.functional.kl_div(
-                torch.log_softmax(out / temp, -1), torch.softmax(st[idx] / temp, -1), reduction="batchmean"
-            )
-            loss = 0.5 * kd * temp**2 + 0.5 * torch.nn.functional.cross_entropy(out, gt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    w1, b1, w2, b2 = (p.detach().numpy().astype(np.float32) for p in head.parameters())
-    return {"w1": w1.T.copy(), "b1": b1, "w2": w2.T.copy(), "b2": b2}
-
-
-def _with_head(model: Any, hidden: str, head: dict[str, np.ndarray]) -> Any:
-    """``model`` with the exit head on ``hidden``: the mean over the text's tokens (attention_mask
-    1), dense + tanh, classifier -> output ``exit_logits``."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    g = model.graph
-    for name, arr in head.items():
-        g.initializer.append(numpy_helper.from_array(arr, f"exit_head.{name}"))
-    g.initializer.append(numpy_helper.from_array(np.array([2], dtype=np.int64), "exit_head.last"))
-    g.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "exit_head.seq"))
-    node = helper.make_node
-    g.node.extend(
-        [
-            node("Cast", ["attention_mask"], ["exit_head.m0"], to=TensorProto.FLOAT, name="exit_head/Cast"),
-            node(
-                "Unsqueeze", ["exit_head.m0", "exit_head.last"], ["exit_head.m"], name="exit_head/Unsqueeze"
-            ),
-            node("Mul", [hidden, "exit_head.m"], ["exit_head.hm"], name="exit_head/Mask"),
-            node(
-                "ReduceSum",
-                ["exit_head.hm", "exit_head.seq"],
-                ["exit_head.s"],
-                keepdims=0,
-                name="exit_head/Sum",
-            ),
-            node(
-                "ReduceSum",
-                ["exit_head.m", "exit_head.seq"],
-                ["exit_head.n"],
-                keepdims=0,
-                name="exit_head/Count",
-            ),
-            node("Div", ["exit_head.s", "exit_head.n"], ["exit_head.x"], name="exit_head/Mean"),
-            node("MatMul", ["exit_head.x", "exit_head.w1"], ["exit_head.h0"], name="exit_head/MatMul1"),
-            node("Add", ["exit_head.h0", "exit_head.b1"], ["exit_head.h1"], name="exit_head/Add1"),
-            node("Tanh", ["exit_head.h1"], ["exit_head.h2"], name="exit_head/Tanh"),
-            node("MatMul", ["exit_head.h2", "exit_head.w2"], ["exit_head.l0"], name="exit_head/MatMul2"),
-            node("Add", ["exit_head.l0", "exit_head.b2"], ["exit_logits"], name="exit_head/Add2"),
-        ]
-    )
-    _declare(g, "exit_logits", TensorProto.FLOAT, ["batch", head["b2"].shape[0]])
-    return model
 
 
 def main() -> None:
@@ -174,11 +73,11 @@ def main() -> None:
 
     import onnx
     import pandas as pd
-    from onnx import TensorProto
     from onnx.utils import Extractor
 
     from slimflow.models.core.provenance import hardware
     from slimflow.models.optimize import cascade
+    from slimflow.models.optimize import early_exit as E
     from slimflow.models.optimize.bench import pin, summarize
     from slimflow.models.optimize.predictors import load_predictor
     from slimflow.models.optimize.runtime_tuning import load_tuned
@@ -195,36 +94,29 @@ def main() -> None:
     labels = list(predictor.info.labels)
     gold = {s: np.array([labels.index(y) for y in f["label"]]) for s, f in splits.items()}
     model = onnx.load(str(folder / "model.onnx"))
-    g = model.graph
-    inputs = [i.name for i in g.input]
-    embed = [n for n in g.node if n.op_type in ("QEmbedLayerNormalization", "EmbedLayerNormalization")]
-    ends = "/output/LayerNorm/LayerNormalization_output_0"
-    if not embed or not any(o.endswith(ends) for n in g.node for o in n.output):
-        raise SystemExit(
-            f"{folder / 'model.onnx'}: not a fused BERT-style encoder graph (no EmbedLayerNormalization, "
-            "or no layer output named /bert/encoder/layer.K/output/LayerNorm/...): give a built ONNX "
-            "candidate of a BERT-style classifier (ort_int8_dynamic or onnx_fp32)"
-        )
-    mask = embed[0].output[1]
+    try:
+        enc = E.inspect_graph(model, str(folder / "model.onnx"))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    inputs, mask, layers = enc.inputs, enc.mask_index, enc.layers
     tuned = load_tuned(folder)  # the settings the runtime search saved here, on this hardware
     b1 = tuned.by_batch.get(1) if tuned else None
     settings = replace(b1, threads=args.threads) if b1 else SessionSettings(threads=args.threads)
     print(f"session settings: {settings.label()} (part B: spinning off)")
-    layers = sorted(
-        {int(n.name.split("layer.")[1].split("/")[0]) for n in g.node if "/encoder/layer." in n.name}
-    )
     exits = args.exit_after if args.exit_after is not None else layers[:-1]
     if not set(exits) <= set(layers[:-1]):
         raise SystemExit(
             f"--exit-after {exits}: the graph's encoder layers are {layers}; exits go after 0..{layers[-2]}"
         )
-    _declare(g, mask, TensorProto.INT32, ["batch"])
-    for k in exits:
-        _declare(g, _hidden_name(k), TensorProto.FLOAT, ["batch", "sequence", None])
+    E.expose(model, enc, [E.hidden_name(k) for k in exits])
     probe = _session(
-        Extractor(model).extract_model(inputs, ["logits"] + [_hidden_name(k) for k in exits]), settings
+        Extractor(model).extract_model(inputs, [enc.logits] + [E.hidden_name(k) for k in exits]), settings
     )
-    feats = {s: _collect(probe, predictor, f["text"].tolist(), ["logits"] + [_hidden_name(k) for k in exits])
+
+    def encode(texts: list[str]) -> dict[str, np.ndarray]:
+        return predictor.encode(texts, length=None)
+
+    feats = {s: E.collect(probe, encode, f["text"].tolist(), [enc.logits] + [E.hidden_name(k) for k in exits])
              for s, f in splits.items()}  # fmt: skip
     full_acc = {s: float((feats[s][0].argmax(1) == gold[s]).mean()) for s in splits}
     val, test = full_acc["validation"], full_acc["test"]
@@ -238,8 +130,8 @@ def main() -> None:
     report: dict[str, Any] = {"candidate": str(folder), "layers": len(layers), "hardware": hardware(),
                               "full_accuracy": full_acc, "exits": []}  # fmt: skip
     for j, k in enumerate(exits, start=1):
-        head = _train_head(feats["train"][j], feats["train"][0], gold["train"], args.epochs, seed=0)
-        exit_logits = {s: _head_logits(feats[s][j], head) for s in splits}
+        head = E.train_head(feats["train"][j], feats["train"][0], gold["train"], args.epochs, seed=0)
+        exit_logits = {s: E.head_logits(feats[s][j], head) for s in splits}
         choice = cascade.choose_threshold(
             exit_logits["validation"],
             feats["validation"][0],
@@ -252,32 +144,25 @@ def main() -> None:
         test_acc = float((routed_pred == gold["test"]).mean())
         exit_alone = float((exit_logits["test"].argmax(1) == gold["test"]).mean())
 
-        headed = _with_head(onnx.load(str(folder / "model.onnx")), _hidden_name(k), head)
-        _declare(headed.graph, mask, TensorProto.INT32, ["batch"])
-        _declare(headed.graph, _hidden_name(k), TensorProto.FLOAT, ["batch", "sequence", None])
-        ex = Extractor(headed)
-        part_a = _session(ex.extract_model(inputs, ["exit_logits", _hidden_name(k), mask]), settings)
+        cut_a, cut_b = E.split(onnx.load(str(folder / "model.onnx")), enc, k, head)
+        part_a = _session(cut_a, settings)
         # B runs on a minority of texts: its pool does not spin (two pools spinning on the same
         # cores slow each other down; the cascade's runtime search chose the same pair)
-        part_b = _session(
-            ex.extract_model([_hidden_name(k), mask], ["logits"]), replace(settings, spinning=False)
-        )
+        part_b = _session(cut_b, replace(settings, spinning=False))
         worst = 0.0
         for x in encoded[:64]:
             e, h, m = part_a.run(None, x)
-            keep = x["attention_mask"].astype(np.float32)[:, :, None]
-            pooled = (h * keep).sum(1) / keep.sum(1)
-            worst = max(worst, float(np.abs(e - _head_logits(pooled, head)).max()))
+            worst = max(worst, float(np.abs(e - E.head_logits(E.pooled(h, x["attention_mask"]), head)).max()))
             worst = max(
                 worst,
                 float(
-                    np.abs(part_b.run(None, {_hidden_name(k): h, mask: m})[0] - whole.run(None, x)[0]).max()
+                    np.abs(part_b.run(None, {E.hidden_name(k): h, mask: m})[0] - whole.run(None, x)[0]).max()
                 ),
             )
         if worst >= 1e-4:
             raise SystemExit(f"the graph cut after layer index {k} differs from the whole one by {worst:.2e}")
 
-        def routed(x: dict[str, np.ndarray], a: Any = part_a, b: Any = part_b, hk: str = _hidden_name(k),
+        def routed(x: dict[str, np.ndarray], a: Any = part_a, b: Any = part_b, hk: str = E.hidden_name(k),
                    t: float = choice.threshold) -> None:  # fmt: skip
             e, h, m = a.run(None, x)
             if cascade.escalated(cascade.confidence(e, "max_prob"), t)[0]:

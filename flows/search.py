@@ -22,7 +22,7 @@ from slimflow.models.data.prepare import PreparedData
 from slimflow.models.families import get_family
 from slimflow.models.optimize import candidates as C
 from slimflow.models.optimize.bench import flat_metrics, setting
-from slimflow.models.optimize.config import DaskRunner, OptimizeConfig, ThreadsRunner
+from slimflow.models.optimize.config import DaskRunner, EarlyExitConfig, OptimizeConfig, ThreadsRunner
 from slimflow.models.release.evidence import artifact_url
 from slimflow.models.release.tracking import log_params
 from slimflow.tasks.common import ModelRef
@@ -30,6 +30,7 @@ from slimflow.tasks.optimize import (
     benchmark_candidate,
     build_candidate,
     build_cascade_candidate,
+    build_early_exit_candidate,
     evaluate_candidate,
     export_source,
 )
@@ -187,27 +188,37 @@ def _cascades(
     built: dict[str, Any],
     skipped: list[C.Skipped],
 ) -> None:
-    """Add each configured cascade whose two parts were built and scored as a pending candidate
-    (then benchmarked like the others); a cascade whose part is missing is listed as skipped."""
-    jobs = {}
+    """Add each configured cascade and early exit whose parts (an early exit: the candidate it is
+    cut from) were built and scored as a pending candidate (then benchmarked like the others); one
+    whose part is missing is listed as skipped."""
+    plans: dict[str, tuple[list[str], Any, dict[str, Any]]] = {}
     for cc in cfg.cascades:
-        name = cc.name()
-        missing = [p for p in (cc.fast, cc.fallback) if rows.get(p, {}).get("status") != "pending"]
+        f_src, _, target = cc.fast.split("/")
+        row = {"source": f"{f_src}_then_{cc.fallback.split('/')[0]}", "variant": "cascade",
+               "target": target, "runtime": "cascade", "reference": cc.fallback}  # fmt: skip
+        plans[cc.name()] = ([cc.fast, cc.fallback], cc, row)
+    for ee in cfg.early_exits:
+        src, _, target = ee.candidate.split("/")
+        row = {"source": src, "variant": "early_exit", "target": target, "runtime": "cascade",
+               "reference": ee.candidate}  # fmt: skip
+        plans[ee.name()] = ([ee.candidate], ee, row)
+    jobs = {}
+    for name, (parts, conf, _) in plans.items():
+        missing = [p for p in parts if rows.get(p, {}).get("status") != "pending"]
         if missing:
             why = ", ".join(
                 f"{p} ({rows[p]['status']})" if p in rows else f"{p} (not planned)" for p in missing
             )
             skipped.append(C.Skipped(name, f"its part(s) {why} are not measured candidates of this run"))
-            continue
-        jobs[name] = (build_cascade_candidate, (name, cc, built[cc.fast], built[cc.fallback], data))
+        elif isinstance(conf, EarlyExitConfig):
+            jobs[name] = (build_early_exit_candidate, (name, conf, built[conf.candidate], data))
+        else:
+            jobs[name] = (build_cascade_candidate, (name, conf, built[conf.fast], built[conf.fallback], data))
     if not jobs:
         return
     made = run.fan_out("build-cascades", jobs, parallel=cfg.max_parallel)
     for name, res in made.items():
-        cc = next(c for c in cfg.cascades if c.name() == name)
-        f_src, f_var, target = cc.fast.split("/")
-        row = {"name": name, "source": f"{f_src}_then_{cc.fallback.split('/')[0]}", "variant": "cascade",
-               "target": target, "runtime": "cascade", "reference": cc.fallback}  # fmt: skip
+        row = {"name": name, **plans[name][2]}
         if isinstance(res, BaseException):
             rows[name] = {**row, "status": "failed", "reason": _reason(res)}
             continue

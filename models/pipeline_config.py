@@ -63,11 +63,12 @@ class PipelineConfig(Strict):
                     f"task {self.task!r} does not support the {section}: section yet (it supports: "
                     f"{', '.join(['finetune', *family.stages])}); set {section}: null"
                 )
-        if family.generative and self.optimize is not None and self.optimize.cascades:
-            raise ValueError(
-                f"optimize.cascades: task {self.task!r} generates text; a cascade routes on the "
-                "confidence of a classifier (set cascades: [])"
-            )
+        for key, what in (("cascades", "a cascade"), ("early_exits", "an early exit")):
+            if family.generative and self.optimize is not None and getattr(self.optimize, key):
+                raise ValueError(
+                    f"optimize.{key}: task {self.task!r} generates text; {what} routes on the "
+                    f"confidence of a classifier (set {key}: [])"
+                )
         if family.generative and self.optimize is not None:
             gen = self.optimize.generation
             if self.optimize.rank_batch_size not in gen.batch_sizes:

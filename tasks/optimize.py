@@ -23,7 +23,13 @@ from slimflow.models.families import get_family
 from slimflow.models.families.base import AgreementConfig
 from slimflow.models.optimize import candidates as C
 from slimflow.models.optimize.bench import bench, resolve_threads
-from slimflow.models.optimize.config import BenchConfig, CascadeConfig, ExportConfig, GenBenchConfig
+from slimflow.models.optimize.config import (
+    BenchConfig,
+    CascadeConfig,
+    EarlyExitConfig,
+    ExportConfig,
+    GenBenchConfig,
+)
 from slimflow.models.optimize.export import export_onnx
 from slimflow.models.optimize.predictors import describe
 from slimflow.models.optimize.targets import get_target
@@ -185,6 +191,45 @@ def build_cascade_candidate(
         "sha256": ident,
         "identity": ident,
         "cascade": choice.to_dict(),
+        "test": {**test, "escalation_rate": K.escalation_rate(final, frame, _threads())},
+        "worker": {"host": socket.gethostname(), "pid": os.getpid()},
+    }
+
+
+@task(name="build-early-exit", task_run_name="build {name}", tags=["candidate"], **MODEL_TASK)
+@cpu_bound
+def build_early_exit_candidate(
+    name: str,
+    cfg: EarlyExitConfig,
+    source: dict[str, Any],
+    data: PreparedData,
+    code_version: str,
+    ctx: StageContext,
+) -> dict[str, Any]:
+    """An early exit cut from a built ONNX candidate (``source``: its build record): the exit head
+    trained on the training split, the threshold fitted on the validation split only, its test
+    figures with the share of test rows that went on past the exit."""
+    from slimflow.models.optimize import cascade as K
+    from slimflow.models.optimize import early_exit as E
+
+    key = stage_key(cfg, source["identity"], code_version)
+    final = Path(ctx.workdir) / "candidates" / key
+    with atomic_dir(final) as tmp:
+        made = E.build_early_exit(
+            source["path"], tmp, cfg.exit_after, read_split(data.path("train")),
+            read_split(data.path("validation")), cfg.confidence, cfg.max_accuracy_drop, cfg.epochs,
+            _threads(), name,
+        )  # fmt: skip
+    frame = read_split(data.path("test"))
+    test = C.score_on_test(final, frame, _threads())
+    ident = C.identity(final)
+    return {
+        "name": name,
+        "path": str(final),
+        "file_bytes": sum(f.stat().st_size for f in final.rglob("*.onnx")),
+        "sha256": ident,
+        "identity": ident,
+        "cascade": made.to_dict(),
         "test": {**test, "escalation_rate": K.escalation_rate(final, frame, _threads())},
         "worker": {"host": socket.gethostname(), "pid": os.getpid()},
     }

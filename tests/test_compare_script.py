@@ -94,6 +94,12 @@ def test_the_most_accurate_measured_cascade_is_compared(compare):
             {**row("teacher", "ort_int8_dynamic", 0.99, 1.0), "runtime": "onnxruntime"}]  # fmt: skip
     assert compare.best_cascade(rows)["name"] == "c"
     assert compare.best_cascade(rows[-2:]) is None
+    # early exits are compared on their own (with the whole model they are cut from), not as cascades
+    exits = [{**row("compressed", "early_exit", 0.99, 0.5), "name": "e", "runtime": "cascade"},
+             {**row("compressed", "early_exit", 0.95, 0.4), "name": "f", "runtime": "cascade"}]  # fmt: skip
+    assert compare.best_cascade(rows + exits)["name"] == "c"
+    assert compare.best_cascade(rows + exits, early_exit=True)["name"] == "e"
+    assert compare.best_cascade(rows, early_exit=True) is None
 
 
 def test_the_untuned_row_is_measured_only_when_tuning_chose_other_settings(compare, tmp_path):

@@ -2,3 +2,4 @@
 predictors, the candidate plan and choice, and honest benchmarks."""
 
 from slimflow.models.optimize import cascade as _cascade  # noqa: E402, F401  registers the cascade runtime
+from slimflow.models.optimize import early_exit as _early_exit  # noqa: E402, F401  registers its cascade kind

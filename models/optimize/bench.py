@@ -292,6 +292,29 @@ def _cascade_sources(folder: Path) -> dict[str, Path]:
     return {k: Path(v) for k, v in (spec.get("sources") or {}).items() if isinstance(v, str)}
 
 
+def _fallback_reads_fast(folder: Path) -> bool:
+    """An early exit's second part runs on the first part's hidden state, not on texts."""
+    from slimflow.models.optimize.cascade import read_spec
+
+    try:
+        return read_spec(folder).get("fallback_reads") == "fast"
+    except (OSError, ValueError):
+        return False
+
+
+def _copy_tuning(fast: Path, fallback: Path) -> dict[str, Any]:
+    """The fast part's settings for a second part that cannot be timed on texts alone (it reads the
+    fast part's outputs): two cuts of one graph, the same shapes per batch size. Their spinning is
+    then searched together with the whole route."""
+    from slimflow.models.optimize.runtime_tuning import load_tuned
+
+    tuned = load_tuned(fast)
+    if tuned is None:
+        return {"tuned": False, "reason": "the fast part was not tuned"}
+    tuned.save(fallback)
+    return {"tuned": True, "copied_from": "fast", "by_batch": tuned.summary(), "trials": []}
+
+
 def _reuse_tuning(source: Path | None, part: Path, threads: int) -> dict[str, Any] | None:
     """A cascade part is a copy of a candidate the benchmark usually tuned just before: when that
     candidate's settings were measured here, with this thread budget, on a byte-identical model
@@ -332,6 +355,9 @@ def tune_folder(path: str | Path, texts: list[str], cfg: BenchConfig, threads: i
         out: dict[str, Any] = {}
         sources = _cascade_sources(folder)
         for part in ("fast", "fallback"):
+            if part == "fallback" and _fallback_reads_fast(folder):
+                out[part] = _copy_tuning(folder / "fast", folder / part)
+                continue
             reused = _reuse_tuning(sources.get(part), folder / part, threads)
             if reused is not None:
                 out[part] = reused

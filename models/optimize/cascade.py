@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -190,12 +191,17 @@ def is_cascade(folder: str | Path) -> bool:
     return (Path(folder) / CASCADE_FILE).is_file()
 
 
+def read_spec(folder: str | Path) -> dict[str, Any]:
+    """``cascade.json``: the parts, the confidence measure, the threshold (and the kind)."""
+    return dict(json.loads((Path(folder) / CASCADE_FILE).read_text(encoding="utf-8")))
+
+
 class CascadePredictor(Predictor):
     """Both parts loaded; ``logits`` runs the fast part on the whole batch and the fallback on the
     rows it escalates. The batch carries both parts' tokenizations (tokenization is not timed)."""
 
     def __init__(self, folder: Path, info: CandidateInfo, threads: int | None) -> None:
-        spec = json.loads((folder / CASCADE_FILE).read_text(encoding="utf-8"))
+        spec = read_spec(folder)
         self.fast = load_predictor(folder / "fast", threads)
         self.fallback = load_predictor(folder / "fallback", threads)
         super().__init__(None, info, self.fast.file_bytes + self.fallback.file_bytes, folder)
@@ -252,4 +258,21 @@ class CascadePredictor(Predictor):
         return out, ["fallback" if e else "fast" for e in esc]
 
 
-COMPOSITE_RUNTIMES[CASCADE_RUNTIME] = CascadePredictor
+# Kinds of cascade folder (``cascade.json``'s "kind"): two whole candidates here; an early exit
+# (``early_exit.py``: one graph cut after an intermediate layer, whose second part reads the first
+# part's hidden state) registers itself.
+CASCADE_KINDS: dict[str, Callable[[Path, CandidateInfo, int | None], Predictor]] = {
+    "cascade": CascadePredictor
+}
+
+
+def load_cascade(folder: Path, info: CandidateInfo, threads: int | None) -> Predictor:
+    kind = str(read_spec(folder).get("kind", "cascade"))
+    if kind not in CASCADE_KINDS:
+        raise ValueError(
+            f"{folder / CASCADE_FILE}: unknown cascade kind {kind!r}; known: {sorted(CASCADE_KINDS)}"
+        )
+    return CASCADE_KINDS[kind](folder, info, threads)
+
+
+COMPOSITE_RUNTIMES[CASCADE_RUNTIME] = load_cascade

@@ -284,6 +284,47 @@ class CascadeConfig(Strict):
         return f"cascade/{f_src}.{f_var}_then_{b_src}.{b_var}/{target}"
 
 
+class EarlyExitConfig(Strict):
+    """Adaptive depth: an exit head after an intermediate encoder layer of a built ONNX candidate
+    answers what it is sure of; the rest run the remaining layers (``models/optimize/early_exit.py``).
+    BERT-style classifiers; the candidate must be a measured ONNX Runtime candidate of this search."""
+
+    candidate: str = Field(
+        ...,
+        pattern=CANDIDATE_NAME,
+        description="The built candidate to cut: SOURCE/VARIANT/TARGET, e.g. "
+        "compressed/ort_int8_dynamic/cpu.",
+    )
+    exit_after: int = Field(
+        ...,
+        ge=1,
+        le=256,
+        description="Encoder layers run before the exit (2 = after the second); fewer than the model has.",
+    )
+    confidence: Literal["max_prob", "margin"] = Field(
+        "max_prob", description="The exit head's confidence: top softmax probability, or top minus runner-up."
+    )
+    max_accuracy_drop: float = Field(
+        0.002,
+        ge=0,
+        le=1,
+        description="The threshold (chosen on the validation split only) keeps validation accuracy at "
+        "least the whole model's minus this, letting as few texts as possible go on.",
+    )
+    epochs: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Exit-head training epochs, on the frozen model's hidden states of the training split "
+        "(the whole model's logits as soft labels).",
+    )
+
+    def name(self) -> str:
+        """Its candidate name: early_exit/SOURCE.VARIANT.exitK/TARGET."""
+        src, var, target = self.candidate.split("/")
+        return f"early_exit/{src}.{var}.exit{self.exit_after}/{target}"
+
+
 class ThreadsRunner(Strict):
     kind: Literal["threads"] = "threads"
 
@@ -334,6 +375,11 @@ class OptimizeConfig(Strict):
         default_factory=list,
         description="Cascade candidates made of two candidates of this search (classifiers only); "
         "benchmarked on the real mix of fast and escalated test rows, judged like any candidate.",
+    )
+    early_exits: list[EarlyExitConfig] = Field(
+        default_factory=list,
+        description="Early-exit candidates cut from candidates of this search (BERT-style classifiers): "
+        "benchmarked on the real mix of early and full-depth test texts, judged like any candidate.",
     )
     export: ExportConfig = ExportConfig()
     agreement: AgreementConfig = AgreementConfig()
@@ -397,4 +443,8 @@ class OptimizeConfig(Strict):
         taken = sorted({q.name for q in self.quantize if q.name} & set(QUANTIZERS.names()))
         if taken:
             raise ValueError(f"quantizer name(s) {taken} are other quantizers' kinds: choose others")
+        names = [c.name() for c in (*self.cascades, *self.early_exits)]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"cascades / early_exits listed twice: {twice}")
         return self

@@ -155,10 +155,14 @@ class OrtPredictor(Predictor):
     def input_names(self) -> set[str]:
         return self._inputs
 
-    def logits(self, batch: Batch) -> np.ndarray:
+    def outputs(self, batch: Batch) -> list[np.ndarray]:
+        """Every output of the graph, in its order (the first is the logits)."""
         rows = len(next(iter(batch.values()))) if batch else 1
         session = self.session_for(rows) if self.tuned is not None else self.session
-        return session.run(None, {k: v for k, v in batch.items() if k in self._inputs})[0]
+        return list(session.run(None, {k: v for k, v in batch.items() if k in self._inputs}))
+
+    def logits(self, batch: Batch) -> np.ndarray:
+        return self.outputs(batch)[0]
 
 
 class TorchPredictor(Predictor):

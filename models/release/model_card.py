@@ -78,6 +78,16 @@ def with_approval(card: str, approval: dict[str, str]) -> str:
 def _cascade_line(c: dict[str, Any], row: dict[str, Any]) -> str:
     """Which part answers what, and how the threshold was chosen (validation rows only)."""
     test_esc = row.get("test", {}).get("escalation_rate")
+    if "exit_after" in c:  # an early exit: one model, cut after an intermediate layer
+        on_test = f"; {test_esc:.1%} of test rows went on" if isinstance(test_esc, int | float) else ""
+        return (
+            f"- **Early exit**: an exit head after encoder layer {c['exit_after']} of {c['layers']} of "
+            f"`{row.get('reference', '?')}` answers when its {c['confidence']} confidence is at least "
+            f"{c['threshold']:.4g}, the remaining layers otherwise; threshold chosen on {c['rows']} "
+            f"validation rows: accuracy {c['accuracy']:.4f} (whole model {c['fallback_accuracy']:.4f}, "
+            f"exit head alone {c['fast_accuracy']:.4f}, target {c['target_accuracy']:.4f}), "
+            f"{c['escalation_rate']:.1%} went on{on_test}"
+        )
     on_test = f"; {test_esc:.1%} of test rows escalated" if isinstance(test_esc, int | float) else ""
     return (
         f"- **Cascade**: the fast part answers when its {c['confidence']} confidence is at least "

@@ -1,6 +1,7 @@
 """A cascade candidate in the flow: a distilled student's INT8 build answers first, the teacher's
 INT8 build takes what it is unsure of; the threshold is fitted on validation, the cascade scored
-and benchmarked on test rows, judged by the gates, registered and answered from the registry."""
+and benchmarked on test rows, judged by the gates, registered and answered from the registry. An
+early exit cut from the teacher's INT8 build goes the same way (its parts' settings tuned as one)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.integration
 
 FAST, FALLBACK = "student/ort_int8_dynamic/cpu", "teacher/ort_int8_dynamic/cpu"
 CASCADE = "cascade/student.ort_int8_dynamic_then_teacher.ort_int8_dynamic/cpu"
+EARLY_EXIT = "early_exit/teacher.ort_int8_dynamic.exit1/cpu"
 
 
 def _cfg(tmp_path: Path, data: Path, model: Path) -> PipelineConfig:
@@ -37,6 +39,8 @@ def _cfg(tmp_path: Path, data: Path, model: Path) -> PipelineConfig:
                 "include_onnx_fp32": False,
                 "cascades": [{"fast": FAST, "fallback": FALLBACK, "max_accuracy_drop": 0.0},
                              {"fast": "student/torch_int8/cpu", "fallback": FALLBACK}],
+                "early_exits": [{"candidate": FALLBACK, "exit_after": 1, "epochs": 5},
+                                {"candidate": FAST, "exit_after": 1}],  # the 1-layer student: no exit
                 "agreement": {"min_agreement": 0.8},
                 "accuracy_bar": {"min_retention": 0.5},
                 "bench": {**BENCH, "batch_sizes": [1], "lengths": ["data"]},
@@ -88,3 +92,23 @@ def test_a_cascade_is_fitted_on_validation_measured_judged_and_registered(tmp_pa
     model, _ = load_registered(f"models:/clf-cascade/{versions[CASCADE]}", s["tracking_uri"])
     got = model.predict(pd.DataFrame({"text": texts}))["label"].tolist()
     assert got == [["neg", "pos"][int(i)] for i in cascade.predict(texts).argmax(1)]
+
+    # the early exit: built from the teacher's INT8 build, fitted on validation, scored, benchmarked
+    # with its parts' settings tuned (the second part's copied from the first), registered
+    e = rows[EARLY_EXIT]
+    assert e["status"] == "ok", e.get("reason")
+    assert (e["source"], e["variant"], e["runtime"], e["reference"]) == ("teacher", "early_exit", "cascade",
+                                                                        FALLBACK)  # fmt: skip
+    info = e["build"]["cascade"]
+    assert info["exit_after"] == 1 and info["layers"] == 2 and info["rows"] == choice["rows"]
+    assert info["parity_max_abs_diff"] < 1e-4 and 0.0 <= e["test"]["escalation_rate"] <= 1.0
+    tuning = e["bench"]["runtime_tuning"]
+    assert tuning["fallback"]["copied_from"] == "fast" and tuning["."]["tuned"], tuning
+    assert EARLY_EXIT in versions, s["promotion"]
+    ee = load_predictor(e["path"], 1)
+    model, _ = load_registered(f"models:/clf-cascade/{versions[EARLY_EXIT]}", s["tracking_uri"])
+    got = model.predict(pd.DataFrame({"text": texts}))["label"].tolist()
+    assert got == [["neg", "pos"][int(i)] for i in ee.predict(texts).argmax(1)]
+    # an exit needs a layer after it: the 1-layer student's is refused with the reason, nothing else lost
+    bad = rows["early_exit/student.ort_int8_dynamic.exit1/cpu"]
+    assert bad["status"] == "failed" and "an early exit needs at least 2" in bad["reason"], bad

@@ -218,3 +218,20 @@ def test_cascades_need_two_parts_on_one_target_of_a_classifier(tmp_path):
         load_config(write(tmp_path, body % "teacher"))  # not SOURCE/VARIANT/TARGET
     with pytest.raises(ConfigError, match="a cascade routes on the confidence of a classifier"):
         load_config(write(tmp_path, "task: causal-lm\n" + body % "teacher/genai_int8/cpu"))
+
+
+def test_early_exits_name_a_candidate_and_a_layer_of_a_classifier(tmp_path):
+    body = "optimize:\n  early_exits:\n    - {candidate: %s, exit_after: %s}\n"
+    cfg = load_config(write(tmp_path, body % ("compressed/ort_int8_dynamic/cpu", 2)))
+    ee = cfg.optimize.early_exits[0]
+    assert ee.name() == "early_exit/compressed.ort_int8_dynamic.exit2/cpu"
+    assert (ee.confidence, ee.max_accuracy_drop, ee.epochs) == ("max_prob", 0.002, 20)
+    with pytest.raises(ConfigError, match="exit_after"):
+        load_config(write(tmp_path, body % ("compressed/ort_int8_dynamic/cpu", 0)))
+    with pytest.raises(ConfigError, match="early_exits"):
+        load_config(write(tmp_path, body % ("compressed", 2)))  # not SOURCE/VARIANT/TARGET
+    twice = body % ("student/onnx_fp32/cpu", 1) + "    - {candidate: student/onnx_fp32/cpu, exit_after: 1}\n"
+    with pytest.raises(ConfigError, match=r"listed twice: \['early_exit/student.onnx_fp32.exit1/cpu'\]"):
+        load_config(write(tmp_path, twice))
+    with pytest.raises(ConfigError, match="an early exit routes on the confidence of a classifier"):
+        load_config(write(tmp_path, "task: causal-lm\n" + body % ("teacher/genai_int8/cpu", 1)))

@@ -110,3 +110,20 @@ def test_a_cascades_card_states_its_threshold_and_how_it_was_chosen():
     card = model_card(row, judge(row, GatesConfig(min_retention=0.9), 0.85), {"teacher_accuracy": 0.85})
     assert "max_prob confidence is at least 0.93, the fallback (`teacher/ort_int8_dynamic/cpu`)" in card
     assert "300 validation rows: accuracy 0.8400 (fallback 0.8420" in card and "12.5% of test rows" in card
+
+
+def test_an_early_exits_card_states_its_layer_threshold_and_how_it_was_chosen():
+    from slimflow.models.release.model_card import model_card
+
+    row = _cand("early_exit/compressed.ort_int8_dynamic.exit2/cpu", "compressed", "early_exit")
+    row.update(runtime="cascade", reference="compressed/ort_int8_dynamic/cpu")
+    row["test"]["escalation_rate"] = 0.15
+    row["build"] = {"cascade": {"threshold": 0.68, "confidence": "max_prob", "rows": 1275,
+                                "accuracy": 0.8227, "fallback_accuracy": 0.8243, "fast_accuracy": 0.811,
+                                "target_accuracy": 0.8223, "escalation_rate": 0.137, "exit_after": 2,
+                                "layers": 3}}  # fmt: skip
+    card = model_card(row, judge(row, GatesConfig(min_retention=0.9), 0.85), {"teacher_accuracy": 0.85})
+    assert "exit head after encoder layer 2 of 3 of `compressed/ort_int8_dynamic/cpu`" in card
+    assert "confidence is at least 0.68, the remaining layers otherwise" in card
+    assert "1275 validation rows: accuracy 0.8227 (whole model 0.8243, exit head alone 0.8110" in card
+    assert "13.7% went on; 15.0% of test rows went on" in card and "Cascade" not in card
