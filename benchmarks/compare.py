@@ -360,7 +360,8 @@ def teacher_quantized(candidates: list[dict], min_retention: float) -> dict | No
 
     ok = [c for c in candidates if c.get("status") == "ok" and c.get("bench") and c.get("test")]
     fp32 = [c for c in ok if c["source"] == "teacher" and c["variant"] in ("onnx_fp32", "torch_fp32")]
-    quant = [c for c in ok if c["source"] == "teacher" and c not in fp32]
+    # quantized forms only: an early exit cut from the teacher is a composite, compared on its own
+    quant = [c for c in ok if c["source"] == "teacher" and c not in fp32 and c.get("runtime") != "cascade"]
     if not quant:
         return None
     ref = max((c["test"]["accuracy"] for c in fp32), default=None)

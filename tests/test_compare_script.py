@@ -31,6 +31,7 @@ def test_the_fastest_quantized_teacher_within_the_bar_is_chosen(compare):
         row("teacher", "ort_weight_int4", 0.79, 30.0),  # 0.79 >= 0.98 * 0.80
         row("teacher", "ort_int8_static", 0.80, 10.0, status="failed"),
         row("student", "ort_int8_dynamic", 0.80, 2.0),  # not the teacher
+        {**row("teacher", "early_exit", 0.80, 1.0), "runtime": "cascade"},  # cut from it, not quantized
     ]
     assert compare.teacher_quantized(rows, 0.98)["variant"] == "ort_weight_int4"
     assert compare.teacher_quantized(rows, 0.999)["variant"] == "ort_weight_int8"

@@ -8,6 +8,7 @@ for every such name: letters, digits, ``.``, ``_``, ``-``; starts with a letter 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from slimflow.models.core.errors import ConfigError
 
@@ -52,3 +53,18 @@ def check_secret_ref(value: str) -> str:
             " (configs are logged to MLflow as params)"
         )
     return value
+
+
+def match_globs(patterns: list[str], names: list[str], missing: Callable[[str], str]) -> list[str]:
+    """The ``names`` matching any glob of ``patterns`` (pattern order, each name once). A pattern
+    that matches nothing raises ``ValueError(missing(pattern))``: a typo in a list of layers to keep
+    at higher precision would otherwise silently leave the layer it meant to protect unprotected."""
+    import fnmatch
+
+    out: list[str] = []
+    for pat in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            raise ValueError(missing(pat))
+        out.extend(h for h in hits if h not in out)
+    return out

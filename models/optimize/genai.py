@@ -23,6 +23,7 @@ from pydantic import Field, model_validator
 
 from slimflow.models.config.base import Strict
 from slimflow.models.core.errors import SlimflowError
+from slimflow.models.core.names import match_globs
 from slimflow.models.families.causal_lm.scoring import Quality, quality
 
 __all__ = [
@@ -211,19 +212,12 @@ def select_matmuls(patterns: list[str], model_dir: str | Path) -> list[str]:
 def select_matmuls_of(patterns: list[str], num_layers: int) -> list[str]:
     """The MatMuls of a ``num_layers``-layer decoder matching any glob of ``patterns``; a pattern
     that matches nothing is an error naming the MatMuls there are."""
-    import fnmatch
-
-    names = decoder_matmuls(num_layers)
-    out: list[str] = []
-    for pat in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
-        if not hits:
-            kinds = ", ".join(f"/model/layers.N/{m}/MatMul" for m in DECODER_MATMULS)
-            raise ValueError(
-                f"int8 MatMul pattern {pat!r} matches no MatMul (they are {kinds}, /lm_head/MatMul)"
-            )
-        out.extend(h for h in hits if h not in out)
-    return out
+    kinds = ", ".join(f"/model/layers.N/{m}/MatMul" for m in DECODER_MATMULS)
+    return match_globs(
+        patterns,
+        decoder_matmuls(num_layers),
+        lambda pat: f"int8 MatMul pattern {pat!r} matches no MatMul (they are {kinds}, /lm_head/MatMul)",
+    )
 
 
 def size_bytes(folder: str | Path) -> int:

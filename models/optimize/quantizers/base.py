@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from slimflow.models.config.base import PluginConfig
+from slimflow.models.core.names import match_globs
 from slimflow.models.core.plugins import Registry
 
 Runtime = str  # "onnxruntime" | "torch"
@@ -101,13 +102,7 @@ def apply_quantizer(cfg: QuantizerConfig, ctx: QuantContext, out_dir: Any) -> Qu
 def match_names(patterns: list[str], names: list[str], what: str) -> list[str]:
     """Names matching any glob in ``patterns``; a pattern that matches nothing is an error
     (a typo in a keep-in-FP32 list would otherwise silently quantize the layer it meant to protect)."""
-    import fnmatch
-
-    out: list[str] = []
-    for pat in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
-        if not hits:
-            sample = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
-            raise ValueError(f"keep_fp32 pattern {pat!r} matches no {what} (some names: {sample})")
-        out.extend(h for h in hits if h not in out)
-    return out
+    sample = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+    return match_globs(
+        patterns, names, lambda pat: f"keep_fp32 pattern {pat!r} matches no {what} (some names: {sample})"
+    )
