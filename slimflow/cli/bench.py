@@ -140,6 +140,10 @@ def _print_tuning(result: dict[str, Any]) -> None:
                 mark = "  <- chosen" if trial["chosen"] else ""
                 typer.echo(f"  {trial['spinning']:<48} {figures} ({trial['vs_own']:.2f}x){mark}")
             continue
+        if t.get("copied_from"):  # an early exit's second part: no search of its own
+            got = "; ".join(f"{b}: {label}" for b, label in t["by_batch"].items())
+            typer.echo(f"runtime settings{where}: the {t['copied_from']} part's ({got})")
+            continue
         tuned = TunedRuntime("", 0, {1: SessionSettings()}, t["trials"])
         typer.echo(f"runtime settings searched{where}:\n{format_trials(tuned)}")
     for s in result.get("settings", []):

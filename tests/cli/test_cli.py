@@ -252,6 +252,22 @@ def test_bench_tune_searches_settings_saves_them_and_later_runs_use_them(tmp_pat
     assert f"b1 data: ran with 1 thread, spinning {spin}" in again.stdout
 
 
+def test_bench_says_an_early_exits_second_part_takes_the_first_parts_settings(capsys):
+    from slimflow.cli.bench import _print_tuning
+
+    label = "2 threads, spinning on, graph all"
+    trials = [{"spinning": "each part's own", "b1_p50_ms": 0.52, "vs_own": 1.0, "chosen": False},
+              {"spinning": "fast spinning on, fallback spinning off", "b1_p50_ms": 0.47, "vs_own": 0.91,
+               "chosen": True}]  # fmt: skip
+    _print_tuning({"runtime_tuning": {
+        "fallback": {"tuned": True, "copied_from": "fast", "by_batch": {"b1": label}, "trials": []},
+        ".": {"tuned": True, "by_batch": {"cascade": trials[1]["spinning"]}, "trials": trials},
+    }})  # fmt: skip
+    got = capsys.readouterr().out
+    assert f"runtime settings (fallback): the fast part's (b1: {label})" in got
+    assert "fast spinning on, fallback spinning off" in got and "<- chosen" in got
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
