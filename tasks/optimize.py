@@ -171,7 +171,8 @@ def build_cascade_candidate(
     from slimflow.models.optimize import cascade as K
     from slimflow.models.optimize.predictors import load_predictor
 
-    key = stage_key(cfg, fast["identity"], fallback["identity"], code_version)
+    # the threshold is fitted on this data's validation split: another split is another cascade
+    key = stage_key(cfg, fast["identity"], fallback["identity"], data.split_fingerprint, code_version)
     final = Path(ctx.workdir) / "candidates" / key
     with atomic_dir(final) as tmp:
         threads = _threads()
@@ -212,7 +213,8 @@ def build_early_exit_candidate(
     from slimflow.models.optimize import cascade as K
     from slimflow.models.optimize import early_exit as E
 
-    key = stage_key(cfg, source["identity"], code_version)
+    # the head is trained on this data's training split, its threshold fitted on its validation split
+    key = stage_key(cfg, source["identity"], data.split_fingerprint, code_version)
     final = Path(ctx.workdir) / "candidates" / key
     with atomic_dir(final) as tmp:
         made = E.build_early_exit(
