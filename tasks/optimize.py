@@ -220,7 +220,7 @@ def build_early_exit_candidate(
         made = E.build_early_exit(
             source["path"], tmp, cfg.exit_after, read_split(data.path("train")),
             read_split(data.path("validation")), cfg.confidence, cfg.max_accuracy_drop, cfg.epochs,
-            _threads(), name,
+            _threads(), name, max_train_examples=cfg.max_train_examples,
         )  # fmt: skip
     frame = read_split(data.path("test"))
     test = C.score_on_test(final, frame, _threads())

@@ -318,6 +318,12 @@ class EarlyExitConfig(Strict):
         description="Exit-head training epochs, on the frozen model's hidden states of the training split "
         "(the whole model's logits as soft labels).",
     )
+    max_train_examples: int | None = Field(
+        20000,
+        ge=100,
+        description="Training texts the head learns from (a seeded sample when the split has more; "
+        "each costs one forward pass of the model up to the exit). None = all.",
+    )
 
     def name(self) -> str:
         """Its candidate name: early_exit/SOURCE.VARIANT.exitK/TARGET."""

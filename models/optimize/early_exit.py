@@ -24,6 +24,7 @@ points of test accuracy, depending on the model and the exit layer.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -246,11 +247,16 @@ def build_early_exit(
     threads: int = 0,
     name: str = "",
     parity_rows: int = 32,
+    max_train_examples: int | None = None,
 ) -> EarlyExitBuild:
     """Write an early-exit candidate folder at ``out`` from the built ONNX candidate ``source``:
-    the exit head trained on ``train`` (``text``, ``label``), the threshold chosen on ``validation``
-    only; the cut checked against the whole graph on validation texts (one per call, < 1e-4)."""
+    the exit head trained on ``train`` (``text``, ``label``; a seeded sample of
+    ``max_train_examples`` rows when it has more), the threshold chosen on ``validation`` only; the
+    cut checked against the whole graph on validation texts (one per call, < 1e-4)."""
     import onnx
+
+    if max_train_examples is not None and len(train) > max_train_examples:
+        train = train.sample(n=max_train_examples, random_state=0)
 
     source, out = Path(source), Path(out)
     info = describe(source)
@@ -330,8 +336,6 @@ def build_early_exit(
         "exit_after": exit_after, "layers": len(enc.layers), "hidden": hidden, "mask_index": enc.mask_index,
         "head": head_info, "parity_max_abs_diff": worst, "source": str(source.resolve()),
     }  # fmt: skip
-    import json
-
     (out / K.CASCADE_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
     CandidateInfo(
         K.CASCADE_RUNTIME, info.target, KIND, info.source, None, info.max_length, labels, None, info.task

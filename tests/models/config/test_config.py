@@ -225,7 +225,8 @@ def test_early_exits_name_a_candidate_and_a_layer_of_a_classifier(tmp_path):
     cfg = load_config(write(tmp_path, body % ("compressed/ort_int8_dynamic/cpu", 2)))
     ee = cfg.optimize.early_exits[0]
     assert ee.name() == "early_exit/compressed.ort_int8_dynamic.exit2/cpu"
-    assert (ee.confidence, ee.max_accuracy_drop, ee.epochs) == ("max_prob", 0.002, 20)
+    got = (ee.confidence, ee.max_accuracy_drop, ee.epochs, ee.max_train_examples)
+    assert got == ("max_prob", 0.002, 20, 20000)
     with pytest.raises(ConfigError, match="exit_after"):
         load_config(write(tmp_path, body % ("compressed/ort_int8_dynamic/cpu", 0)))
     with pytest.raises(ConfigError, match="early_exits"):

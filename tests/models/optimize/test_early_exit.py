@@ -139,3 +139,13 @@ def test_other_graphs_and_layers_are_refused_by_name(exported, source, splits, t
     with pytest.raises(ValueError, match=r"labels \['maybe'\] of the data are not among"):
         E.build_early_exit(source, tmp_path / "c", 1, train, bad, epochs=1, threads=1)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_head_learns_from_a_seeded_sample_when_the_training_split_is_larger(source, splits, tmp_path):
+    train, validation, _ = splits
+    made = E.build_early_exit(source, tmp_path / "s", 1, train, validation, epochs=1, threads=1,
+                              max_train_examples=100)  # fmt: skip
+    again = E.build_early_exit(source, tmp_path / "t", 1, train, validation, epochs=1, threads=1,
+                               max_train_examples=100)  # fmt: skip
+    assert made.head["train_rows"] == 100 and made.choice.rows == len(validation)
+    assert made.choice == again.choice and made.head == again.head  # same sample, same head
