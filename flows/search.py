@@ -207,8 +207,11 @@ def _cascades(
         missing = [p for p in parts if rows.get(p, {}).get("status") != "pending"]
         if missing:
             why = ", ".join(
-                f"{p} ({rows[p]['status']})" if p in rows else f"{p} (not planned)" for p in missing
-            )
+                f"{p} ({rows[p]['status']})" if p in rows
+                else f"{p} (itself a cascade or early exit: parts are built candidates)" if p in plans
+                else f"{p} (not planned)"
+                for p in missing
+            )  # fmt: skip
             skipped.append(C.Skipped(name, f"its part(s) {why} are not measured candidates of this run"))
         elif isinstance(conf, EarlyExitConfig):
             jobs[name] = (build_early_exit_candidate, (name, conf, built[conf.candidate], data))

@@ -38,7 +38,8 @@ def _cfg(tmp_path: Path, data: Path, model: Path) -> PipelineConfig:
                 "quantize": [{"kind": "ort_int8_dynamic"}],
                 "include_onnx_fp32": False,
                 "cascades": [{"fast": FAST, "fallback": FALLBACK, "max_accuracy_drop": 0.0},
-                             {"fast": "student/torch_int8/cpu", "fallback": FALLBACK}],
+                             {"fast": "student/torch_int8/cpu", "fallback": FALLBACK},
+                             {"fast": EARLY_EXIT, "fallback": FALLBACK}],  # composites do not nest
                 "early_exits": [{"candidate": FALLBACK, "exit_after": 1, "epochs": 5},
                                 {"candidate": FAST, "exit_after": 1}],  # the 1-layer student: no exit
                 "agreement": {"min_agreement": 0.8},
@@ -70,6 +71,8 @@ def test_a_cascade_is_fitted_on_validation_measured_judged_and_registered(tmp_pa
     skipped = {x["name"]: x["reason"] for x in s["search"]["skipped"]}
     unplanned = "cascade/student.torch_int8_then_teacher.ort_int8_dynamic/cpu"
     assert "student/torch_int8/cpu (not planned)" in skipped[unplanned]
+    nested = "cascade/early_exit.teacher.ort_int8_dynamic.exit1_then_teacher.ort_int8_dynamic/cpu"
+    assert f"{EARLY_EXIT} (itself a cascade or early exit" in skipped[nested]
 
     # the test split's answers: the cascade's equal the fast part's where it kept the row, else the
     # fallback's (loaded back from the folders the search built)
