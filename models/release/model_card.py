@@ -77,24 +77,22 @@ def with_approval(card: str, approval: dict[str, str]) -> str:
 
 def _cascade_line(c: dict[str, Any], row: dict[str, Any]) -> str:
     """Which part answers what, and how the threshold was chosen (validation rows only)."""
-    test_esc = row.get("test", {}).get("escalation_rate")
+    ref, conf = row.get("reference", "?"), f"{c['confidence']} confidence is at least {c['threshold']:.4g}"
     if "exit_after" in c:  # an early exit: one model, cut after an intermediate layer
-        on_test = f"; {test_esc:.1%} of test rows went on" if isinstance(test_esc, int | float) else ""
-        return (
-            f"- **Early exit**: an exit head after encoder layer {c['exit_after']} of {c['layers']} of "
-            f"`{row.get('reference', '?')}` answers when its {c['confidence']} confidence is at least "
-            f"{c['threshold']:.4g}, the remaining layers otherwise; threshold chosen on {c['rows']} "
-            f"validation rows: accuracy {c['accuracy']:.4f} (whole model {c['fallback_accuracy']:.4f}, "
-            f"exit head alone {c['fast_accuracy']:.4f}, target {c['target_accuracy']:.4f}), "
-            f"{c['escalation_rate']:.1%} went on{on_test}"
+        title, verb, names = "Early exit", "went on", ("whole model", "exit head alone")
+        who = (
+            f"an exit head after encoder layer {c['exit_after']} of {c['layers']} of `{ref}` answers "
+            f"when its {conf}, the remaining layers otherwise"
         )
-    on_test = f"; {test_esc:.1%} of test rows escalated" if isinstance(test_esc, int | float) else ""
+    else:
+        title, verb, names = "Cascade", "escalated", ("fallback", "fast part")
+        who = f"the fast part answers when its {conf}, the fallback (`{ref}`) otherwise"
+    test_esc = row.get("test", {}).get("escalation_rate")
+    on_test = f"; {test_esc:.1%} of test rows {verb}" if isinstance(test_esc, int | float) else ""
     return (
-        f"- **Cascade**: the fast part answers when its {c['confidence']} confidence is at least "
-        f"{c['threshold']:.4g}, the fallback (`{row.get('reference', '?')}`) otherwise; threshold chosen on "
-        f"{c['rows']} validation rows: accuracy {c['accuracy']:.4f} (fallback {c['fallback_accuracy']:.4f}, "
-        f"fast part {c['fast_accuracy']:.4f}, target {c['target_accuracy']:.4f}), "
-        f"{c['escalation_rate']:.1%} escalated{on_test}"
+        f"- **{title}**: {who}; threshold chosen on {c['rows']} validation rows: accuracy "
+        f"{c['accuracy']:.4f} ({names[0]} {c['fallback_accuracy']:.4f}, {names[1]} {c['fast_accuracy']:.4f}, "
+        f"target {c['target_accuracy']:.4f}), {c['escalation_rate']:.1%} {verb}{on_test}"
     )
 
 
