@@ -282,24 +282,14 @@ def _tune_cascade_spinning(folder: Path, texts: list[str], cfg: BenchConfig, thr
     return {"tuned": True, "by_batch": {"cascade": label(combos[chosen])}, "trials": trials}
 
 
-def _cascade_sources(folder: Path) -> dict[str, Path]:
-    from slimflow.models.optimize.cascade import CASCADE_FILE
-
-    try:
-        spec = json.loads((folder / CASCADE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {k: Path(v) for k, v in (spec.get("sources") or {}).items() if isinstance(v, str)}
-
-
-def _fallback_reads_fast(folder: Path) -> bool:
-    """An early exit's second part runs on the first part's hidden state, not on texts."""
+def _cascade_spec(folder: Path) -> dict[str, Any]:
+    """The cascade's ``cascade.json`` ({} when unreadable: its parts are then tuned from scratch)."""
     from slimflow.models.optimize.cascade import read_spec
 
     try:
-        return read_spec(folder).get("fallback_reads") == "fast"
+        return read_spec(folder)
     except (OSError, ValueError):
-        return False
+        return {}
 
 
 def _copy_tuning(fast: Path, fallback: Path) -> dict[str, Any]:
@@ -353,9 +343,11 @@ def tune_folder(path: str | Path, texts: list[str], cfg: BenchConfig, threads: i
     info = describe(p)
     if info.runtime == "cascade":
         out: dict[str, Any] = {}
-        sources = _cascade_sources(folder)
+        spec = _cascade_spec(folder)
+        sources = {k: Path(v) for k, v in (spec.get("sources") or {}).items() if isinstance(v, str)}
         for part in ("fast", "fallback"):
-            if part == "fallback" and _fallback_reads_fast(folder):
+            # an early exit's second part runs on the first part's hidden state, not on texts
+            if part == "fallback" and spec.get("fallback_reads") == "fast":
                 out[part] = _copy_tuning(folder / "fast", folder / part)
                 continue
             reused = _reuse_tuning(sources.get(part), folder / part, threads)
