@@ -9,7 +9,9 @@ Per variant: size, perplexity over whole test chats and its ratio to the FP32 mo
 of the greedy answers on the test split, and generation speed measured by
 slimflow.models.optimize.gen_bench in a fresh process per variant (threads pinned, warm-up, a
 fixed prompt of real test text, exactly --new-tokens generated): decode tokens/s with its 95% CI,
-time to first token, prefill tokens/s, peak RSS. Prints a table and writes the rows and a
+time to first token, prefill tokens/s, peak RSS. With ``--rounds N`` every variant is timed N times,
+in turn (a slow spell of the host falls on all of them), and the median round counts; each round's
+rate and speed-up are printed and kept. Prints a table and writes the rows and a
 ``ratios`` object (``--out``); asserts nothing.
 """
 
@@ -101,6 +103,12 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, nargs="+", default=[1])
     ap.add_argument("--iterations", type=int, default=8, help="timed generations per batch size")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time every variant this many times, in turn, each in a fresh process; the median round counts",
+    )
     ap.add_argument("--workdir", help="where builds go (default: a temporary folder)")
     ap.add_argument("--out", help="write all figures as JSON here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -174,18 +182,35 @@ def measure(
         run = runner(kind, folder, model_dir, args.threads)
         q = G.quality(run, test, longest + 4)
         del run
-        speed = _speed(kind, folder, model_dir, bench, prompt)
-        row = {"variant": name, "kind": kind, "path": str(folder), "size_mb": size, "build_s": built,
-               **q.to_dict(), "answers": q.answers, "speed": speed}  # fmt: skip
-        rows.append(row)
-        s1 = setting(speed, args.batch[0])
-        print(
-            f"{name:26s} {size:7.1f} MB  ppl {q.perplexity:8.3f}  EM {q.exact_match:.4f}  "
-            f"decode {s1['decode_tokens_per_s']:7.1f} tok/s [{s1['decode_tokens_per_s_ci'][0]:.1f}, "
-            f"{s1['decode_tokens_per_s_ci'][1]:.1f}]  TTFT {s1['ttft_p50_ms']:7.1f} ms",
-            flush=True,
-        )
+        rows.append({"variant": name, "kind": kind, "path": str(folder), "size_mb": size, "build_s": built,
+                     **q.to_dict(), "answers": q.answers, "speed_rounds": []})  # fmt: skip
+        print(f"{name:26s} {size:7.1f} MB  ppl {q.perplexity:8.3f}  EM {q.exact_match:.4f}", flush=True)
+    rounds = max(1, int(getattr(args, "rounds", 1) or 1))
+    for r in range(rounds):  # every variant once per round: a slow spell of the host hits all of them
+        for row in rows:
+            speed = _speed(row["kind"], Path(row["path"]), model_dir, bench, prompt)
+            row["speed_rounds"].append(speed)
+            s1 = setting(speed, args.batch[0])
+            print(
+                f"round {r + 1}/{rounds} {row['variant']:26s} decode {s1['decode_tokens_per_s']:7.1f} tok/s "
+                f"[{s1['decode_tokens_per_s_ci'][0]:.1f}, {s1['decode_tokens_per_s_ci'][1]:.1f}]  "
+                f"TTFT {s1['ttft_p50_ms']:7.1f} ms",
+                flush=True,
+            )
+    for row in rows:
+        row["speed"] = median_round(row["speed_rounds"], args.batch[0])
     return _report(rows, args, model_dir)
+
+
+def median_round(results: list[dict[str, Any]], batch: int) -> dict[str, Any]:
+    """The round whose decode tokens/s at ``batch`` is the median of the rounds (the lower one of
+    the middle two for an even count): a real measurement, with its own CI and TTFT."""
+    from slimflow.models.optimize.gen_bench import setting
+
+    if not results:
+        raise ValueError("no benchmark rounds")
+    ranked = sorted(results, key=lambda r: setting(r, batch)["decode_tokens_per_s"])
+    return ranked[(len(ranked) - 1) // 2]
 
 
 def _inputs(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -226,9 +251,10 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace, model_dir: Pat
             "ratios": ratios}  # fmt: skip
 
 
-def ratio(base: dict[str, Any], other: dict[str, Any], batch: int) -> dict[str, float]:
+def ratio(base: dict[str, Any], other: dict[str, Any], batch: int) -> dict[str, Any]:
     """``other`` against ``base``: decode speed-up (point, and CI-conservative: the low end of the
-    other's rate over the high end of the base's), TTFT, perplexity and size ratios, exact-match delta,
+    other's rate over the high end of the base's; with rounds, each round's speed-up too), TTFT,
+    perplexity and size ratios, exact-match delta,
     and the share of test prompts answered as ``base`` answers them (the pipeline's agreement check
     compares the same way, on validation prompts)."""
     from slimflow.models.families.causal_lm.chat import normalize_answer
@@ -238,6 +264,10 @@ def ratio(base: dict[str, Any], other: dict[str, Any], batch: int) -> dict[str, 
     return {
         "decode_speedup": s["decode_tokens_per_s"] / b["decode_tokens_per_s"],
         "decode_speedup_ci_low": s["decode_tokens_per_s_ci"][0] / b["decode_tokens_per_s_ci"][1],
+        "decode_speedup_rounds": [
+            setting(o, batch)["decode_tokens_per_s"] / setting(r, batch)["decode_tokens_per_s"]
+            for r, o in zip(base.get("speed_rounds", []), other.get("speed_rounds", []), strict=False)
+        ],
         "ttft_ratio": s["ttft_p50_ms"] / b["ttft_p50_ms"],
         "perplexity_ratio": other["perplexity"] / base["perplexity"],
         "exact_match_delta": other["exact_match"] - base["exact_match"],
@@ -270,6 +300,13 @@ def _table(report: dict[str, Any]) -> str:
             f"{ra.get('answer_agreement', float('nan')):.3f} | "
             f"{s['ttft_p50_ms']:.1f} | {s['prefill_tokens_per_s']:.0f} | {r['speed']['peak_rss_mb']:.0f} |"
         )
+    if any(len(r.get("speed_rounds", [])) > 1 for r in report["rows"]):
+        lines.append("\ndecode tok/s by round (the table shows each variant's median round):")
+        for r in report["rows"]:
+            rates = ", ".join(f"{setting(x, b)['decode_tokens_per_s']:.1f}" for x in r["speed_rounds"])
+            x = report["ratios"].get(r["variant"], {}).get("decode_speedup_rounds", [])
+            ups = f" ({', '.join(f'{v:.2f}x' for v in x)})" if x else ""
+            lines.append(f"  {r['variant']}: {rates}{ups}")
     cpu = report["hardware"].get("cpu", "")
     return (
         "\n".join(lines)

@@ -54,7 +54,7 @@ def test_a_causal_lm_summary_gets_the_generative_comparison(
     out = tmp_path / "compare.json"
     proc = _run("--teacher", result.model_dir, "--best", str(tiny_genai_candidate), "--test",
                 str(prepared.path("test")), "--threads", "1", "--rows", "12", "--prompt-tokens", "8",
-                "--new-tokens", "4", "--gen-iterations", "2", "--out", str(out))  # fmt: skip
+                "--new-tokens", "4", "--gen-iterations", "2", "--rounds", "2", "--out", str(out))  # fmt: skip
     report = json.loads(out.read_text())
     assert report["task"] == "causal-lm"
     assert list(report["roles"]) == ["teacher", "optimum", "best"]
@@ -63,11 +63,13 @@ def test_a_causal_lm_summary_gets_the_generative_comparison(
     for row in rows.values():
         s = row["speed"]["settings"][0]
         assert s["decode_tokens_per_s"] > 0 and s["ttft_p50_ms"] > 0 and row["rows"] == 12
+        assert len(row["speed_rounds"]) == 2 and row["speed"] in row["speed_rounds"]
     teacher, optimum, best = (rows[report["roles"][k]] for k in ("teacher", "optimum", "best"))
     # the Optimum export and the genai FP32 build are the same model: same answers, same perplexity
     assert optimum["exact_match"] == teacher["exact_match"] == best["exact_match"]
     assert optimum["perplexity"] == pytest.approx(teacher["perplexity"], rel=1e-3)
     r = report["ratios"]["best_vs_teacher"]
+    assert len(r["decode_speedup_rounds"]) == 2 and "decode tok/s by round" in proc.stdout
     assert r["perplexity_ratio"] == pytest.approx(1.0, abs=1e-3) and r["exact_match_delta"] == 0.0
     goals = {">= 6x the decode tokens/s of PyTorch FP32 eager", "perplexity ratio <= 1.15",
              "exact match within 1 point of the FP32 model"}  # fmt: skip
