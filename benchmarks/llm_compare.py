@@ -50,6 +50,12 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
         "int8_matmuls": ["*/attn/*", "*/mlp/down_proj/*"],
     },
     "genai_int4_attn_int8": {"precision": "int4", "block_size": 32, "int8_matmuls": ["*/attn/*"]},
+    # only the gate projections at INT4 (the sensitivity screen's greedy order: qkv, down, o, up)
+    "genai_int4_gate_only": {
+        "precision": "int4",
+        "block_size": 32,
+        "int8_matmuls": ["*/attn/*", "*/mlp/down_proj/*", "*/mlp/up_proj/*"],
+    },
     "genai_int4_qkv_down_int8": {
         "precision": "int4",
         "block_size": 32,
