@@ -13,7 +13,9 @@ model (task causal-lm) the rows are the fine-tuned model in PyTorch FP32 eager, 
 export with the key/value cache (``text-generation-with-past``, ``ORTModelForCausalLM``) and the
 promoted onnxruntime-genai build, each scored on the test split (exact match, perplexity) and timed
 generating in its own process (``benchmarks/llm_compare.py``: decode tokens/s with 95% CIs, time to
-first token); ``ratios`` then holds decode speed-ups, perplexity ratios and exact-match deltas.
+first token), ``--rounds`` times in turn (default 3; the median round counts: onnxruntime-genai's
+rate moves 10-20% between processes on small hosts); ``ratios`` then holds decode speed-ups (also
+per round), perplexity ratios and exact-match deltas.
 
 Optimum's recipe, as its docs show it: ``ORTModelForSequenceClassification.from_pretrained(teacher,
 export=True)`` then ``ORTQuantizer.from_pretrained(...).quantize(AutoQuantizationConfig.<preset>(
