@@ -91,6 +91,8 @@ def main() -> None:
         help="time the three models this many times, in turn, each in a fresh process (the median counts)",
     )
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1 (got {args.rounds})")
 
     import pandas as pd
 

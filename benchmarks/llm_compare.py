@@ -123,6 +123,8 @@ def main() -> None:
     ap.add_argument("--bench", help=argparse.SUPPRESS)
     ap.add_argument("--prompt", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1 (got {args.rounds})")
     if args.child:
         child(args)
         return
@@ -191,7 +193,9 @@ def measure(
         rows.append({"variant": name, "kind": kind, "path": str(folder), "size_mb": size, "build_s": built,
                      **q.to_dict(), "answers": q.answers, "speed_rounds": []})  # fmt: skip
         print(f"{name:26s} {size:7.1f} MB  ppl {q.perplexity:8.3f}  EM {q.exact_match:.4f}", flush=True)
-    rounds = max(1, int(getattr(args, "rounds", 1) or 1))
+    rounds = int(getattr(args, "rounds", 1))
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1 (got {rounds})")
     for r in range(rounds):  # every variant once per round: a slow spell of the host hits all of them
         for row in rows:
             speed = _speed(row["kind"], Path(row["path"]), model_dir, bench, prompt)
@@ -260,9 +264,9 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace, model_dir: Pat
 def ratio(base: dict[str, Any], other: dict[str, Any], batch: int) -> dict[str, Any]:
     """``other`` against ``base``: decode speed-up (point, and CI-conservative: the low end of the
     other's rate over the high end of the base's; with rounds, each round's speed-up too), TTFT,
-    perplexity and size ratios, exact-match delta,
-    and the share of test prompts answered as ``base`` answers them (the pipeline's agreement check
-    compares the same way, on validation prompts)."""
+    perplexity and size ratios, exact-match delta, and the share of test prompts answered as
+    ``base`` answers them (the pipeline's agreement check compares the same way, on validation
+    prompts)."""
     from slimflow.models.families.causal_lm.chat import normalize_answer
     from slimflow.models.optimize.gen_bench import setting
 

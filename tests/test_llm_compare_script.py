@@ -66,3 +66,13 @@ def test_the_table_lists_every_round(llm) -> None:
     for r in single:
         r["speed"] = llm.median_round(r["speed_rounds"], 1)
     assert "by round" not in llm._table(llm._report(single, args, Path("/m")))
+
+
+def test_rounds_below_one_are_refused_before_any_work(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    for script in (SCRIPT, SCRIPT.with_name("compare.py")):
+        cmd = [sys.executable, str(script), "--rounds", "0", "--summary", str(tmp_path / "none")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 2 and "--rounds must be at least 1 (got 0)" in proc.stderr
