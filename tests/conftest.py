@@ -23,6 +23,19 @@ NEGATIVE = "bad awful dull boring clumsy tedious weak messy stale lifeless".spli
 FILLER = "the film movie plot cast story was is a an and very quite rather truly".split()
 
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark_script(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"slimflow_bench_{name}", BENCHMARKS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def make_reviews(n: int = 240, seed: int = 0) -> pd.DataFrame:
     """Distinct short 'reviews'; the label follows the sentiment words, so a tiny model can learn it."""
     rng = random.Random(seed)

@@ -1,20 +1,14 @@
 """benchmarks/compare.py picks the teacher's best quantized form from a run summary and computes its
 ratios (the script itself measures; these are its choices, on made-up candidate rows)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare.py"
+from tests.conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def compare():
-    spec = importlib.util.spec_from_file_location("slimflow_compare", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark_script("compare")
 
 
 def row(source, variant, acc, p50, status="ok"):

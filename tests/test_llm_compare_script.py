@@ -2,20 +2,16 @@
 round counts, and each round's speed-up is kept (on made-up benchmark results: the script measures)."""
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "llm_compare.py"
+from tests.conftest import BENCHMARKS, load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def llm():
-    spec = importlib.util.spec_from_file_location("slimflow_llm_compare", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark_script("llm_compare")
 
 
 def speed(rate: float, ttft: float = 50.0) -> dict:
@@ -72,7 +68,7 @@ def test_rounds_below_one_are_refused_before_any_work(tmp_path) -> None:
     import subprocess
     import sys
 
-    for script in (SCRIPT, SCRIPT.with_name("compare.py")):
+    for script in (BENCHMARKS / "llm_compare.py", BENCHMARKS / "compare.py"):
         cmd = [sys.executable, str(script), "--rounds", "0", "--summary", str(tmp_path / "none")]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         assert proc.returncode == 2 and "--rounds must be at least 1 (got 0)" in proc.stderr
