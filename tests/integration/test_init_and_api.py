@@ -66,7 +66,12 @@ def test_init_writes_a_config_that_runs_and_the_api_predicts_with_its_champion(t
     assert [g["label"] for g in got[:2]] == ["pos", "neg"] and all(0.5 <= g["score"] <= 1 for g in got)
     model = slimflow.load_model("models:/my-reviews@champion", tracking_uri=summary["tracking_uri"])
     assert model.version == str(summary["decision"]["champion"])
-    assert model.predict(texts[0]) == got[:1]  # one string is one text
+    one = model.predict(texts[0])  # one string is one text
+    # alone it runs unpadded, maybe on the session tuned for batch 1 (and dynamic INT8 scales its
+    # activations per batch): the same answer, the score equal to float rounding, not bit for bit
+    assert [o["label"] for o in one] == [got[0]["label"]] and one[0]["score"] == pytest.approx(
+        got[0]["score"], abs=1e-4
+    )
     with pytest.raises(slimflow.ConfigError, match=r"texts\[1\] is int"):
         model.predict(["fine", 3])
     with pytest.raises(slimflow.ConfigError, match="overrides apply to a config file"):
