@@ -93,8 +93,11 @@ def test_sigkill_during_finetuning_then_rerun_resumes_and_registers_only_whole_r
     )
     assert published == [], "a killed fine-tuning left a published (partial) teacher"
 
+    # the rerun trains 3 epochs, not 40 (40 only keep the first run training until it is killed): the
+    # data stage is still the crashed run's, and the crashed runs are reaped all the same
     r = subprocess.run(
-        [str(BIN / "slimflow"), "run", "-c", str(cfg), "--summary", str(tmp_path / "second.json")],
+        [str(BIN / "slimflow"), "run", "-c", str(cfg), "--set", "finetune.train.epochs=3",
+         "--summary", str(tmp_path / "second.json")],
         env=_env(), capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]

@@ -120,6 +120,7 @@ def test_generative_champion_is_gated_registered_served_and_answers_chat_over_ht
         "targets": ["cpu"],
         "quantize": [{"kind": "genai_int8", "block_size": 16}],
         "agreement": {"min_agreement": 0.5},
+        "bench": {"batch_sizes": [1], "isolate": False},  # isolated runs: the test above (saves ~2 min)
         "generation": {"prompt_tokens": 16, "new_tokens": 4, "iterations": 3, "warmup": 1, "threads": 1},
         "accuracy_bar": {"min_retention": 0.5},
         "max_parallel": 1,

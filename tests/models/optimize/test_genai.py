@@ -44,9 +44,9 @@ def _op_of(folder: Path, name: str) -> str | None:
     return next((n.op_type for n in graph.node if n.name.startswith(name)), None)
 
 
-def test_fp32_build_reproduces_pytorch_with_the_kv_cache(sft) -> None:
-    tmp, _, model, tok, test = sft
-    out = G.build(tmp / "teacher", tmp / "fp32", G.GenaiBuildConfig(precision="fp32"), tmp / "cache")
+def test_fp32_build_reproduces_pytorch_with_the_kv_cache(sft, tiny_genai_candidate) -> None:
+    _, _, model, tok, test = sft
+    out = tiny_genai_candidate  # G.build of the tiny model at FP32 (conftest: one build for every test)
     ops = _ops(out)
     assert ops.get("GroupQueryAttention") == 2 and "MatMulNBits" not in ops  # fused attention, KV cache
     runner = G.GenaiModel(out, threads=1)
@@ -60,10 +60,9 @@ def test_fp32_build_reproduces_pytorch_with_the_kv_cache(sft) -> None:
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
-def test_weight_only_builds_hold_matmulnbits_and_shrink(sft, precision: str) -> None:
+def test_weight_only_builds_hold_matmulnbits_and_shrink(sft, tiny_genai_candidate, precision: str) -> None:
     tmp, _, _, _, _ = sft
-    fp32 = tmp / "fp32-size"
-    G.build(tmp / "teacher", fp32, G.GenaiBuildConfig(precision="fp32"), tmp / "cache")
+    fp32 = tiny_genai_candidate
     cfg = G.GenaiBuildConfig(precision=precision, block_size=16)
     out = G.build(tmp / "teacher", tmp / precision, cfg, tmp / "cache")
     ops = _ops(out)
@@ -84,11 +83,9 @@ def test_a_failing_build_names_the_builder_and_its_error(tmp_path: Path) -> None
         G.build(tmp_path / "empty", tmp_path / "out", G.GenaiBuildConfig(precision="fp32"), tmp_path / "c")
 
 
-def test_generation_benchmark_reports_consistent_figures(sft) -> None:
-    tmp, _, model, tok, test = sft
-    out = tmp / "fp32"
-    if not (out / "model.onnx").is_file():
-        G.build(tmp / "teacher", out, G.GenaiBuildConfig(precision="fp32"), tmp / "cache")
+def test_generation_benchmark_reports_consistent_figures(sft, tiny_genai_candidate) -> None:
+    _, _, model, tok, test = sft
+    out = tiny_genai_candidate
     prompt = fixed_prompt(test.prompts[:5], 24)
     assert len(prompt) == 24
     cfg = GenBenchConfig(
@@ -106,26 +103,21 @@ def test_generation_benchmark_reports_consistent_figures(sft) -> None:
         assert result["threads"] == 1 and result["peak_rss_mb"] > 0
 
 
-def test_timed_generation_makes_exactly_the_asked_tokens(sft) -> None:
-    tmp, _, model, _, test = sft
-    out = tmp / "fp32"
-    if not (out / "model.onnx").is_file():
-        G.build(tmp / "teacher", out, G.GenaiBuildConfig(precision="fp32"), tmp / "cache")
+def test_timed_generation_makes_exactly_the_asked_tokens(sft, tiny_genai_candidate) -> None:
+    _, _, model, _, test = sft
+    out = tiny_genai_candidate
     for runner in (G.GenaiModel(out, threads=1), G.TorchModel(model, threads=1)):
         ttft, steps = runner.timed([test.prompts[0]], 7)
         assert ttft > 0 and len(steps) == 6 and all(np.isfinite(steps))
 
 
-def test_a_genai_candidate_folder_loads_as_a_generative_predictor(sft) -> None:
+def test_a_genai_candidate_folder_loads_as_a_generative_predictor(sft, tiny_genai_candidate) -> None:
     import json
 
-    from slimflow.models.optimize.predictors import CandidateInfo, GenerativePredictor, load_predictor
+    from slimflow.models.optimize.predictors import GenerativePredictor, load_predictor
 
     tmp, _, model, tok, test = sft
-    out = tmp / "fp32-candidate"
-    G.build(tmp / "teacher", out, G.GenaiBuildConfig(precision="fp32"), tmp / "cache")
-    CandidateInfo("onnxruntime-genai", variant="genai_fp32", source="teacher", task="causal-lm",
-                  max_new_tokens=8).save(out)  # fmt: skip
+    out = tiny_genai_candidate  # the FP32 build saved as a candidate (max_new_tokens 8)
     predictor = load_predictor(out, threads=1)
     assert isinstance(predictor, GenerativePredictor) and predictor.family.name == "causal-lm"
     frame = pd.read_parquet(next((tmp / "data").glob("test.parquet")))
