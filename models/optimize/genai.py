@@ -31,6 +31,8 @@ __all__ = [
     "GenaiModel",
     "Quality",
     "TorchModel",
+    "add_logit_bias",
+    "answer_start_shift",
     "build",
     "check_build_options",
     "parity",
@@ -362,6 +364,58 @@ def timed_with_cache(model: Any, batch: list[list[int]], new_tokens: int) -> tup
         past = out.past_key_values
         steps.append(time.perf_counter() - t)
     return ttft, steps
+
+
+# ------------------------------------------------------------------------ logit bias correction
+LOGIT_BIAS = "slimflow_logit_bias"
+
+
+def answer_start_shift(reference: Any, candidate: Any, prompts: list[list[int]]) -> np.ndarray:
+    """The mean of (reference - candidate) next-token logits where the answers start (the last
+    prompt position), each row centred first (a constant added to every logit changes no
+    probability): [vocab] float32. Added to the candidate's logits it removes the systematic part
+    of its quantization error there (empirical bias correction, as in Nagel et al. 2019, on the
+    output); what varies from prompt to prompt stays."""
+    if not prompts:
+        raise ValueError("logit bias correction needs at least one calibration prompt")
+    total: np.ndarray | None = None
+    for ids in prompts:
+        d = reference.logits(ids)[-1].astype(np.float64) - candidate.logits(ids)[-1].astype(np.float64)
+        d -= d.mean()
+        total = d if total is None else total + d
+    assert total is not None
+    return (total / len(prompts)).astype(np.float32)
+
+
+def add_logit_bias(folder: str | Path, bias: np.ndarray) -> None:
+    """Add ``bias`` ([vocab]) to the logits output of the onnxruntime-genai model in ``folder``: one
+    ``Add`` after the node that makes the logits, its constant stored in the graph file (the
+    external weights are not rewritten). A model that already has one is refused."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    folder = Path(folder)
+    meta = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))["model"]
+    name = (meta.get("decoder", {}).get("outputs") or {}).get("logits", "logits")
+    graph_file = folder / meta.get("decoder", {}).get("filename", "model.onnx")
+    model = onnx.load(str(graph_file), load_external_data=False)
+    g = model.graph
+    if any(init.name == LOGIT_BIAS for init in g.initializer):
+        raise ValueError(f"{graph_file} already has a logit bias")
+    out = next((o for o in g.output if o.name == name), None)
+    producer = next((n for n in g.node if name in n.output), None)
+    if out is None or producer is None:
+        raise ValueError(f"{graph_file}: no graph output {name!r} to add a logit bias to")
+    vocab = out.type.tensor_type.shape.dim[-1].dim_value
+    if vocab and vocab != bias.shape[-1]:
+        raise ValueError(f"logit bias has {bias.shape[-1]} entries, the model's vocabulary {vocab}")
+    dtype = helper.tensor_dtype_to_np_dtype(out.type.tensor_type.elem_type)
+    producer.output[list(producer.output).index(name)] = f"{name}_unbiased"
+    g.initializer.append(numpy_helper.from_array(np.asarray(bias, dtype=dtype), LOGIT_BIAS))
+    g.node.append(
+        helper.make_node("Add", [f"{name}_unbiased", LOGIT_BIAS], [name], name="/slimflow/logit_bias/Add")
+    )
+    onnx.save(model, str(graph_file))
 
 
 # ------------------------------------------------------------------------------------ quality

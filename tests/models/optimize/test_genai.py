@@ -247,3 +247,88 @@ def test_int8_matmul_globs_are_checked_before_any_build() -> None:
         G.GenaiBuildConfig(precision="int8", int8_nodes=["/lm_head/MatMul"])
     with pytest.raises(ValueError, match="matches no MatMul"):
         G.select_matmuls_of(["/model/layers.5/*"], 2)  # a layer the model does not have
+
+
+# ------------------------------------------------------------------------- logit bias correction
+def test_a_logit_bias_is_added_to_every_logit_and_steers_generation(
+    sft, tiny_genai_candidate, tmp_path: Path
+) -> None:
+    import shutil
+
+    _, _, _, _, test = sft
+    biased = tmp_path / "biased"
+    shutil.copytree(tiny_genai_candidate, biased)
+    plain = G.GenaiModel(tiny_genai_candidate, threads=1)
+    bias = np.random.default_rng(0).normal(0, 1, plain.vocab_size).astype(np.float32)
+    G.add_logit_bias(biased, bias)
+    runner = G.GenaiModel(biased, threads=1)
+    ids = test.features[0]["input_ids"]
+    np.testing.assert_allclose(runner.logits(ids), plain.logits(ids) + bias, atol=1e-4)  # every position
+    # cached decoding takes it too: a huge offset on one token makes it every greedy token
+    shutil.rmtree(biased)
+    shutil.copytree(tiny_genai_candidate, biased)
+    forced = np.zeros(plain.vocab_size, dtype=np.float32)
+    forced[7] = 1e4
+    G.add_logit_bias(biased, forced)
+    assert G.GenaiModel(biased, threads=1).generate(test.prompts[0], 5, []) == [7] * 5
+    with pytest.raises(ValueError, match="already has a logit bias"):
+        G.add_logit_bias(biased, forced)
+    with pytest.raises(ValueError, match=r"3 entries, the model's vocabulary \d+"):
+        G.add_logit_bias(tiny_genai_candidate, np.zeros(3, dtype=np.float32))
+
+
+class _Table:
+    """A runner whose logits are a fixed function of the ids, minus an offset."""
+
+    def __init__(self, offset: np.ndarray) -> None:
+        self.offset = offset
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        rng = np.random.default_rng(sum(ids) * 31 + len(ids))
+        return rng.normal(0, 3, (len(ids), len(self.offset))) - self.offset
+
+
+def test_the_answer_start_shift_is_the_mean_centred_logit_difference() -> None:
+    offset = np.array([0.5, -1.0, 2.0, 0.0, 0.25])
+    prompts = [[1, 2, 3], [4, 5], [9, 9, 9, 9]]
+    shift = G.answer_start_shift(_Table(np.zeros(5)), _Table(offset), prompts)
+    np.testing.assert_allclose(shift, offset - offset.mean(), atol=1e-6)  # a constant offset comes back
+    assert G.answer_start_shift(_Table(offset), _Table(offset), prompts) == pytest.approx(np.zeros(5))
+    with pytest.raises(ValueError, match="at least one calibration prompt"):
+        G.answer_start_shift(_Table(offset), _Table(offset), [])
+
+
+def test_logit_bias_correction_removes_the_build_s_shift_on_its_calibration_prompts(sft, tmp_path) -> None:
+    from slimflow.models.families.causal_lm.chat import prompt_ids
+    from slimflow.models.optimize.quantizers.base import QuantContext
+    from slimflow.models.optimize.quantizers.genai_weight_only import GenaiInt4Config, _build
+    from slimflow.models.optimize.targets import get_target
+
+    tmp, _, model, tok, _ = sft
+    train = pd.read_parquet(next((tmp / "data").rglob("train.parquet")))["prompt"].tolist()
+    ctx = QuantContext(None, None, tmp / "teacher", tok, train, 96, get_target("cpu"), FAMILY)
+    cfg = GenaiInt4Config(block_size=16, logit_bias_correction={"prompts": 12})
+    report = _build(cfg, ctx, tmp_path / "int4-bc")
+    assert report.figures["logit_bias_prompts"] == 12 and report.figures["logit_bias_max_abs"] > 1e-3
+    assert any("logit bias correction on 12 training prompts" in n for n in report.notes)
+    assert _op_of(tmp_path / "int4-bc", "/slimflow/logit_bias/Add") == "Add"
+    prompts = [prompt_ids(tok, t) for t in train[:12]]
+    left = G.answer_start_shift(G.TorchModel(model), G.GenaiModel(tmp_path / "int4-bc"), prompts)
+    # what is left of the INT4 build's mean shift there is float rounding, not the offset it had
+    assert float(np.abs(left).max()) < 1e-3 * max(1.0, report.figures["logit_bias_max_abs"])
+    with pytest.raises(ValueError, match="CPU targets only \\(this one is 'cuda'\\)"):
+        _build(cfg, QuantContext(None, None, tmp / "teacher", tok, train, 96, get_target("cuda"), FAMILY),
+               tmp_path / "never")  # fmt: skip
+    assert not (tmp_path / "never" / "model.onnx").exists()  # refused before building
+
+
+def test_logit_bias_correction_settings_are_checked() -> None:
+    from pydantic import ValidationError
+
+    from slimflow.models.optimize.quantizers.genai_weight_only import GenaiInt8Config
+
+    assert GenaiInt8Config(logit_bias_correction={}).logit_bias_correction.prompts == 128
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        GenaiInt8Config(logit_bias_correction={"prompts": 0})
+    with pytest.raises(ValidationError, match="promts"):
+        GenaiInt8Config(logit_bias_correction={"promts": 64})
