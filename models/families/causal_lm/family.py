@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,6 +26,11 @@ log = logging.getLogger(__name__)
 # gold answer of the split (a model that never stops must not make evaluation unbounded).
 EXTRA_NEW_TOKENS = 4
 MAX_NEW_TOKENS = 256
+
+
+def _short(answer: str, width: int = 24) -> str:
+    """An answer quoted for a message, cut to ``width`` characters."""
+    return repr(answer if len(answer) <= width else answer[: width - 1] + "\u2026")
 
 
 def answer_budget(data: C.ChatEncoded) -> int:
@@ -215,7 +221,13 @@ class CausalLM(TaskFamily):
         agree = float(np.mean([a == b for a, b in zip(ref, got, strict=True)]))
         ok = agree >= cfg.min_agreement
         msg = f"greedy answers equal FP32's on {agree:.3f} of validation prompts"
-        return AgreementReport(ok, agree, len(ref), {}, {}, msg if ok else f"{msg} (< {cfg.min_agreement})")
+        if not ok:
+            msg += f" (< {cfg.min_agreement})"
+        changed = Counter((a, b) for a, b in zip(ref, got, strict=True) if a != b)
+        if changed:  # one-sided changes are a shift (README "Logit bias correction"), not noise
+            pairs = [f"{_short(a)} -> {_short(b)} x{n}" for (a, b), n in changed.most_common(3)]
+            msg += "; changed: " + ", ".join(pairs) + (", ..." if len(changed) > 3 else "")
+        return AgreementReport(ok, agree, len(ref), {}, {}, msg)
 
     def predictions(self, outputs: Any, labels: list[str]) -> list[dict[str, Any]]:
         return [{"text": str(o)} for o in outputs]

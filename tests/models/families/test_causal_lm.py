@@ -183,6 +183,17 @@ def test_score_and_agreement_compare_normalised_answers() -> None:
     assert s["exact_match"] == pytest.approx(2 / 3) and s["rows"] == 3
     rep = FAMILY.agreement(["fresh", "rotten"], ["fresh", "fresh"], [], AgreementConfig(min_agreement=0.9))
     assert not rep.passed and rep.agreement == 0.5 and "0.9" in rep.message
+    assert "changed: 'rotten' -> 'fresh' x1" in rep.message  # which way answers moved
+    ref = ["rotten"] * 5 + ["fresh"] * 2 + ["a", "b", "c", "x" * 40]
+    got = ["fresh"] * 3 + ["rotten"] * 2 + ["fresh", "rotten", "b", "a", "d", "y"]
+    rep = FAMILY.agreement(ref, got, [], AgreementConfig(min_agreement=0.01))
+    assert rep.passed and rep.message.endswith(
+        "changed: 'rotten' -> 'fresh' x3, 'fresh' -> 'rotten' x1, 'a' -> 'b' x1, ..."
+    )
+    long = FAMILY.agreement(["x" * 40], ["y"], [], AgreementConfig(min_agreement=0.01))
+    assert long.message.endswith(f"changed: '{'x' * 23}\u2026' -> 'y' x1")
+    same = FAMILY.agreement(["fresh"], ["Fresh."], [], AgreementConfig())
+    assert same.passed and "changed" not in same.message
 
 
 def test_loss_from_the_earliest_answer_on_equals_the_full_loss(tiny_lm) -> None:
