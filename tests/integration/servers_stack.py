@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -129,10 +130,24 @@ def _api(stack: Stack, method: str, path: str, **kw) -> dict:
     return r.json()
 
 
+def poll_api(stack: Stack, method: str, path: str, **kw) -> Any:
+    """A read-only request of a polling loop: None when the server did not answer in time (a busy
+    2-core host running the pipeline beside it once kept it 30 s), so the loop asks again until its
+    own deadline. Never for a request that changes state (a retry could apply it twice)."""
+    try:
+        return _api(stack, method, path, **kw)
+    except (httpx.TimeoutException, httpx.TransportError):
+        return None
+
+
 def _wait_state(stack: Stack, flow_run_id: str, types: set[str], timeout_s: float) -> dict:
     t0 = time.monotonic()
+    state: dict = {}
     while time.monotonic() - t0 < timeout_s:
-        fr = _api(stack, "GET", f"/flow_runs/{flow_run_id}")
+        fr = poll_api(stack, "GET", f"/flow_runs/{flow_run_id}")
+        if fr is None:
+            time.sleep(2)
+            continue
         state = fr.get("state") or {}
         if state.get("type") in types:
             return fr

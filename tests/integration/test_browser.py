@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from slimflow.cli import local_servers as servers
-from tests.integration.servers_stack import BIN, _api, _wait_state, approved_champion, pipeline_yaml
+from tests.integration.servers_stack import BIN, _wait_state, approved_champion, pipeline_yaml, poll_api
 from tests.integration.test_promotion import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -92,9 +92,9 @@ def _save(driver, path: Path) -> Path:
 def _paused_run(stack, name: str, timeout_s: float = 600) -> dict:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
-        runs = _api(stack, "POST", "/flow_runs/filter",
-                    json={"flow_runs": {"name": {"like_": name}}, "limit": 5})  # fmt: skip
-        for fr in runs:
+        runs = poll_api(stack, "POST", "/flow_runs/filter",
+                        json={"flow_runs": {"name": {"like_": name}}, "limit": 5})  # fmt: skip
+        for fr in runs or []:
             if (fr.get("state") or {}).get("type") == "PAUSED":
                 return fr
         time.sleep(2)
