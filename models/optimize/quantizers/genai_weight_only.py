@@ -7,6 +7,9 @@ its answers; INT4 6.15x, 0.813; INT4 with ``int8_matmuls: ["*/attn/*", "*/mlp/do
 
 Two kinds: ``genai_int8`` and ``genai_int4`` (each may appear more than once under its own
 ``name``). The FP32 build every one of them is compared with is the plan's ``genai_fp32`` candidate.
+``logit_bias_correction`` then calibrates a per-token offset of the build's logits against the
+fine-tuned FP32 model where the answers of training prompts start: on the AMD host's model it took
+INT8's test answers from 0.967 to 0.997 equal to FP32's (README "Logit bias correction").
 """
 
 from __future__ import annotations
