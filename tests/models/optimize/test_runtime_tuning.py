@@ -271,6 +271,7 @@ def test_a_cascades_parts_spinning_is_searched_together(onnx_candidate, tmp_path
 
 
 def test_a_cascade_part_copied_from_a_tuned_candidate_reuses_its_settings(onnx_candidate, tmp_path):  # noqa: F811
+    import dataclasses
     import shutil
 
     from slimflow.models.optimize.bench import _reuse_tuning, bench_model, tune_folder
@@ -289,7 +290,13 @@ def test_a_cascade_part_copied_from_a_tuned_candidate_reuses_its_settings(onnx_c
     folder = build_cascade(src, other, tmp_path / "c", ThresholdChoice(0.9, "max_prob", 0, 0, 0, 0, 0, 0))
     tuning = bench_model(folder, TEXTS, cfg)["runtime_tuning"]
     assert tuning["fast"]["reused_from"] == str(src.resolve())
-    assert load_tuned(folder / "fast").by_batch == load_tuned(src).by_batch
+
+    # reused: the source's settings, except spinning, which the pair search below sets for both
+    # parts together (timed on the host, so either way); comparing it made this test flaky
+    def _but_spinning(by_batch):
+        return {b: dataclasses.replace(s, spinning=False) for b, s in by_batch.items()}
+
+    assert _but_spinning(load_tuned(folder / "fast").by_batch) == _but_spinning(load_tuned(src).by_batch)
     assert tuning["fallback"]["tuned"] and "reused_from" not in tuning["fallback"]  # source not tuned
     assert tuning["."]["tuned"]  # the spinning pairs are still timed together
     assert _reuse_tuning(src, folder / "fast", threads=1) is None  # another thread budget
