@@ -75,6 +75,28 @@ def test_weight_only_builds_hold_matmulnbits_and_shrink(sft, tiny_genai_candidat
     assert _op_of(out, "/lm_head/MatMul") == "MatMulNBits"
 
 
+def test_one_prefill_scoring_equals_generating_and_scoring_apart(sft, tiny_genai_candidate) -> None:
+    """``answer_and_logits`` (decode, rewind to the prompt, append the rest) gives what ``generate``
+    and ``logits`` give apart: answers cut by the budget or an end token, and continuations the
+    model would not pick (the gold answer reversed), for PyTorch, the FP32 and an INT8 build."""
+    tmp, _, model, _, test = sft
+    int8 = G.build(tmp / "teacher", tmp / "int8-scoring", G.GenaiBuildConfig(precision="int8"), tmp / "cache")
+    runners = [G.TorchModel(model, threads=1), G.GenaiModel(tiny_genai_candidate, 1), G.GenaiModel(int8, 1)]
+    for runner in runners:
+        for prompt, feat in list(zip(test.prompts, test.features, strict=True))[:4]:
+            gold = feat["input_ids"]
+            for full in (gold, prompt + gold[len(prompt) :][::-1]):
+                for budget in (1, 8):
+                    answer, logits = runner.answer_and_logits(prompt, full, budget, test.eos_ids)
+                    assert answer == runner.generate(prompt, budget, test.eos_ids)
+                    assert logits.shape == (len(full), runner.logits(full).shape[-1])
+                    np.testing.assert_allclose(logits, runner.logits(full), atol=1e-4)
+        assert any(runner.generate(p, 8, test.eos_ids) for p in test.prompts[:4])  # answers were made
+    quality = G.quality(runners[2], test, 8)  # the one-prefill path, and the two calls' answers
+    apart = [runners[2].generate(p, 8, test.eos_ids) for p in test.prompts]
+    assert quality.answers == [test.tokenizer.decode(a, skip_special_tokens=True) for a in apart]
+
+
 def test_a_failing_build_names_the_builder_and_its_error(tmp_path: Path) -> None:
     from slimflow.models.core.errors import SlimflowError
 
