@@ -129,6 +129,7 @@ def build_candidate(
                     _texts(data, "validation", AGREEMENT_ROWS),
                     agreement_cfg,
                     _threads(),
+                    _reference_cache(ctx, source, export, code_version),
                 )
                 record.update(report=built.report, agreement=built.agreement)
     except CandidateRejected as e:
@@ -147,6 +148,13 @@ def build_candidate(
         worker={"host": socket.gethostname(), "pid": os.getpid()},  # where it ran (threads, Dask)
     )
     return record
+
+
+def _reference_cache(ctx: StageContext, source: ModelRef, export: dict[str, str] | None, code: str) -> Path:
+    """Where a generative reference's answers on the agreement rows are kept for the other builds
+    of the same model (``C.cached_reference_answers``)."""
+    key = stage_key("reference-answers", source.sha256, (export or {}).get("onnx_sha256"), code)
+    return Path(ctx.workdir) / "cache" / f"reference-answers-{key}.json"
 
 
 def _first_line(e: BaseException) -> str:

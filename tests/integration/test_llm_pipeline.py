@@ -96,6 +96,10 @@ def test_generative_candidates_are_built_scored_measured_and_chosen(
         assert s["decode_tokens_per_s"] > 0 and s["ttft_p50_ms"] > 0 and s["p50_ms"] == s["token_p50_ms"]
     quantized = [rows[n] for n in ("teacher/genai_int8/cpu", "teacher/genai_int4/cpu")]
     assert all(r["file_bytes"] < fp32["file_bytes"] for r in quantized if r.get("file_bytes"))
+    # both quantized builds were checked against one set of PyTorch answers, computed once
+    (answers,) = (tmp_path / "work" / "cache").glob("reference-answers-*.json")
+    validation = summary["stages"]["validate-data"]["metrics"]["counts_validation"]
+    assert len(json.loads(answers.read_text())["answers"]) == validation
     sel = search["selection"]
     assert sel["metric"] == "exact_match" and sel["best"] in rows
     assert rows[sel["best"]]["meets_bar"]

@@ -72,3 +72,22 @@ def test_describe_tells_model_kinds_apart(tmp_path):
         describe(tmp_path / "c")
     with pytest.raises(FileNotFoundError, match="model not found"):
         describe(tmp_path / "nope")
+
+
+def test_reference_answers_are_computed_once_per_texts_and_rebuilt_when_unusable(tmp_path: Path) -> None:
+    from slimflow.models.optimize.candidates import cached_reference_answers
+
+    calls: list[list[str]] = []
+
+    def predict(texts: list[str]) -> list[str]:
+        calls.append(texts)
+        return [t.upper() for t in texts]
+
+    path = tmp_path / "cache" / "reference-answers-k.json"
+    assert cached_reference_answers(predict, ["a", "b"], path) == ["A", "B"]
+    assert cached_reference_answers(predict, ["a", "b"], path) == ["A", "B"] and len(calls) == 1
+    assert cached_reference_answers(predict, ["a", "c"], path) == ["A", "C"] and len(calls) == 2  # other rows
+    path.write_text("{not json")  # a torn or foreign file is recomputed, not trusted
+    assert cached_reference_answers(predict, ["a", "c"], path) == ["A", "C"] and len(calls) == 3
+    assert json.loads(path.read_text())["answers"] == ["A", "C"]
+    assert not list(path.parent.glob(".*tmp"))  # written by rename, nothing half-written left
