@@ -183,10 +183,15 @@ def generate_greedy(
     return out
 
 
-def token_nll(model: Any, data: ChatEncoded, batch_size: int, pad_id: int) -> tuple[float, float, int, int]:
+def token_nll(
+    model: Any, data: ChatEncoded, batch_size: int, pad_id: int, follows_gold: np.ndarray | None = None
+) -> tuple[float, float, int, int]:
     """(answer NLL sum, whole-text NLL sum, answer tokens, text tokens) over ``data``: the answer
     loss is what training minimises; the whole-text figure gives the perplexity that compression
-    must keep (it sees the prompt's language too)."""
+    must keep (it sees the prompt's language too).
+
+    ``follows_gold`` (bool, one per row) is set where the most likely token is the gold one at
+    every answer position: there greedy decoding would write exactly the gold answer."""
     import torch
 
     from slimflow.models.families.batching import batches
@@ -198,7 +203,7 @@ def token_nll(model: Any, data: ChatEncoded, batch_size: int, pad_id: int) -> tu
     ans_n = all_n = 0
     vocab = _vocab_size(model)
     with torch.no_grad():
-        for batch, _, _ in batches(data, batch_size, pad_id, shuffle=False):
+        for batch, _, group in batches(data, batch_size, pad_id, shuffle=False):
             # [rows, tokens, vocabulary] logits and their log-probabilities are the memory peak of
             # an evaluation (32 x 300 x 49,152 floats = 1.9 GB each): rows go through in groups
             # that keep them under LOGITS_BUDGET_BYTES
@@ -206,14 +211,17 @@ def token_nll(model: Any, data: ChatEncoded, batch_size: int, pad_id: int) -> tu
             for r in range(0, len(batch["input_ids"]), step):
                 inputs = {k: v[r : r + step].to(device) for k, v in batch.items()}
                 labels = inputs.pop("labels")
-                logits = model(**inputs).logits.float()
-                logp = torch.log_softmax(logits[:, :-1], dim=-1)
-                del logits
+                logits = model(**inputs).logits.float()[:, :-1]
                 target = inputs["input_ids"][:, 1:]
-                nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-                del logp
                 real = inputs["attention_mask"][:, 1:].bool()
                 ans = labels[:, 1:] != IGNORE_INDEX
+                if follows_gold is not None:
+                    hit = (logits.argmax(-1) == target) | ~ans
+                    follows_gold[group[r : r + step]] = (hit.all(1) & ans.any(1)).cpu().numpy()
+                # log-softmax at the target: logsumexp reads the logits once (half the time of a
+                # full log_softmax and a gather here)
+                nll = torch.logsumexp(logits, -1) - logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+                del logits
                 ans_sum += float(nll[ans].sum())
                 all_sum += float(nll[real].sum())
                 ans_n += int(ans.sum())

@@ -120,6 +120,36 @@ def test_token_nll_in_row_groups_under_a_memory_budget_gives_the_same_sums(tiny_
     np.testing.assert_allclose(rows[:2], whole[:2], rtol=1e-5)
 
 
+def test_evaluation_decodes_only_answers_it_does_not_already_know(tiny_sft, monkeypatch) -> None:
+    """Rows whose gold answer is the most likely token all the way (end token included) are answered
+    with it; the others are decoded. The answers equal decoding every row, and both paths ran."""
+    from slimflow.models.families.causal_lm import chat as C
+
+    tmp, _, prepared = tiny_sft
+    model, tok = FAMILY.load_trained(tmp / "teacher")
+    frame = pd.read_parquet(prepared.path("test"))
+    frame["completion"] = [c if i % 3 else {"fresh": "rotten"}.get(c, "fresh")  # a third wrong
+                           for i, c in enumerate(frame["completion"])]  # fmt: skip
+    data = FAMILY.encode(tok, frame, [], 96)
+    decoded: list[int] = []
+    greedy = C.generate_greedy
+
+    def counting(model, prompts, *args, **kw):
+        decoded.append(len(prompts))
+        return greedy(model, prompts, *args, **kw)
+
+    monkeypatch.setattr(C, "generate_greedy", counting)
+    figures = FAMILY.evaluate(model, data, 8, tok.pad_token_id)
+    assert 0 < decoded[0] < len(data)  # some rows known, some decoded
+    every = FAMILY.generate(model, data, 8, tok.pad_token_id)  # decodes all rows
+    assert decoded[1] == len(data)
+    follows = np.zeros(len(data), dtype=bool)
+    C.token_nll(model, data, 8, tok.pad_token_id, follows)
+    assert FAMILY._greedy_answers(model, data, 8, tok.pad_token_id, follows) == every
+    assert figures["exact_match"] == FAMILY.score(every, data.answers, [])["exact_match"]
+    assert 0.5 < figures["exact_match"] < 0.9  # the wrong third is missed, the rest mostly right
+
+
 def test_truncation_keeps_the_answer(tiny_lm) -> None:
     model, tok = tiny_lm
     long_prompt = json.dumps([{"role": "user", "content": "the film " * 200}])
