@@ -133,6 +133,23 @@ def test_timed_generation_makes_exactly_the_asked_tokens(sft, tiny_genai_candida
         assert ttft > 0 and len(steps) == 6 and all(np.isfinite(steps))
 
 
+def test_batched_pytorch_answers_equal_the_one_by_one_answers(sft, tiny_genai_candidate) -> None:
+    from slimflow.models.optimize.predictors import load_predictor
+
+    tmp, _, model, _, test = sft
+    torch_runner = G.TorchModel(model, threads=1)
+    budget = 8
+    batched = torch_runner.generate_batch(test.prompts, budget, test.eos_ids, batch_size=5)
+    assert batched == [torch_runner.generate(p, budget, test.eos_ids) for p in test.prompts]
+    assert len({len(p) for p in test.prompts}) > 1 and any(batched)  # padding was needed; answers made
+    frame = pd.read_parquet(next((tmp / "data").glob("test.parquet")))
+    reference = load_predictor(tmp / "teacher", threads=1)
+    prompts = frame["prompt"].tolist()
+    assert reference.predict(prompts, batch_size=7) == reference.predict(prompts)
+    genai = load_predictor(tiny_genai_candidate, threads=1)  # no batched path: one by one
+    assert genai.predict(prompts[:5], batch_size=7) == genai.predict(prompts[:5])
+
+
 def test_a_genai_candidate_folder_loads_as_a_generative_predictor(sft, tiny_genai_candidate) -> None:
     import json
 
