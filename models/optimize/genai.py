@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 from slimflow.models.config.base import Strict
 from slimflow.models.core.errors import SlimflowError
 from slimflow.models.core.names import match_globs
-from slimflow.models.families.causal_lm.scoring import Quality, quality
+from slimflow.models.families.causal_lm.scoring import Quality, quality, walk
 
 __all__ = [
     "GenaiBuildConfig",
@@ -285,31 +285,10 @@ class GenaiModel:
         """Greedy continuation of ``ids`` up to the first ``stop`` or end token (left out)."""
         return list(self.tokens(ids, max_new_tokens, stop))
 
-    def answer_and_logits(
-        self, prompt: list[int], full: list[int], max_new_tokens: int, stop: list[int]
-    ) -> tuple[list[int], np.ndarray]:
-        """``generate(prompt, ...)`` and ``logits(full)`` (``full`` begins with ``prompt``) from one
-        prefill of the prompt: the greedy answer is decoded, the generator rewound to the prompt and
-        the rest of ``full`` appended. The same figures as the two calls (the logits came out
-        identical on the INT8 build here) in 0.57x their time on an AMD EPYC (README "Figures")."""
-        if list(full[: len(prompt)]) != list(prompt) or len(full) <= len(prompt):
-            return self.generate(prompt, max_new_tokens, stop), self.logits(full)
-        g = self._generator(min(self.context_length, max(len(full), len(prompt) + max_new_tokens)))
-        g.append_tokens([list(prompt)])
-        out = np.array(g.get_output("logits"), dtype=np.float32)  # a copy: the buffer is reused
-        head = out.reshape(-1, out.shape[-1])[-len(prompt) :]
-        stops, answer = set(stop) | self.eos_ids, []
-        while not g.is_done() and len(answer) < max_new_tokens:
-            g.generate_next_token()
-            t = int(g.get_next_tokens()[0])
-            if t in stops:
-                break
-            answer.append(t)
-        g.rewind_to(len(prompt))
-        g.append_tokens([list(full[len(prompt) :])])
-        out = np.asarray(g.get_output("logits"), dtype=np.float32)
-        rest = out.reshape(-1, out.shape[-1])[-(len(full) - len(prompt)) :]
-        return answer, np.concatenate([head, rest])
+    def session(self, length: int) -> _GenaiSession:
+        """One generator for many rows (``scoring.walk``): append, decode greedily, rewind; room
+        for ``length`` tokens (at most the context)."""
+        return _GenaiSession(self, min(self.context_length, int(length)))
 
     def timed(self, batch: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
         """Time to first token and each later token's time (seconds) for a batch of equal-length
@@ -328,6 +307,36 @@ class GenaiModel:
         return ttft, steps
 
 
+class _GenaiSession:
+    """A generator walked by ``scoring.walk``: the answers come from onnxruntime-genai's own greedy
+    search (``generate_next_token``), the logits are copied out (the runtime reuses its buffer)."""
+
+    def __init__(self, model: GenaiModel, length: int) -> None:
+        self.model, self.length = model, length
+        self.g = model._generator(length)
+
+    def append(self, ids: list[int]) -> np.ndarray:
+        self.g.append_tokens([list(ids)])
+        out = np.array(self.g.get_output("logits"), dtype=np.float32)
+        return out.reshape(-1, out.shape[-1])[-len(ids) :]
+
+    def greedy(self, max_new_tokens: int, stop: list[int]) -> list[int]:
+        ends, answer = set(stop) | self.model.eos_ids, []
+        while not self.g.is_done() and len(answer) < max_new_tokens:
+            self.g.generate_next_token()
+            t = int(self.g.get_next_tokens()[0])
+            if t in ends:
+                break
+            answer.append(t)
+        return answer
+
+    def rewind(self, length: int) -> None:
+        if length:
+            self.g.rewind_to(int(length))
+        else:
+            self.g = self.model._generator(self.length)
+
+
 class TorchModel:
     """The same interface over a Hugging Face causal LM in PyTorch (the FP32 reference)."""
 
@@ -344,12 +353,15 @@ class TorchModel:
         with torch.no_grad():
             return self.model(torch.tensor([ids])).logits[0].float().numpy()
 
+    def ends(self, stop: list[int]) -> set[int]:
+        """``stop`` and the model's own end tokens (its generation config's)."""
+        own = self.model.generation_config.eos_token_id
+        return set(stop) | set([own] if isinstance(own, int) else (own or []))
+
     def tokens(self, ids: list[int], max_new_tokens: int, stop: list[int]) -> Iterator[int]:
         """Greedy tokens with the key/value cache, one forward per token, up to the first ``stop``
         or end token (not yielded), at most ``max_new_tokens`` (as GenaiModel)."""
-        torch = self._torch
-        own = self.model.generation_config.eos_token_id
-        ends = set(stop) | set([own] if isinstance(own, int) else (own or []))
+        torch, ends = self._torch, self.ends(stop)
         x = torch.tensor([ids])
         past = None
         with torch.no_grad():
@@ -371,45 +383,51 @@ class TorchModel:
         150 validation prompts: 30 s instead of 62 s one by one, the same answers, 2-core AMD EPYC)."""
         from slimflow.models.families.causal_lm.chat import generate_greedy
 
-        own = self.model.generation_config.eos_token_id
-        ends = sorted(set(stop) | set([own] if isinstance(own, int) else (own or [])))
+        ends = sorted(self.ends(stop))
         pad = self.model.config.pad_token_id
         return generate_greedy(
             self.model, prompts, max_new_tokens, batch_size, ends[0] if pad is None else pad, ends
         )
 
-    def answer_and_logits(
-        self, prompt: list[int], full: list[int], max_new_tokens: int, stop: list[int]
-    ) -> tuple[list[int], np.ndarray]:
-        """As GenaiModel's: the prompt's forward once, its key/value cache cropped back to the
-        prompt after the greedy answer, then the rest of ``full`` (0.8x the two calls' time)."""
-        if list(full[: len(prompt)]) != list(prompt) or len(full) <= len(prompt):
-            return self.generate(prompt, max_new_tokens, stop), self.logits(full)
-        torch = self._torch
-        own = self.model.generation_config.eos_token_id
-        ends = set(stop) | set([own] if isinstance(own, int) else (own or []))
-        answer: list[int] = []
-        with torch.no_grad():
-            out = self.model(input_ids=torch.tensor([prompt]), use_cache=True)
-            head = out.logits[0].float().numpy()
-            past = out.past_key_values
-            t = int(out.logits[0, -1].argmax())
-            while t not in ends and len(answer) < max_new_tokens:
-                answer.append(t)
-                if len(answer) == max_new_tokens:
-                    break
-                out = self.model(input_ids=torch.tensor([[t]]), past_key_values=past, use_cache=True)
-                past, t = out.past_key_values, int(out.logits[0, -1].argmax())
-            past.crop(len(prompt))
-            rest_ids = torch.tensor([full[len(prompt) :]])
-            out = self.model(input_ids=rest_ids, past_key_values=past, use_cache=True)
-            rest = out.logits[0].float().numpy()
-        return answer, np.concatenate([head, rest])
+    def session(self, length: int) -> _TorchSession:
+        """One key/value cache for many rows (``scoring.walk``), cropped back between them."""
+        return _TorchSession(self)
 
     def timed(self, batch: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
         """Greedy decoding with the key/value cache, one forward per token (eager PyTorch)."""
         with self._torch.no_grad():
             return timed_with_cache(self.model, batch, new_tokens)
+
+
+class _TorchSession:
+    """A dynamic key/value cache walked by ``scoring.walk``: appended tokens run in one forward,
+    greedy decoding runs one forward per answer token (none for the last), ``rewind`` crops."""
+
+    def __init__(self, runner: TorchModel) -> None:
+        self.runner, self.past, self.last = runner, None, None
+
+    def append(self, ids: list[int]) -> np.ndarray:
+        torch = self.runner._torch
+        with torch.no_grad():
+            out = self.runner.model(input_ids=torch.tensor([ids]), past_key_values=self.past, use_cache=True)
+        self.past, self.last = out.past_key_values, out.logits[0, -1]
+        return out.logits[0].float().numpy()
+
+    def greedy(self, max_new_tokens: int, stop: list[int]) -> list[int]:
+        ends, answer = self.runner.ends(stop), []
+        t = int(self.last.argmax())
+        while t not in ends and len(answer) < max_new_tokens:
+            answer.append(t)
+            if len(answer) < max_new_tokens:
+                self.append([t])
+                t = int(self.last.argmax())
+        return answer
+
+    def rewind(self, length: int) -> None:
+        if not length:
+            self.past = None
+        elif self.past is not None:
+            self.past.crop(int(length))
 
 
 def timed_with_cache(model: Any, batch: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
@@ -447,8 +465,9 @@ def answer_start_shift(reference: Any, candidate: Any, prompts: list[list[int]])
     if not prompts:
         raise ValueError("logit bias correction needs at least one calibration prompt")
     total: np.ndarray | None = None
-    for ids in prompts:
-        d = reference.logits(ids)[-1].astype(np.float64) - candidate.logits(ids)[-1].astype(np.float64)
+    # both walk the prompts with their shared prefix once (the quickstart's 128: 41 of ~72 tokens)
+    for (_, ref), (_, cand) in zip(walk(reference, prompts), walk(candidate, prompts), strict=True):
+        d = ref[-1].astype(np.float64) - cand[-1].astype(np.float64)
         d -= d.mean()
         total = d if total is None else total + d
     assert total is not None

@@ -267,11 +267,13 @@ class GenerativePredictor:
 
     def predict(self, prompts: list[str], batch_size: int = 1) -> list[str]:
         """Greedy answers; ``batch_size`` > 1 batches them where the runner can (PyTorch)."""
+        from slimflow.models.families.causal_lm.scoring import answers
+
         ids = [self.prompt_ids(p) for p in prompts]
         if batch_size > 1 and hasattr(self.runner, "generate_batch"):
             made = self.runner.generate_batch(ids, self.info.max_new_tokens, self.ends, batch_size)
-        else:
-            made = [self.runner.generate(i, self.info.max_new_tokens, self.ends) for i in ids]
+        else:  # one by one on one cache: the prompts' shared prefix runs once
+            made = answers(self.runner, ids, self.info.max_new_tokens, self.ends)
         return [self.tokenizer.decode(m, skip_special_tokens=True) for m in made]
 
 

@@ -177,13 +177,8 @@ class CausalLM(TaskFamily):
         return C.answer_start_logits(model, data, batch_size, pad_id)
 
     def generate(self, model: Any, data: C.ChatEncoded, batch_size: int, pad_id: int) -> list[str]:
-        """Greedy answers to the prompts of ``data``, as text."""
-        if data.tokenizer is None:
-            raise ValueError("generation needs the tokenizer the data was encoded with")
-        ids = C.generate_greedy(
-            model, data.prompts, answer_budget(data), batch_size, pad_id, data.eos_ids or [pad_id]
-        )
-        return [data.tokenizer.decode(s, skip_special_tokens=True) for s in ids]
+        """Greedy answers to the prompts of ``data``, as text (every row decoded)."""
+        return self._greedy_answers(model, data, batch_size, pad_id, np.zeros(len(data), dtype=bool))
 
     online_soft_targets: ClassVar[bool] = True  # [rows, tokens, vocabulary]: never cached
 

@@ -1,10 +1,17 @@
 """Scoring a generator on encoded chat examples: exact match of its greedy answers and perplexity
 over the whole conversations. ``runner`` is anything with ``logits(ids)`` and
-``generate(ids, max_new_tokens, stop)`` (onnxruntime-genai, PyTorch, Optimum runners); one that also
-has ``answer_and_logits(prompt, ids, max_new_tokens, stop)`` gives both from one prefill."""
+``generate(ids, max_new_tokens, stop)`` (onnxruntime-genai, PyTorch, Optimum runners).
+
+A runner that also has ``session(length)`` (onnxruntime-genai, PyTorch) is walked row by row on one
+key/value cache: the prefix every prompt shares (the chat template's system turn and the task's
+question: 41 of the quickstart's 72 prompt tokens) runs once, and each row rewinds to it, appends
+its own tokens, decodes its answer, rewinds to its prompt and appends the rest of its conversation
+for the perplexity. A session has ``append(ids) -> logits [len(ids), vocab]``, ``greedy(max_new_tokens,
+stop) -> tokens`` (decoding after the last append, end tokens left out) and ``rewind(length)``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,24 +31,77 @@ class Quality:
         return {"exact_match": self.exact_match, "perplexity": self.perplexity, "rows": self.rows}
 
 
+def shared_prefix(prompts: list[list[int]]) -> int:
+    """How many leading tokens every prompt shares, short of the shortest prompt: each row appends
+    at least one token of its own, whose logits start its answer."""
+    if not prompts:
+        return 0
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        n = next((k for k in range(n) if p[k] != first[k]), n)
+    return max(n, 0)
+
+
+def walk(
+    runner: Any,
+    prompts: list[list[int]],
+    fulls: list[list[int]] | None = None,
+    max_new_tokens: int = 0,
+    stop: list[int] | None = None,
+) -> Iterator[tuple[list[int], np.ndarray]]:
+    """For each prompt, in order: its greedy answer (``max_new_tokens`` at most; none when 0) and
+    the logits at every position of its ``fulls`` row (a conversation beginning with the prompt),
+    or of the prompt itself when ``fulls`` is None. The same figures as ``generate`` and ``logits``
+    row by row (bit-identical on the quickstart's INT8 and FP32 builds) from one cache (``session``);
+    a runner without one gets exactly those calls."""
+    rows = fulls if fulls is not None else prompts
+    if len(rows) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(rows)} conversations to score")
+    stop = list(stop or [])
+    if not hasattr(runner, "session"):
+        for p, f in zip(prompts, rows, strict=True):
+            yield (runner.generate(p, max_new_tokens, stop) if max_new_tokens else []), runner.logits(f)
+        return
+    n = shared_prefix(prompts)
+    length = max(max(len(p) + max_new_tokens, len(f)) for p, f in zip(prompts, rows, strict=True))
+    s = runner.session(length)
+    head = s.append(prompts[0][:n]) if n else None
+    for p, f in zip(prompts, rows, strict=True):
+        s.rewind(n)
+        logits = s.append(p[n:])
+        if head is not None:
+            logits = np.concatenate([head, logits])
+        answer = s.greedy(max_new_tokens, stop) if max_new_tokens else []
+        if list(f[: len(p)]) != list(p):  # not a continuation of its prompt: a prefill of its own
+            logits = runner.logits(f)
+        elif len(f) > len(p):
+            s.rewind(len(p))
+            logits = np.concatenate([logits, s.append(f[len(p) :])])
+        yield answer, logits
+
+
+def answers(runner: Any, prompts: list[list[int]], max_new_tokens: int, stop: list[int]) -> list[list[int]]:
+    """Greedy answers to many prompts (their shared prefix once, as ``walk``)."""
+    if not hasattr(runner, "session"):
+        return [runner.generate(p, max_new_tokens, stop) for p in prompts]
+    return [a for a, _ in walk(runner, prompts, None, max_new_tokens, stop)]
+
+
 def quality(runner: Any, data: Any, max_new_tokens: int) -> Quality:
     """Exact match of greedy answers and whole-text perplexity of ``runner`` (GenaiModel or
     TorchModel) on encoded chat examples (``ChatEncoded``: prompts, full texts, gold answers)."""
-    answers, nll, n = [], 0.0, 0
-    both = getattr(runner, "answer_and_logits", None)  # one prefill for both figures
-    for prompt, feat in zip(data.prompts, data.features, strict=True):
-        ids = feat["input_ids"]
-        if both is not None:
-            out, logits = both(prompt, ids, max_new_tokens, data.eos_ids)
-        else:
-            out, logits = runner.generate(prompt, max_new_tokens, data.eos_ids), runner.logits(ids)
+    texts, nll, n = [], 0.0, 0
+    fulls = [feat["input_ids"] for feat in data.features]
+    for (out, logits), ids in zip(
+        walk(runner, data.prompts, fulls, max_new_tokens, data.eos_ids), fulls, strict=True
+    ):
         logits = logits[:-1].astype(np.float64)
         logits -= logits.max(-1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
         nll -= float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
         n += len(ids) - 1
-        answers.append(data.tokenizer.decode(out, skip_special_tokens=True))
+        texts.append(data.tokenizer.decode(out, skip_special_tokens=True))
     from slimflow.models.families.causal_lm.chat import normalize_answer
 
-    hits = [normalize_answer(a) == normalize_answer(g) for a, g in zip(answers, data.answers, strict=True)]
-    return Quality(float(np.mean(hits)) if hits else 0.0, float(np.exp(nll / max(n, 1))), answers, len(hits))
+    hits = [normalize_answer(a) == normalize_answer(g) for a, g in zip(texts, data.answers, strict=True)]
+    return Quality(float(np.mean(hits)) if hits else 0.0, float(np.exp(nll / max(n, 1))), texts, len(hits))

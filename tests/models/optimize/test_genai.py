@@ -75,26 +75,48 @@ def test_weight_only_builds_hold_matmulnbits_and_shrink(sft, tiny_genai_candidat
     assert _op_of(out, "/lm_head/MatMul") == "MatMulNBits"
 
 
-def test_one_prefill_scoring_equals_generating_and_scoring_apart(sft, tiny_genai_candidate) -> None:
-    """``answer_and_logits`` (decode, rewind to the prompt, append the rest) gives what ``generate``
-    and ``logits`` give apart: answers cut by the budget or an end token, and continuations the
-    model would not pick (the gold answer reversed), for PyTorch, the FP32 and an INT8 build."""
+def test_walking_one_cache_equals_generating_and_scoring_apart(sft, tiny_genai_candidate) -> None:
+    """``scoring.walk`` (the prompts' shared prefix once; per row: rewind to it, append the row,
+    decode, rewind to the prompt, append the rest) gives what ``generate`` and ``logits`` give row
+    by row: answers cut by the budget or an end token, continuations the model would not pick (the
+    gold answer reversed), a row that does not continue its prompt, prompts sharing no prefix; for
+    PyTorch, the FP32 and an INT8 build."""
+    from slimflow.models.families.causal_lm.scoring import answers, shared_prefix, walk
+
     tmp, _, model, _, test = sft
     int8 = G.build(tmp / "teacher", tmp / "int8-scoring", G.GenaiBuildConfig(precision="int8"), tmp / "cache")
     runners = [G.TorchModel(model, threads=1), G.GenaiModel(tiny_genai_candidate, 1), G.GenaiModel(int8, 1)]
+    prompts = [list(p) for p in test.prompts[:4]]
+    golds = [list(f["input_ids"]) for f in test.features[:4]]
+    fulls = [golds[0], prompts[1] + golds[1][len(prompts[1]) :][::-1], golds[2], prompts[0] + [5, 6]]
+    assert shared_prefix(prompts) > 0
+    unshared = [p[1:] if i % 2 else p for i, p in enumerate(prompts)]  # no prefix in common
+    assert shared_prefix(unshared) == 0
     for runner in runners:
-        for prompt, feat in list(zip(test.prompts, test.features, strict=True))[:4]:
-            gold = feat["input_ids"]
-            for full in (gold, prompt + gold[len(prompt) :][::-1]):
-                for budget in (1, 8):
-                    answer, logits = runner.answer_and_logits(prompt, full, budget, test.eos_ids)
-                    assert answer == runner.generate(prompt, budget, test.eos_ids)
-                    assert logits.shape == (len(full), runner.logits(full).shape[-1])
-                    np.testing.assert_allclose(logits, runner.logits(full), atol=1e-4)
-        assert any(runner.generate(p, 8, test.eos_ids) for p in test.prompts[:4])  # answers were made
-    quality = G.quality(runners[2], test, 8)  # the one-prefill path, and the two calls' answers
+        for ps, fs in ((prompts, fulls), (unshared, None)):
+            for budget in (0, 1, 8):
+                got = list(walk(runner, ps, fs, budget, test.eos_ids))
+                for (answer, logits), p, f in zip(got, ps, fs or ps, strict=True):
+                    assert answer == (runner.generate(p, budget, test.eos_ids) if budget else [])
+                    want = runner.logits(f)
+                    assert logits.shape == want.shape
+                    np.testing.assert_allclose(logits, want, atol=1e-4)
+        apart = [runner.generate(p, 8, test.eos_ids) for p in prompts]
+        assert answers(runner, prompts, 8, test.eos_ids) == apart
+        assert any(apart)  # answers were made
+    quality = G.quality(runners[2], test, 8)  # the walk, and the row-by-row calls' answers
     apart = [runners[2].generate(p, 8, test.eos_ids) for p in test.prompts]
     assert quality.answers == [test.tokenizer.decode(a, skip_special_tokens=True) for a in apart]
+
+
+def test_the_shared_prefix_stops_short_of_the_shortest_prompt() -> None:
+    from slimflow.models.families.causal_lm.scoring import shared_prefix
+
+    assert shared_prefix([]) == 0
+    assert shared_prefix([[1, 2, 3]]) == 2  # one prompt: all but its last token
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter one keeps a token of its own
+    assert shared_prefix([[7, 2], [1, 2]]) == 0
 
 
 def test_a_failing_build_names_the_builder_and_its_error(tmp_path: Path) -> None:
