@@ -9,7 +9,7 @@ that BERT has a pooler and MPNet has none).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -30,6 +30,7 @@ class MethodContext:
     total_steps: int  # optimizer steps planned (AdaLoRA schedules its rank budget on them)
     arch: Any  # slimflow.models.archs.ArchAdapter of the model
     family: Any  # slimflow.models.families.TaskFamily (peft's task type)
+    num_layers: int = 0  # transformer blocks of the model (set when a peft method prepares it)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ def peft_method(
         # non-Linear modules such as BertPooler. Prompt-learning methods are never merged: peft keeps them.
         common = {"task_type": getattr(peft.TaskType, ctx.family.peft_task_type),
                   "modules_to_save": keep if prompt_learning else None}  # fmt: skip
+        ctx = replace(ctx, num_layers=len(ctx.arch.layers(model)))
         wrapped = peft.get_peft_model(model, to_peft(cfg, ctx, common))
         if not prompt_learning:
             _unfreeze(wrapped, set(keep), set(ctx.family.head_names))
@@ -110,10 +112,25 @@ class LoraMethod(PeftMethodConfig):
     )
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
+    adapt_top_layers: int | None = Field(
+        None,
+        ge=1,
+        description="Adapt only the top N transformer layers (peft's layers_to_transform); None = all. "
+        "Backpropagation then stops below them: less training compute, and fewer layers to adapt.",
+    )
 
 
 def _targets(cfg: Any, ctx: MethodContext) -> list[str] | None:
     return cfg.target_modules if cfg.target_modules is not None else ctx.arch.default_lora_targets
+
+
+def _top_layers(top: int | None, ctx: MethodContext) -> dict[str, Any]:
+    """peft's ``layers_to_transform`` for the top ``top`` layers (none: every layer)."""
+    if top is None:
+        return {}
+    if top > ctx.num_layers:
+        raise ValueError(f"adapt_top_layers={top} but the model has {ctx.num_layers} layers")
+    return {"layers_to_transform": list(range(ctx.num_layers - top, ctx.num_layers))}
 
 
 def _lora(cfg: LoraMethod, ctx: MethodContext, common: dict[str, Any]) -> Any:
@@ -121,7 +138,7 @@ def _lora(cfg: LoraMethod, ctx: MethodContext, common: dict[str, Any]) -> Any:
 
     return peft.LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=_targets(cfg, ctx),
-        use_dora=cfg.use_dora, use_rslora=cfg.use_rslora, **common,
+        use_dora=cfg.use_dora, use_rslora=cfg.use_rslora, **_top_layers(cfg.adapt_top_layers, ctx), **common,
     )  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """Fine-tuning on a tiny BERT built from a config: methods, merging, saving, early stopping."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,39 @@ def test_freeze_trains_only_the_top_layers_head_and_pooler(tiny_model_dir, tmp_p
     assert any(n.startswith("bert.encoder.layer.1.") for n in names)
     with pytest.raises(ValueError, match="has 2 layers"):
         apply_method(tiny(tiny_model_dir, tmp_path)[0], method("freeze", train_top_layers=3), 10)
+
+
+@pytest.mark.parametrize("family", ["sequence-classification", "causal-lm"])
+def test_lora_on_the_top_layers_adapts_only_them_and_stops_backpropagation_there(
+    tiny_model_dir, tiny_causal_lm_dir, tmp_path, family
+):
+    """``adapt_top_layers``: LoRA weights only in the top layers (BERT's ``layer``, Llama's
+    ``layers``), the layers below run without building a graph (no gradient reaches them)."""
+    from slimflow.models.archs import adapter_of
+    from slimflow.models.families import get_family
+
+    fam = get_family(family)
+    folder, labels = (
+        (tiny_model_dir, LABELS) if family == "sequence-classification" else (tiny_causal_lm_dir, [])
+    )
+    model, _ = fam.load_pretrained(str(folder), labels, tmp_path)
+    layers = list(adapter_of(model).layers(model))  # the same modules once peft wraps the model
+    blocks = len(layers)
+    cfg = FinetuneConfig.model_validate({"method": {"kind": "lora", "r": 4, "adapt_top_layers": 1}}).method
+    m = _apply_method(model, cfg, 10, fam)
+    adapted = {re.search(r"\.layers?\.(\d+)\.", n).group(1) for n, _ in m.named_parameters() if "lora_" in n}
+    assert adapted == {str(blocks - 1)}  # the top block only
+    seen: list[bool] = []
+    hooks = [b.register_forward_hook(lambda _m, _i, out: seen.append(
+        (out[0] if isinstance(out, tuple) else out).requires_grad)) for b in layers]  # fmt: skip
+    m.train()
+    m(input_ids=torch.tensor([[1, 2, 3, 4]]))
+    for h in hooks:
+        h.remove()
+    assert seen == [False] * (blocks - 1) + [True]  # the graph starts at the adapted block
+    with pytest.raises(ValueError, match=f"has {blocks} layers"):
+        model, _ = fam.load_pretrained(str(folder), labels, tmp_path)
+        _apply_method(model, cfg.model_copy(update={"adapt_top_layers": blocks + 1}), 10, fam)
 
 
 @pytest.mark.parametrize(
