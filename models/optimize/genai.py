@@ -313,10 +313,11 @@ class _GenaiSession:
 
     def __init__(self, model: GenaiModel, length: int) -> None:
         self.model, self.length = model, length
-        self.g = model._generator(length)
+        self.g, self.fresh = model._generator(length), True
 
     def append(self, ids: list[int]) -> np.ndarray:
         self.g.append_tokens([list(ids)])
+        self.fresh = False
         out = np.array(self.g.get_output("logits"), dtype=np.float32)
         return out.reshape(-1, out.shape[-1])[-len(ids) :]
 
@@ -333,8 +334,8 @@ class _GenaiSession:
     def rewind(self, length: int) -> None:
         if length:
             self.g.rewind_to(int(length))
-        else:
-            self.g = self.model._generator(self.length)
+        elif not self.fresh:  # back to nothing: a new generator
+            self.g, self.fresh = self.model._generator(self.length), True
 
 
 class TorchModel:

@@ -62,7 +62,7 @@ def walk(
         for p, f in zip(prompts, rows, strict=True):
             yield (runner.generate(p, max_new_tokens, stop) if max_new_tokens else []), runner.logits(f)
         return
-    n = shared_prefix(prompts)
+    n = shared_prefix(prompts) if len(prompts) > 1 else 0  # one prompt: one prefill, not two
     length = max(max(len(p) + max_new_tokens, len(f)) for p, f in zip(prompts, rows, strict=True))
     s = runner.session(length)
     head = s.append(prompts[0][:n]) if n else None

@@ -119,6 +119,48 @@ def test_the_shared_prefix_stops_short_of_the_shortest_prompt() -> None:
     assert shared_prefix([[7, 2], [1, 2]]) == 0
 
 
+def test_the_walk_runs_the_shared_prefix_once_and_a_single_prompt_in_one_prefill() -> None:
+    """What a walk asks of a session: the prefix once, then each row's own tokens; a lone prompt
+    (a served request) in one piece, not split into prefix and last token."""
+    from slimflow.models.families.causal_lm.scoring import walk
+
+    class Session:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, object]] = []
+
+        def append(self, ids):
+            self.calls.append(("append", list(ids)))
+            return np.zeros((len(ids), 3), dtype=np.float32)
+
+        def greedy(self, max_new_tokens, stop):
+            return [9]
+
+        def rewind(self, length):
+            self.calls.append(("rewind", length))
+
+    class Runner:
+        def __init__(self) -> None:
+            self.sessions: list[Session] = []
+
+        def session(self, length):
+            self.sessions.append(Session())
+            return self.sessions[-1]
+
+    runner = Runner()
+    got = list(walk(runner, [[1, 2, 3, 4], [1, 2, 5]], None, 2, []))
+    assert [a for a, _ in got] == [[9], [9]] and [lg.shape for _, lg in got] == [(4, 3), (3, 3)]
+    assert runner.sessions[0].calls == [
+        ("append", [1, 2]), ("rewind", 2), ("append", [3, 4]), ("rewind", 2), ("append", [5]),
+    ]  # fmt: skip
+    list(walk(runner, [[1, 2, 3]], [[1, 2, 3, 7, 8]], 2, []))
+    assert runner.sessions[1].calls == [
+        ("rewind", 0),
+        ("append", [1, 2, 3]),
+        ("rewind", 3),
+        ("append", [7, 8]),
+    ]
+
+
 def test_a_failing_build_names_the_builder_and_its_error(tmp_path: Path) -> None:
     from slimflow.models.core.errors import SlimflowError
 
