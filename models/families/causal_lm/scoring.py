@@ -81,8 +81,9 @@ def walk(
 
 
 def answers(runner: Any, prompts: list[list[int]], max_new_tokens: int, stop: list[int]) -> list[list[int]]:
-    """Greedy answers to many prompts (their shared prefix once, as ``walk``)."""
-    if not hasattr(runner, "session"):
+    """Greedy answers to many prompts (their shared prefix once, as ``walk``). A lone prompt (a
+    served request) is plain ``generate``: no prefix to share, and no logits to copy out."""
+    if not hasattr(runner, "session") or len(prompts) < 2:
         return [runner.generate(p, max_new_tokens, stop) for p in prompts]
     return [a for a, _ in walk(runner, prompts, None, max_new_tokens, stop)]
 
