@@ -123,7 +123,8 @@ class CausalLM(TaskFamily):
 
         The vocabulary projection runs only from the batch's earliest answer on (``logits_to_keep``):
         over a 49k vocabulary it is a fifth of a small model's forward pass and most of its
-        activation memory, and prompt positions carry no loss."""
+        activation memory, and prompt positions carry no loss. The leading tokens every row shares
+        (a system turn, the task's question) run once (``chat.split_forward``)."""
         import torch.nn.functional as F
 
         labels = inputs["labels"]
@@ -132,8 +133,13 @@ class CausalLM(TaskFamily):
             raise ValueError("a training batch without answer tokens")
         start = max(int(on.float().argmax(1)[on.any(1)].min()) - 1, 0)  # predicts the first answer token
         kept = labels.shape[1] - start
-        rest = {k: v for k, v in inputs.items() if k != "labels"}
-        logits = model(**rest, logits_to_keep=kept).logits[:, :-1]
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        shared = C.batch_prefix(ids, mask, start) if len(ids) > 1 and C.shares_prefix(model) else 0
+        if shared >= C.SHARED_PREFIX_MIN_TOKENS:
+            logits = C.split_forward(model, ids, mask, shared, keep=kept)[1][:, :-1]
+        else:
+            rest = {k: v for k, v in inputs.items() if k != "labels"}
+            logits = model(**rest, logits_to_keep=kept).logits[:, :-1]
         target = labels[:, start + 1 :]
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
                                ignore_index=C.IGNORE_INDEX)  # fmt: skip

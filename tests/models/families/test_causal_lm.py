@@ -340,3 +340,108 @@ def test_width_pruning_then_online_recovery_and_the_pruned_model_builds_for_gena
     ids = [ref.prompt_ids(p) for p in pd.read_parquet(prepared.path("validation"))["prompt"].head(4)]
     report = G.parity(ref.runner, cand.runner, ids, new_tokens=8, stop=ref.ends)
     assert report["greedy_token_agreement"] == 1.0 and report["max_abs_logit_diff"] < 1e-3
+
+
+def _varied_batch(tok, rows: int = 6):
+    """A right-padded batch of chats with different prompt and answer lengths that share the
+    question's leading tokens."""
+    chats = make_chats(rows, seed=3)
+    frame = pd.DataFrame(
+        {
+            "prompt": [json.dumps([{"role": "user", "content": m[0]["content"] + " the film" * (i % 4)}])
+                       for i, m in enumerate(chats["messages"])],
+            "completion": [m[1]["content"] + " indeed" * (i % 3) for i, m in enumerate(chats["messages"])],
+        }
+    )  # fmt: skip
+    data = FAMILY.encode(tok, frame, [], 128)
+    return data, next(batches(data, rows, tok.pad_token_id, shuffle=False))[0]
+
+
+def test_a_shared_prompt_prefix_runs_once_with_the_same_loss_and_gradients(tiny_lm, monkeypatch) -> None:
+    """The training loss of a LoRA model with the rows' common leading tokens run once (their keys
+    and values repeated across the batch) equals the plain forward pass's, and so do the adapters'
+    gradients: the split really ran, on a prefix of the question's tokens."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from slimflow.models.families.causal_lm import chat as C
+
+    base, tok = tiny_lm
+    torch.manual_seed(0)
+    model = get_peft_model(
+        FAMILY.load_pretrained(str(base.name_or_path), [], base.name_or_path)[0],
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
+                   init_lora_weights=False, task_type="CAUSAL_LM"),
+    )  # fmt: skip
+    model.train()
+    _, inputs = _varied_batch(tok)
+    calls = []
+    real = C.split_forward
+    monkeypatch.setattr(C, "split_forward", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+
+    def loss_and_grads() -> tuple[float, list]:
+        model.zero_grad()
+        loss = FAMILY.loss(model, inputs, None)
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    split_loss, split_grads = loss_and_grads()
+    assert len(calls) == 1 and calls[0] >= C.SHARED_PREFIX_MIN_TOKENS
+    assert (inputs["input_ids"][:, : calls[0]] == inputs["input_ids"][0, : calls[0]]).all()
+    monkeypatch.setattr(C, "SHARED_PREFIX_MIN_TOKENS", 10**6)  # the plain pass
+    plain_loss, plain_grads = loss_and_grads()
+    assert len(calls) == 1
+    assert split_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert len(plain_grads) > 0 and max(float(g.abs().max()) for g in plain_grads) > 1e-4
+    for a, b in zip(split_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_token_nll_with_the_shared_prefix_run_once_gives_the_same_sums(tiny_lm, monkeypatch) -> None:
+    from slimflow.models.families.causal_lm import chat as C
+
+    model, tok = tiny_lm
+    data, _ = _varied_batch(tok)
+    follows = np.zeros(len(data), dtype=bool)
+    calls = []
+    real = C.split_forward
+    monkeypatch.setattr(C, "split_forward", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    split = C.token_nll(model, data, 8, tok.pad_token_id, follows)
+    assert len(calls) == 1 and calls[0] >= C.SHARED_PREFIX_MIN_TOKENS
+    monkeypatch.setattr(C, "SHARED_PREFIX_MIN_TOKENS", 10**6)
+    plain_follows = np.ones(len(data), dtype=bool)
+    plain = C.token_nll(model, data, 8, tok.pad_token_id, plain_follows)
+    assert split[2:] == plain[2:] and split[3] > split[2] > 0
+    np.testing.assert_allclose(split[:2], plain[:2], rtol=1e-5)
+    assert (follows == plain_follows).all()
+
+
+def test_a_prefix_tuning_model_keeps_the_plain_forward_pass(tiny_lm) -> None:
+    from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+
+    from slimflow.models.families.causal_lm import chat as C
+
+    base, tok = tiny_lm
+    fresh = lambda: FAMILY.load_pretrained(str(base.name_or_path), [], base.name_or_path)[0]  # noqa: E731
+    assert C.shares_prefix(fresh())
+    assert C.shares_prefix(get_peft_model(fresh(), LoraConfig(r=2, task_type="CAUSAL_LM")))
+    prefix = get_peft_model(fresh(), PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"))
+    assert not C.shares_prefix(prefix)
+    _, inputs = _varied_batch(tok)
+    assert float(FAMILY.loss(prefix, inputs, None)) > 0  # the virtual tokens' cache, not ours
+
+
+def test_a_data_parallel_model_keeps_the_plain_forward_pass(tiny_lm, tmp_path: Path) -> None:
+    """DistributedDataParallel takes one forward pass per backward: no split under it."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from slimflow.models.families.causal_lm import chat as C
+
+    base, _ = tiny_lm
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        model = FAMILY.load_pretrained(str(base.name_or_path), [], base.name_or_path)[0]
+        assert not C.shares_prefix(DistributedDataParallel(model))
+    finally:
+        dist.destroy_process_group()
