@@ -146,6 +146,61 @@ def _batches_by_length(seqs: list[list[int]], batch_size: int) -> Iterator[list[
         yield [int(i) for i in order[s : s + batch_size]]
 
 
+def shared_prefix(prompts: list[list[int]]) -> int:
+    """How many leading tokens every prompt shares, short of the shortest prompt: each row appends
+    at least one token of its own, whose logits start its answer."""
+    if not prompts:
+        return 0
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        n = next((k for k in range(n) if p[k] != first[k]), n)
+    return max(n, 0)
+
+
+@dataclass
+class PromptBatch:
+    """Prompts laid out for one batched pass: the ``prefix`` tokens they all share, then each
+    prompt's own tokens left-padded (``[prefix][pads][own tokens]``), so every prompt ends at the
+    last column; ``cache`` holds the prefix's keys and values, computed once and repeated across
+    the rows (None when nothing worth sharing: plain left padding)."""
+
+    ids: Any
+    mask: Any
+    prefix: int
+    cache: Any
+
+    @property
+    def positions(self) -> Any:
+        """Position ids that skip the pads, for the columns after the prefix."""
+        return (self.mask.cumsum(-1) - 1).clamp(min=0)[:, self.prefix :]
+
+
+def prompt_batch(model: Any, prompts: list[list[int]], pad_id: int) -> PromptBatch:
+    """``prompts`` as a PromptBatch on the model's device, the shared prefix run (no gradients)
+    when it is at least SHARED_PREFIX_MIN_TOKENS long and the model allows it (``shares_prefix``).
+    The quickstart's 150 validation prompts (41 shared tokens of ~75): greedy answers 10.5-12 s
+    instead of 19.3 s and answer-start logits 9-10 s instead of 21-23 s (2-core AMD EPYC), the
+    same answers and argmaxes (logits within 1e-4)."""
+    import torch
+
+    device = next(model.parameters()).device
+    n = shared_prefix(prompts) if len(prompts) > 1 and shares_prefix(model) else 0
+    n = n if n >= SHARED_PREFIX_MIN_TOKENS else 0
+    own = max(len(p) for p in prompts) - n
+    ids = torch.full((len(prompts), n + own), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, :n], mask[i, :n] = torch.tensor(p[:n], dtype=torch.long), 1
+        ids[i, n + own - (len(p) - n) :] = torch.tensor(p[n:], dtype=torch.long)
+        mask[i, n + own - (len(p) - n) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    cache = None
+    if n:
+        cache = model(input_ids=ids[:1, :n], use_cache=True, logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(len(prompts))
+    return PromptBatch(ids, mask, n, cache)
+
+
 def generate_greedy(
     model: Any,
     prompts: list[list[int]],
@@ -155,27 +210,28 @@ def generate_greedy(
     eos_ids: list[int],
 ) -> list[list[int]]:
     """Greedy continuations of each prompt (token ids, up to the first end token, which is left
-    out), in the input order. Prompts are left-padded in batches of similar length."""
+    out), in the input order. Prompts go in batches of similar length (``prompt_batch``: their
+    shared prefix once, then left-padded; ``generate`` runs only the columns the cache lacks)."""
     import torch
 
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out: list[list[int]] = [[] for _ in prompts]
     stop = set(eos_ids)
     with torch.no_grad():
         for rows in _batches_by_length(prompts, batch_size):
-            ids, mask = _left_pad([prompts[i] for i in rows], pad_id)
+            b = prompt_batch(model, [prompts[i] for i in rows], pad_id)
             gen = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
+                input_ids=b.ids,
+                attention_mask=b.mask,
+                past_key_values=b.cache,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 num_beams=1,
                 pad_token_id=pad_id,
                 eos_token_id=list(stop),
             )
-            new = gen[:, ids.shape[1] :].cpu().tolist()
+            new = gen[:, b.ids.shape[1] :].cpu().tolist()
             for i, seq in zip(rows, new, strict=True):
                 cut = next((j for j, t in enumerate(seq) if t in stop), len(seq))
                 out[i] = seq[:cut]
@@ -299,19 +355,27 @@ def _vocab_size(model: Any) -> int:
 
 def answer_start_logits(model: Any, data: ChatEncoded, batch_size: int, pad_id: int) -> np.ndarray:
     """Logits at the last prompt token of each row (they choose the answer's first token)."""
+    return prompt_end_logits(model, data.prompts, batch_size, pad_id)
+
+
+def prompt_end_logits(model: Any, prompts: list[list[int]], batch_size: int, pad_id: int) -> np.ndarray:
+    """Next-token logits after each prompt, [rows, vocab], in batches of similar length
+    (``prompt_batch``: the shared prefix once)."""
     import torch
 
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out: np.ndarray | None = None
     with torch.no_grad():
-        for rows in _batches_by_length(data.prompts, batch_size):
-            ids, mask = _left_pad([data.prompts[i] for i in rows], pad_id)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1]
+        for rows in _batches_by_length(prompts, batch_size):
+            b = prompt_batch(model, [prompts[i] for i in rows], pad_id)
+            logits = model(
+                input_ids=b.ids[:, b.prefix :], attention_mask=b.mask, position_ids=b.positions,
+                past_key_values=b.cache, use_cache=b.cache is not None, logits_to_keep=1,
+            ).logits[:, -1]  # fmt: skip
             logits = logits.float().cpu().numpy()
             if out is None:
-                out = np.zeros((len(data), logits.shape[-1]), dtype=np.float32)
+                out = np.zeros((len(prompts), logits.shape[-1]), dtype=np.float32)
             out[rows] = logits
     model.train(was_training)
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)

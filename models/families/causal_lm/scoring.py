@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from slimflow.models.families.causal_lm.chat import normalize_answer, shared_prefix
+
 
 @dataclass
 class Quality:
@@ -29,17 +31,6 @@ class Quality:
 
     def to_dict(self) -> dict[str, Any]:
         return {"exact_match": self.exact_match, "perplexity": self.perplexity, "rows": self.rows}
-
-
-def shared_prefix(prompts: list[list[int]]) -> int:
-    """How many leading tokens every prompt shares, short of the shortest prompt: each row appends
-    at least one token of its own, whose logits start its answer."""
-    if not prompts:
-        return 0
-    first, n = prompts[0], min(len(p) for p in prompts) - 1
-    for p in prompts[1:]:
-        n = next((k for k in range(n) if p[k] != first[k]), n)
-    return max(n, 0)
 
 
 def walk(
@@ -96,13 +87,11 @@ def quality(runner: Any, data: Any, max_new_tokens: int) -> Quality:
     for (out, logits), ids in zip(
         walk(runner, data.prompts, fulls, max_new_tokens, data.eos_ids), fulls, strict=True
     ):
-        logits = logits[:-1].astype(np.float64)
-        logits -= logits.max(-1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        nll -= float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
+        x = logits[:-1]  # float32 log-sum-exp, summed in float64: 13 ms a row instead of 34-45
+        top = x.max(-1)
+        lse = np.log(np.exp(x - top[:, None]).sum(-1)) + top
+        nll += float((lse.astype(np.float64) - x[np.arange(len(ids) - 1), ids[1:]]).sum())
         n += len(ids) - 1
         texts.append(data.tokenizer.decode(out, skip_special_tokens=True))
-    from slimflow.models.families.causal_lm.chat import normalize_answer
-
     hits = [normalize_answer(a) == normalize_answer(g) for a, g in zip(texts, data.answers, strict=True)]
     return Quality(float(np.mean(hits)) if hits else 0.0, float(np.exp(nll / max(n, 1))), texts, len(hits))

@@ -383,7 +383,7 @@ def test_a_shared_prompt_prefix_runs_once_with_the_same_loss_and_gradients(tiny_
         model.zero_grad()
         loss = FAMILY.loss(model, inputs, None)
         loss.backward()
-        return float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        return float(loss.detach()), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
     split_loss, split_grads = loss_and_grads()
     assert len(calls) == 1 and calls[0] >= C.SHARED_PREFIX_MIN_TOKENS
@@ -445,3 +445,40 @@ def test_a_data_parallel_model_keeps_the_plain_forward_pass(tiny_lm, tmp_path: P
         assert not C.shares_prefix(DistributedDataParallel(model))
     finally:
         dist.destroy_process_group()
+
+
+def test_batched_answers_and_prompt_end_logits_run_the_shared_prefix_once(tiny_sft, monkeypatch) -> None:
+    """Greedy answers and next-token logits of prompts batched as [shared prefix][pads][own tokens]
+    (the prefix run once) equal those of plain left-padded batches, and equal a prompt run alone."""
+    import torch
+
+    from slimflow.models.families.causal_lm import chat as C
+    from slimflow.models.optimize.genai import TorchModel
+
+    tmp, _, _ = tiny_sft
+    model, tok = FAMILY.load_trained(tmp / "teacher")
+    data = FAMILY.encode(tok, pd.read_parquet(next((tmp / "data").rglob("test.parquet"))), [], 96)
+    prompts = [list(p) for p in data.prompts[:12]]
+    prompts[3] = prompts[3] + prompts[5][-4:]  # lengths differ within a batch
+    pad, ends = tok.pad_token_id, C.end_ids(tok)
+    made = []
+    real = C.prompt_batch
+    monkeypatch.setattr(C, "prompt_batch", lambda *a: made.append(real(*a)) or made[-1])
+    shared = C.generate_greedy(model, prompts, 6, 5, pad, ends)
+    shared_logits = C.prompt_end_logits(model, prompts, 5, pad)
+    assert made and all(b.prefix >= C.SHARED_PREFIX_MIN_TOKENS and b.cache is not None for b in made)
+    assert any(bool((b.mask[:, b.prefix :] == 0).any()) for b in made)  # pads between prefix and rows
+    monkeypatch.setattr(C, "SHARED_PREFIX_MIN_TOKENS", 10**6)
+    plain = C.generate_greedy(model, prompts, 6, 5, pad, ends)
+    plain_logits = C.prompt_end_logits(model, prompts, 5, pad)
+    assert made[-1].prefix == 0 and made[-1].cache is None
+    assert shared == plain and any(len(a) > 0 for a in shared)
+    np.testing.assert_allclose(shared_logits, plain_logits, atol=1e-4, rtol=1e-4)
+    alone = TorchModel(model, threads=1)
+    for i in (0, 3):
+        assert shared[i] == alone.generate(prompts[i], 6, ends)
+        np.testing.assert_allclose(shared_logits[i], alone.logits(prompts[i])[-1], atol=1e-4, rtol=1e-4)
+    b = made[0]  # the pads between the prefix and a row's own tokens take no position
+    row = int((b.mask[:, b.prefix :] == 0).sum(1).argmax())
+    own = b.mask[row, b.prefix :].bool()
+    assert torch.equal(b.positions[row][own], torch.arange(b.prefix, b.prefix + int(own.sum())))

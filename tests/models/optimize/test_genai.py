@@ -81,7 +81,8 @@ def test_walking_one_cache_equals_generating_and_scoring_apart(sft, tiny_genai_c
     by row: answers cut by the budget or an end token, continuations the model would not pick (the
     gold answer reversed), a row that does not continue its prompt, prompts sharing no prefix; for
     PyTorch, the FP32 and an INT8 build."""
-    from slimflow.models.families.causal_lm.scoring import answers, shared_prefix, walk
+    from slimflow.models.families.causal_lm.chat import shared_prefix
+    from slimflow.models.families.causal_lm.scoring import answers, walk
 
     tmp, _, model, _, test = sft
     int8 = G.build(tmp / "teacher", tmp / "int8-scoring", G.GenaiBuildConfig(precision="int8"), tmp / "cache")
@@ -110,7 +111,7 @@ def test_walking_one_cache_equals_generating_and_scoring_apart(sft, tiny_genai_c
 
 
 def test_the_shared_prefix_stops_short_of_the_shortest_prompt() -> None:
-    from slimflow.models.families.causal_lm.scoring import shared_prefix
+    from slimflow.models.families.causal_lm.chat import shared_prefix
 
     assert shared_prefix([]) == 0
     assert shared_prefix([[1, 2, 3]]) == 2  # one prompt: all but its last token
