@@ -491,7 +491,7 @@ def _prompt_end_logits(runner: Any, prompts: list[list[int]]) -> np.ndarray:
     share 41 of ~72 tokens)."""
     if hasattr(runner, "prompt_end_logits"):
         return runner.prompt_end_logits(prompts, PROMPT_END_BATCH)
-    return np.stack([logits[-1] for _, logits in walk(runner, prompts)])
+    return np.concatenate([logits for _, logits in walk(runner, prompts, last=True)])
 
 
 def add_logit_bias(folder: str | Path, bias: np.ndarray) -> None:

@@ -102,6 +102,10 @@ def test_walking_one_cache_equals_generating_and_scoring_apart(sft, tiny_genai_c
                     want = runner.logits(f)
                     assert logits.shape == want.shape
                     np.testing.assert_allclose(logits, want, atol=1e-4)
+                for (answer, logits), (a, full) in zip(walk(runner, ps, fs, budget, test.eos_ids, last=True),
+                                                       got, strict=True):  # fmt: skip
+                    assert answer == a and logits.shape == (1, full.shape[1])
+                    np.testing.assert_allclose(logits, full[-1:], atol=1e-4)
         apart = [runner.generate(p, 8, test.eos_ids) for p in prompts]
         assert answers(runner, prompts, 8, test.eos_ids) == apart
         assert any(apart)  # answers were made
