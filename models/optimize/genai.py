@@ -270,16 +270,9 @@ class GenaiModel:
     def tokens(self, ids: list[int], max_new_tokens: int, stop: list[int]) -> Iterator[int]:
         """Greedy tokens after ``ids``, one at a time, up to the first ``stop`` token or the model's
         own end token (neither is yielded), at most ``max_new_tokens``."""
-        g = self._generator(min(self.context_length, len(ids) + max_new_tokens))
-        g.append_tokens([list(ids)])
-        stops, n = set(stop), 0
-        while not g.is_done() and n < max_new_tokens:
-            g.generate_next_token()
-            t = int(g.get_next_tokens()[0])
-            if t in stops or t in self.eos_ids:
-                return
-            n += 1
-            yield t
+        s = self.session(len(ids) + max_new_tokens)
+        s.feed(ids)
+        yield from s.stream(max_new_tokens, stop)
 
     def generate(self, ids: list[int], max_new_tokens: int, stop: list[int]) -> list[int]:
         """Greedy continuation of ``ids`` up to the first ``stop`` or end token (left out)."""
@@ -315,21 +308,30 @@ class _GenaiSession:
         self.model, self.length = model, length
         self.g, self.fresh = model._generator(length), True
 
-    def append(self, ids: list[int]) -> np.ndarray:
+    def feed(self, ids: list[int]) -> None:
+        """Append ``ids`` (one prefill) without copying their logits out."""
         self.g.append_tokens([list(ids)])
         self.fresh = False
+
+    def append(self, ids: list[int]) -> np.ndarray:
+        self.feed(ids)
         out = np.array(self.g.get_output("logits"), dtype=np.float32)
         return out.reshape(-1, out.shape[-1])[-len(ids) :]
 
-    def greedy(self, max_new_tokens: int, stop: list[int]) -> list[int]:
-        ends, answer = set(stop) | self.model.eos_ids, []
-        while not self.g.is_done() and len(answer) < max_new_tokens:
+    def stream(self, max_new_tokens: int, stop: list[int]) -> Iterator[int]:
+        """Greedy tokens after the last append, one at a time, up to the first ``stop`` or end
+        token (not yielded), at most ``max_new_tokens`` (the one decode loop of this runtime)."""
+        ends, n = set(stop) | self.model.eos_ids, 0
+        while not self.g.is_done() and n < max_new_tokens:
             self.g.generate_next_token()
             t = int(self.g.get_next_tokens()[0])
             if t in ends:
-                break
-            answer.append(t)
-        return answer
+                return
+            n += 1
+            yield t
+
+    def greedy(self, max_new_tokens: int, stop: list[int]) -> list[int]:
+        return list(self.stream(max_new_tokens, stop))
 
     def rewind(self, length: int) -> None:
         if length:
@@ -362,17 +364,11 @@ class TorchModel:
     def tokens(self, ids: list[int], max_new_tokens: int, stop: list[int]) -> Iterator[int]:
         """Greedy tokens with the key/value cache, one forward per token, up to the first ``stop``
         or end token (not yielded), at most ``max_new_tokens`` (as GenaiModel)."""
-        torch, ends = self._torch, self.ends(stop)
-        x = torch.tensor([ids])
-        past = None
-        with torch.no_grad():
-            for _ in range(max_new_tokens):
-                out = self.model(input_ids=x, past_key_values=past, use_cache=True)
-                t = int(out.logits[0, -1].argmax())
-                if t in ends:
-                    return
-                yield t
-                past, x = out.past_key_values, torch.tensor([[t]])
+        if max_new_tokens <= 0:
+            return
+        s = _TorchSession(self)
+        s.feed(ids)
+        yield from s.stream(max_new_tokens, stop)
 
     def generate(self, ids: list[int], max_new_tokens: int, stop: list[int]) -> list[int]:
         return list(self.tokens(ids, max_new_tokens, stop))
@@ -418,22 +414,31 @@ class _TorchSession:
     def __init__(self, runner: TorchModel) -> None:
         self.runner, self.past, self.last = runner, None, None
 
-    def append(self, ids: list[int]) -> np.ndarray:
+    def feed(self, ids: list[int]) -> Any:
+        """Append ``ids`` in one forward; returns its logits tensor [1, len(ids), vocab]."""
         torch = self.runner._torch
         with torch.no_grad():
             out = self.runner.model(input_ids=torch.tensor([ids]), past_key_values=self.past, use_cache=True)
         self.past, self.last = out.past_key_values, out.logits[0, -1]
-        return out.logits[0].float().numpy()
+        return out.logits
+
+    def append(self, ids: list[int]) -> np.ndarray:
+        return self.feed(ids)[0].float().numpy()
+
+    def stream(self, max_new_tokens: int, stop: list[int]) -> Iterator[int]:
+        """Greedy tokens after the last append, one forward per token (none after the last one),
+        up to the first ``stop`` or end token (not yielded), at most ``max_new_tokens``."""
+        ends, n = self.runner.ends(stop), 0
+        t = int(self.last.argmax())
+        while t not in ends and n < max_new_tokens:
+            n += 1
+            yield t
+            if n < max_new_tokens:
+                self.feed([t])
+                t = int(self.last.argmax())
 
     def greedy(self, max_new_tokens: int, stop: list[int]) -> list[int]:
-        ends, answer = self.runner.ends(stop), []
-        t = int(self.last.argmax())
-        while t not in ends and len(answer) < max_new_tokens:
-            answer.append(t)
-            if len(answer) < max_new_tokens:
-                self.append([t])
-                t = int(self.last.argmax())
-        return answer
+        return list(self.stream(max_new_tokens, stop))
 
     def rewind(self, length: int) -> None:
         if not length:
