@@ -6,6 +6,7 @@ Kept out of the flow body so that ``flows/pipeline.py`` reads as one line per st
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,24 @@ from slimflow.models.core.results import StageResult
 from slimflow.models.pipeline_config import PipelineConfig
 from slimflow.models.release import tracking
 from slimflow.tasks.common import StageContext
+
+
+def interruption(exc: BaseException | None) -> str | None:
+    """The signal's name when ``exc`` is the run being stopped from outside: Ctrl-C
+    (KeyboardInterrupt), SIGTERM while a Prefect flow runs (its ``TerminationSignal``) or the
+    CLI's SIGTERM exit (``SystemExit(143)``); None for any other exception."""
+    from prefect.exceptions import TerminationSignal
+
+    if isinstance(exc, TerminationSignal):
+        return signal.Signals(exc.signal).name
+    if isinstance(exc, KeyboardInterrupt):
+        return "SIGINT"
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128:
+        try:
+            return signal.Signals(exc.code - 128).name
+        except ValueError:
+            return None
+    return None
 
 
 def headline(metrics: dict[str, float]) -> str:
@@ -250,13 +269,23 @@ class PipelineRun:
             self.summary["error"] = redact(
                 str(exc) if isinstance(exc, SlimflowError) else f"{type(exc).__name__}: {exc}"
             )
-            failed = next((k for k, v in self.summary["stages"].items() if v["status"] == "failed"), None)
-            failed = failed or ("interrupted" if isinstance(exc, KeyboardInterrupt) else "outside any stage")
-            reason = (
-                "data validation failed: nothing was trained or registered"
-                if isinstance(exc, DataError)
-                else f"stage failed: {failed}"
-            )
+            stopped = interruption(exc)
+            if stopped:  # the stage under way when the signal came did not fail on its own
+                self.summary["interrupted"] = stopped
+                for entry in self.summary["stages"].values():
+                    if entry["status"] == "running":
+                        entry["status"] = "interrupted"
+            stage_states = self.summary["stages"].items()
+            failed = next((k for k, v in stage_states if v["status"] in ("failed", "interrupted")), None)
+            if stopped:
+                then = f"the run was interrupted ({stopped})" + (f" during {failed}" if failed else "")
+                self.summary["error"] = then
+                reason = f"{then}; nothing after it ran"
+            elif isinstance(exc, DataError):
+                then = reason = "data validation failed: nothing was trained or registered"
+            else:
+                failed = failed or "outside any stage"
+                then, reason = f"{failed} failed: {self.summary['error']}", f"stage failed: {failed}"
             moved = self.summary.get("champion_moved")  # the registry changed before the failure
             if moved:
                 self.summary["decision"] = {
@@ -265,8 +294,8 @@ class PipelineRun:
                     "served": False,
                     "model_name": moved["model_name"],
                     "champion": moved["champion"],
-                    "reason": f"{moved['model_name']} version {moved['champion']} became champion; then "
-                    f"{failed} failed: {self.summary['error']}",
+                    "reason": f"{moved['model_name']} version {moved['champion']} became champion; "
+                    f"then {then}",
                 }
             else:
                 self.summary["decision"] = {"outcome": "stopped", "promoted": False, "reason": reason}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -79,6 +81,25 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (a scheduler's timeout, ``kill``, a service manager stopping the job) unwinds the
+    command like Ctrl-C does, then exits with status 143: stages close their MLflow runs as FAILED,
+    the run's summary says what was interrupted, and exit handlers run. Python's default action
+    ends the process at once: Prefect's temporary API server (a child process, stopped by an exit
+    handler) kept running, and the MLflow run stayed RUNNING until its lease lapsed. While a flow
+    runs, Prefect's own handler comes first (it marks the flow run crashed) and hands the signal
+    on to this one. Left alone where something else already handles SIGTERM."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+        signal.SIG_DFL,
+        None,
+    ):
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
 @app.callback()
 def _main(
     version: Annotated[
@@ -87,6 +108,7 @@ def _main(
     ] = False,
 ) -> None:
     """Fine-tune a teacher, shrink it, validate it and promote it only when it meets its gates."""
+    exit_cleanly_on_sigterm()
 
 
 def fail(exc: BaseException, debug: bool) -> NoReturn:

@@ -34,6 +34,17 @@ def _quiet_expected_tracebacks() -> None:
         handler.addFilter(_Filter())
 
 
+def _run_summary(exc: BaseException | None) -> dict:
+    """The summary the pipeline attached to the exception that ended it, or to one it led to (a
+    SIGTERM exit raised while Prefect handled its own TerminationSignal); {} when none."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if getattr(exc, "slimflow_summary", None):
+            return exc.slimflow_summary  # type: ignore[attr-defined]
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return {}
+
+
 @app.command()
 def run(
     config: ConfigOpt,
@@ -61,8 +72,15 @@ def run(
             _quiet_expected_tracebacks()
 
         result = run_pipeline(cfg, summary_path=str(summary) if summary else None)
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM (app.exit_cleanly_on_sigterm)
+        done = _run_summary(e)
+        reason = (done.get("decision") or {}).get("reason") or "the run was interrupted"
+        err.print(f"[bold yellow]stopped:[/] {escape(str(reason))}", highlight=False, soft_wrap=True)
+        if summary and summary.exists():
+            err.print(f"summary written to {summary}")
+        raise
     except Exception as e:
-        done = getattr(e, "slimflow_summary", None) or {}
+        done = _run_summary(e)
         decision = done.get("decision") or {}
         if decision.get("promoted"):  # the registry changed before the failure: say so first
             err.print(f"[bold yellow]note:[/] {escape(str(decision.get('reason')))}")

@@ -116,6 +116,58 @@ def test_sigkill_during_finetuning_then_rerun_resumes_and_registers_only_whole_r
     assert versions and all(v.tags["slimflow.parent_run_id"] == s["mlflow_run_id"] for v in versions)
 
 
+def _gone(pid: int) -> bool:
+    """The process no longer runs (absent, or a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_sigterm_during_finetuning_stops_cleanly_closes_the_runs_and_leaks_no_process(
+    tmp_path, tiny_model_dir
+):
+    """SIGTERM (a scheduler's timeout, `kill`) unwinds like Ctrl-C: exit status 143, the MLflow runs
+    closed FAILED (not left RUNNING), the summary naming the interrupted stage, nothing registered,
+    and Prefect's temporary API server stopped (Python's default action left it running)."""
+    cfg = _config(tmp_path, tiny_model_dir, epochs=40)
+    uri = f"sqlite:///{(tmp_path / 'work' / 'mlflow.db').resolve()}"
+    log = tmp_path / "run.log"  # a file, not a pipe: a leaked child would hold a pipe open
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [str(BIN / "slimflow"), "run", "-c", str(cfg), "--summary", str(tmp_path / "s.json")],
+            env=_env(), stdout=sink, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    children: list[int] = []
+    try:
+        ft_run = _wait_for_training(tracking.client(uri), "slimflow")
+        children = _children(proc.pid)
+        assert children, "no Prefect temporary server to watch"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        leaked = [pid for pid in children if not _gone(pid)]
+        for pid in leaked:
+            os.kill(pid, signal.SIGKILL)
+    err = log.read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert leaked == [], "SIGTERM left child processes running"
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["status"] == "failed" and s["interrupted"] == "SIGTERM"
+    assert s["stages"]["finetune-teacher"]["status"] == "interrupted"
+    assert s["decision"]["promoted"] is False
+    assert "interrupted (SIGTERM) during finetune-teacher" in s["decision"]["reason"]
+    assert "interrupted (SIGTERM) during finetune-teacher" in err
+    client = tracking.client(uri)
+    assert client.get_run(ft_run).info.status == "FAILED"
+    parent = client.get_run(s["mlflow_run_id"])
+    assert parent.info.status == "FAILED" and parent.data.tags["slimflow.status"] == "failed"
+    assert client.search_registered_models() == []
+
+
 def test_mlflow_server_dying_mid_run_fails_clearly_in_bounded_time_and_promotes_nothing(
     tmp_path, tiny_model_dir
 ):
