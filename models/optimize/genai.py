@@ -364,9 +364,9 @@ class TorchModel:
     def tokens(self, ids: list[int], max_new_tokens: int, stop: list[int]) -> Iterator[int]:
         """Greedy tokens with the key/value cache, one forward per token, up to the first ``stop``
         or end token (not yielded), at most ``max_new_tokens`` (as GenaiModel)."""
-        if max_new_tokens <= 0:
+        if max_new_tokens <= 0:  # no token wanted: not even the prompt's forward pass
             return
-        s = _TorchSession(self)
+        s = self.session(len(ids) + max_new_tokens)
         s.feed(ids)
         yield from s.stream(max_new_tokens, stop)
 

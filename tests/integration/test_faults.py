@@ -36,14 +36,20 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, parent pid, ...); [] if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
+        fields = _stat(stat.parent.name)
+        if len(fields) > 1 and fields[1] == str(pid):
+            out.append(int(stat.parent.name))
     return out
 
 
@@ -118,10 +124,7 @@ def test_sigkill_during_finetuning_then_rerun_resumes_and_registers_only_whole_r
 
 def _gone(pid: int) -> bool:
     """The process no longer runs (absent, or a zombie waiting to be reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    return _stat(pid)[:1] in ([], ["Z"])
 
 
 def test_sigterm_during_finetuning_stops_cleanly_closes_the_runs_and_leaks_no_process(
